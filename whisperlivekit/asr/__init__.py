@@ -1,0 +1,1 @@
+"""Speech recognition: Whisper backends behind one small interface, and streaming policies."""

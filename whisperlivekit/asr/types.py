@@ -1,0 +1,62 @@
+"""The small vocabulary shared by backends and streaming policies."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import List, Optional, Protocol, Sequence
+
+import numpy as np
+
+
+@dataclass(frozen=True)
+class Word:
+    """A recognised word; times in seconds (relative to the request's audio, or absolute once a policy places it)."""
+
+    start: float
+    end: float
+    text: str
+    probability: float = 1.0
+
+    def shifted(self, offset_s: float) -> "Word":
+        return Word(self.start + offset_s, self.end + offset_s, self.text, self.probability)
+
+
+@dataclass
+class TranscribeRequest:
+    """One stream's audio buffer to transcribe in one pass.
+
+    `prompt` is committed text that precedes the buffer (context for the decoder);
+    `language` None means detect it.
+    """
+
+    audio: np.ndarray
+    prompt: str = ""
+    language: Optional[str] = None
+    task: str = "transcribe"
+
+
+@dataclass
+class TranscribeResult:
+    words: List[Word] = field(default_factory=list)
+    language: Optional[str] = None
+
+    @property
+    def text(self) -> str:
+        return "".join(w.text for w in self.words).strip()
+
+
+class WhisperBackend(Protocol):
+    """A Whisper model loaded on one device, shared by that device's connections.
+
+    Called only from the device's worker thread, so implementations need not be
+    thread-safe, but they must keep no per-stream state: everything a stream
+    needs comes in its `TranscribeRequest`.
+    """
+
+    name: str
+    device: str
+    model_label: str
+
+    def transcribe_batch(self, requests: Sequence[TranscribeRequest]) -> List[TranscribeResult]: ...
+
+    def close(self) -> None: ...

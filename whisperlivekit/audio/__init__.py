@@ -1,0 +1,1 @@
+"""Audio input: container decoding (ffmpeg) and voice activity detection."""

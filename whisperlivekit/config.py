@@ -1,0 +1,77 @@
+"""The one configuration object.
+
+`cli.py` builds a `Settings` from flags and environment; `app.create_app(settings)`
+builds everything else from it. Nothing reads `sys.argv` or the environment at
+import time, so tests build isolated apps from plain `Settings(...)` values.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, replace
+from typing import Literal, Optional, Tuple
+
+BackendName = Literal["faster-whisper", "openai-whisper"]
+PolicyName = Literal["localagreement", "simulstreaming"]
+DeviceChoice = Literal["auto", "cpu", "cuda"]
+GpuPolicy = Literal["least-loaded", "round-robin"]
+
+
+@dataclass(frozen=True)
+class Settings:
+    # --- server -------------------------------------------------------------------
+    host: str = "127.0.0.1"
+    port: int = 8000
+    ssl_certfile: Optional[str] = None
+    ssl_keyfile: Optional[str] = None
+    log_level: str = "info"
+    log_format: Literal["text", "json"] = "text"
+
+    # --- model --------------------------------------------------------------------
+    model: str = "tiny.en"
+    model_dir: Optional[str] = None
+    backend: BackendName = "faster-whisper"
+    backend_policy: PolicyName = "localagreement"
+    compute_type: str = "auto"
+    language: str = "auto"
+    task: Literal["transcribe", "translate"] = "transcribe"
+    device: DeviceChoice = "auto"
+    preload: bool = True
+    model_per_connection: bool = False
+
+    # --- streaming policy ---------------------------------------------------------
+    min_chunk_size_s: float = 1.0
+    beam_size: int = 1
+    buffer_trimming_s: float = 8.0
+    min_encoder_window_s: float = 10.0
+    vac: bool = True
+    vad_threshold: float = 0.5
+    pause_segmentation_s: float = 1.0
+    no_audio_timeout_s: float = 5.0
+
+    # --- input --------------------------------------------------------------------
+    pcm_input: bool = False
+    max_frame_bytes: int = 1_048_576
+
+    # --- GPU allocation -----------------------------------------------------------
+    gpus: Optional[Tuple[int, ...]] = None
+    max_connections_per_gpu: int = 4
+    max_cpu_connections: int = 8
+    min_free_memory_gb: float = 0.0
+    gpu_policy: GpuPolicy = "least-loaded"
+    queue_timeout_s: float = 0.0
+    cpu_fallback: bool = True
+    simulate_gpus: int = 0
+    unhealthy_backoff_s: float = 30.0
+    max_realtime_load: float = 0.0
+
+    # --- batching -----------------------------------------------------------------
+    max_batch_size: int = 8
+    batch_window_ms: float = 10.0
+    cpu_threads: int = 0
+
+    def with_changes(self, **changes: object) -> "Settings":
+        """A copy with some fields changed (tests and the CLI use this)."""
+        return replace(self, **changes)
+
+
+__all__ = ["Settings"]
