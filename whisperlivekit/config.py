@@ -65,7 +65,7 @@ class Settings:
     max_realtime_load: float = 0.0
 
     # --- batching -----------------------------------------------------------------
-    max_batch_size: int = 8
+    max_batch_size: int = 0  # 0: auto (8 on GPU; 1 on CPU, where batching measured slower)
     batch_window_ms: float = 10.0
     cpu_threads: int = 0
 

@@ -1,0 +1,1 @@
+"""HTTP and WebSocket routes: thin, they parse, admit, run an engine and map errors to codes."""

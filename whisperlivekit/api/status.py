@@ -1,0 +1,36 @@
+"""`/health`, `/ready`, `/gpu-status`."""
+
+from __future__ import annotations
+
+from fastapi import APIRouter, Depends
+from fastapi.responses import JSONResponse
+
+from whisperlivekit.services import Services, get_services
+
+router = APIRouter()
+
+
+@router.get("/health")
+def health(services: Services = Depends(get_services)) -> dict:
+    return {"status": "ok", "model": services.settings.model, "backend": services.settings.backend,
+            "active_connections": services.manager.held()}
+
+
+@router.get("/ready")
+def ready(services: Services = Depends(get_services)) -> JSONResponse:
+    if services.draining:
+        return JSONResponse({"ready": False, "reason": "draining"}, status_code=503)
+    if not services.manager.has_free_slot():
+        return JSONResponse({"ready": False, "reason": "no free slot"}, status_code=503)
+    return JSONResponse({"ready": True})
+
+
+@router.get("/gpu-status")
+def gpu_status(services: Services = Depends(get_services)) -> dict:
+    snapshot = services.manager.snapshot()
+    snapshot["devices"] = {
+        device: {"realtime_load": round(worker.realtime_load(), 3), "queue_depth": worker.queue_depth(),
+                 "batches": worker.batches, "requests": worker.requests}
+        for device, worker in services.pool.workers().items()
+    }
+    return snapshot

@@ -1,0 +1,157 @@
+"""LocalAgreement-2: commit what two consecutive hypotheses agree on.
+
+The buffer holds the audio since the last trim point. Each step transcribes the
+whole buffer (with committed text before it as the prompt); the longest common
+prefix of this hypothesis and the previous one is committed, the rest stays
+tentative. When the buffer grows past `buffer_trimming_s`, it is cut at the end
+of the last committed sentence (or, failing that, the last committed word), so
+each step's cost stays bounded however long the stream runs.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import List, Optional
+
+import numpy as np
+
+from whisperlivekit.asr.types import TranscribeRequest, TranscribeResult, Word
+
+SAMPLE_RATE = 16_000
+PROMPT_CHARS = 200
+_NORMALISE = re.compile(r"[^\w']+")
+
+
+def _key(word: Word) -> str:
+    return _NORMALISE.sub("", word.text.lower())
+
+
+class HypothesisBuffer:
+    """The uncommitted tail of the last hypothesis, and the agreement rule."""
+
+    def __init__(self) -> None:
+        self.previous: List[Word] = []
+        self.committed_in_buffer: List[Word] = []
+        self.last_committed_end_s = 0.0
+
+    def agree(self, hypothesis: List[Word]) -> List[Word]:
+        """Commit the longest common prefix of `hypothesis` and the previous one."""
+        new = [w for w in hypothesis if w.start > self.last_committed_end_s - 0.1]
+        new = self._drop_repeated_head(new)
+        committed: List[Word] = []
+        while new and self.previous and _key(new[0]) == _key(self.previous[0]):
+            committed.append(new.pop(0))
+            self.previous.pop(0)
+        if committed:
+            self.last_committed_end_s = committed[-1].end
+            self.committed_in_buffer.extend(committed)
+        self.previous = new
+        return committed
+
+    def _drop_repeated_head(self, new: List[Word]) -> List[Word]:
+        """Whisper often repeats the last committed words at the start of a hypothesis; drop them."""
+        if not new or not self.committed_in_buffer or abs(new[0].start - self.last_committed_end_s) > 1.0:
+            return new
+        for n in range(min(5, len(new), len(self.committed_in_buffer)), 0, -1):
+            tail = [_key(w) for w in self.committed_in_buffer[-n:]]
+            head = [_key(w) for w in new[:n]]
+            if tail == head:
+                return new[n:]
+        return new
+
+    def forget_before(self, time_s: float) -> None:
+        self.committed_in_buffer = [w for w in self.committed_in_buffer if w.end > time_s]
+
+    @property
+    def tentative(self) -> List[Word]:
+        return list(self.previous)
+
+    def take_all(self) -> List[Word]:
+        words, self.previous = self.previous, []
+        if words:
+            self.last_committed_end_s = words[-1].end
+            self.committed_in_buffer.extend(words)
+        return words
+
+
+class LocalAgreementPolicy:
+    """Per-connection streaming state over a shared Whisper backend."""
+
+    def __init__(self, buffer_trimming_s: float = 8.0, language: Optional[str] = None, task: str = "transcribe") -> None:
+        self.buffer_trimming_s = buffer_trimming_s
+        self.language = language
+        self.task = task
+        self.audio = np.zeros(0, dtype=np.float32)
+        self.offset_s = 0.0  # absolute stream time of audio[0]
+        self.processed_samples = 0  # how much of `audio` the last request covered
+        self.hypothesis = HypothesisBuffer()
+        self.committed: List[Word] = []
+
+    # -- audio in --------------------------------------------------------------------
+    def append_audio(self, samples: np.ndarray) -> None:
+        self.audio = np.concatenate([self.audio, samples])
+
+    def restart_at(self, time_s: float) -> None:
+        """Start a fresh buffer at absolute `time_s` (a new voiced segment); the buffer must be empty."""
+        self.audio = np.zeros(0, dtype=np.float32)
+        self.offset_s = time_s
+        self.processed_samples = 0
+
+    @property
+    def buffer_s(self) -> float:
+        return len(self.audio) / SAMPLE_RATE
+
+    @property
+    def unprocessed_s(self) -> float:
+        return (len(self.audio) - self.processed_samples) / SAMPLE_RATE
+
+    @property
+    def transcribed_until_s(self) -> float:
+        return self.offset_s + self.processed_samples / SAMPLE_RATE
+
+    # -- one step --------------------------------------------------------------------
+    def prompt(self) -> str:
+        before = [w for w in self.committed if w.end <= self.offset_s + 0.01]
+        return "".join(w.text for w in before)[-PROMPT_CHARS:]
+
+    def next_request(self) -> TranscribeRequest:
+        self.processed_samples = len(self.audio)
+        return TranscribeRequest(audio=self.audio.copy(), prompt=self.prompt(), language=self.language, task=self.task)
+
+    def apply(self, result: TranscribeResult) -> List[Word]:
+        """Fold one hypothesis in; returns the words it committed."""
+        if self.language is None and result.language:
+            self.language = result.language
+        words = [w.shifted(self.offset_s) for w in result.words]
+        committed = self.hypothesis.agree(words)
+        self.committed.extend(committed)
+        if self.buffer_s > self.buffer_trimming_s:
+            self._trim()
+        return committed
+
+    def finish(self) -> List[Word]:
+        """End of a voiced segment or of the stream: commit the tentative tail and empty the buffer."""
+        committed = self.hypothesis.take_all()
+        self.committed.extend(committed)
+        end_s = self.offset_s + self.buffer_s
+        self.hypothesis.forget_before(end_s)
+        self.restart_at(end_s)
+        return committed
+
+    @property
+    def tentative(self) -> List[Word]:
+        return self.hypothesis.tentative
+
+    def _trim(self) -> None:
+        in_buffer = [w for w in self.committed if w.end > self.offset_s]
+        if not in_buffer:
+            return
+        sentence_ends = [w.end for w in in_buffer if w.text.rstrip().endswith((".", "?", "!"))]
+        cut_s = sentence_ends[-1] if sentence_ends else (in_buffer[-1].end if self.buffer_s > 2 * self.buffer_trimming_s else None)
+        if cut_s is None or cut_s <= self.offset_s:
+            return
+        cut = int((cut_s - self.offset_s) * SAMPLE_RATE)
+        self.audio = self.audio[cut:]
+        self.processed_samples = max(0, self.processed_samples - cut)
+        self.offset_s = cut_s
+        self.hypothesis.forget_before(cut_s)

@@ -1,0 +1,156 @@
+"""`whisperlivekit-server`: flags (and WLK_* environment variables) → Settings → uvicorn.
+
+Every flag maps to one Settings field. The model is resolved and loaded before
+the server binds its port, so a bad model fails start-up with a one-line cause.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import sys
+from dataclasses import fields
+from typing import List, Optional, Sequence
+
+from whisperlivekit.config import Settings
+
+logger = logging.getLogger("whisperlivekit")
+DEFAULTS = Settings()
+
+
+def _gpu_list(text: str):
+    try:
+        return tuple(int(x) for x in text.split(",") if x.strip())
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"--gpus takes comma-separated indices such as 0,2,3, not {text!r}")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="whisperlivekit-server",
+        description="Real-time speech transcription over WebSocket (/asr), one GPU slot per connection.",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    a = p.add_argument
+    server = p.add_argument_group("server")
+    server.add_argument("--host", default=DEFAULTS.host)
+    server.add_argument("--port", type=int, default=DEFAULTS.port)
+    server.add_argument("--ssl-certfile", default=None, help="serve HTTPS/WSS with this certificate")
+    server.add_argument("--ssl-keyfile", default=None)
+    server.add_argument("--log-level", default=DEFAULTS.log_level, choices=["debug", "info", "warning", "error"])
+    server.add_argument("--log-format", default=DEFAULTS.log_format, choices=["text", "json"])
+
+    model = p.add_argument_group("model")
+    model.add_argument("--model", default=DEFAULTS.model, help="size name (tiny.en, base, ...) or a local path")
+    model.add_argument("--model-dir", default=None, help="directory holding model folders named after sizes")
+    model.add_argument("--backend", default=DEFAULTS.backend, choices=["faster-whisper", "openai-whisper"])
+    model.add_argument("--compute-type", default=DEFAULTS.compute_type, help="CTranslate2 compute type (auto: int8 on CPU, float16 on GPU)")
+    model.add_argument("--language", default=DEFAULTS.language, help="ISO code, or auto to detect")
+    model.add_argument("--task", default=DEFAULTS.task, choices=["transcribe", "translate"])
+    model.add_argument("--device", default=DEFAULTS.device, choices=["auto", "cpu", "cuda"])
+    model.add_argument("--no-preload", dest="preload", action="store_false", help="load models on the first connection")
+    model.add_argument("--model-per-connection", action="store_true",
+                       help="BENCHMARK BASELINE ONLY: load a private model per connection (the old design)")
+
+    streaming = p.add_argument_group("streaming")
+    streaming.add_argument("--min-chunk-size", dest="min_chunk_size_s", type=float, default=DEFAULTS.min_chunk_size_s,
+                           help="seconds of new audio before the next transcription step")
+    streaming.add_argument("--beam-size", type=int, default=DEFAULTS.beam_size)
+    streaming.add_argument("--buffer-trimming-sec", dest="buffer_trimming_s", type=float, default=DEFAULTS.buffer_trimming_s)
+    streaming.add_argument("--min-encoder-window", dest="min_encoder_window_s", type=float, default=DEFAULTS.min_encoder_window_s,
+                           help="smallest encoder window in seconds (30 = always Whisper's full window)")
+    streaming.add_argument("--no-vac", dest="vac", action="store_false", help="disable Silero voice activity gating")
+    streaming.add_argument("--vad-threshold", type=float, default=DEFAULTS.vad_threshold)
+    streaming.add_argument("--pause-segmentation-seconds", dest="pause_segmentation_s", type=float, default=DEFAULTS.pause_segmentation_s)
+    streaming.add_argument("--no-audio-timeout", dest="no_audio_timeout_s", type=float, default=DEFAULTS.no_audio_timeout_s)
+
+    inp = p.add_argument_group("input")
+    inp.add_argument("--pcm-input", action="store_true", help="clients send raw PCM s16le 16 kHz mono instead of a container")
+    inp.add_argument("--max-frame-bytes", type=int, default=DEFAULTS.max_frame_bytes)
+
+    gpu = p.add_argument_group("GPU allocation")
+    gpu.add_argument("--gpus", type=_gpu_list, default=None, help="use only these GPU indices, e.g. 0,2,3")
+    gpu.add_argument("--max-connections-per-gpu", type=int, default=DEFAULTS.max_connections_per_gpu)
+    gpu.add_argument("--max-cpu-connections", type=int, default=DEFAULTS.max_cpu_connections)
+    gpu.add_argument("--min-free-memory-gb", type=float, default=DEFAULTS.min_free_memory_gb)
+    gpu.add_argument("--gpu-policy", default=DEFAULTS.gpu_policy, choices=["least-loaded", "round-robin"])
+    gpu.add_argument("--queue-timeout", dest="queue_timeout_s", type=float, default=DEFAULTS.queue_timeout_s,
+                     help="seconds a new connection may wait for a slot (0: refuse at once)")
+    gpu.add_argument("--no-cpu-fallback", dest="cpu_fallback", action="store_false",
+                     help="refuse instead of using the CPU when no GPU is usable")
+    gpu.add_argument("--simulate-gpus", type=int, default=DEFAULTS.simulate_gpus,
+                     help="pretend to have N GPUs (engines run on the CPU) to try the allocator")
+    gpu.add_argument("--unhealthy-backoff", dest="unhealthy_backoff_s", type=float, default=DEFAULTS.unhealthy_backoff_s)
+    gpu.add_argument("--max-realtime-load", type=float, default=DEFAULTS.max_realtime_load,
+                     help="refuse a device whose measured compute load (per lane) is at or above this (0: off)")
+
+    batching = p.add_argument_group("batching")
+    batching.add_argument("--max-batch-size", type=int, default=DEFAULTS.max_batch_size, help="0: auto (8 on GPU, 1 on CPU)")
+    batching.add_argument("--batch-window-ms", type=float, default=DEFAULTS.batch_window_ms)
+    batching.add_argument("--cpu-threads", type=int, default=DEFAULTS.cpu_threads, help="threads per CPU lane (0: auto)")
+    del a
+    return p
+
+
+def _env_defaults(parser: argparse.ArgumentParser) -> None:
+    """WLK_PORT=9000 acts like --port 9000 (flags still win)."""
+    for action in parser._actions:
+        env = "WLK_" + action.dest.upper().removesuffix("_S")
+        if env in os.environ and action.dest != "help":
+            raw = os.environ[env]
+            if isinstance(action, argparse._StoreFalseAction):
+                value = raw.lower() in ("1", "true", "yes")
+            elif isinstance(action, argparse._StoreTrueAction):
+                value = raw.lower() in ("1", "true", "yes")
+            else:
+                value = action.type(raw) if action.type else raw
+            parser.set_defaults(**{action.dest: value})
+
+
+def settings_from_args(argv: Optional[Sequence[str]] = None) -> Settings:
+    parser = build_parser()
+    _env_defaults(parser)
+    args = parser.parse_args(argv)
+    known = {f.name for f in fields(Settings)}
+    values = {k: v for k, v in vars(args).items() if k in known}
+    unknown = set(vars(args)) - known
+    if unknown:  # a flag that maps to no setting would be a flag that does nothing
+        raise SystemExit(f"internal error: flags without a setting: {sorted(unknown)}")
+    return Settings(**values)
+
+
+def main(argv: Optional[List[str]] = None) -> None:
+    settings = settings_from_args(argv)
+    from whisperlivekit.logging_setup import configure_logging
+
+    configure_logging(settings.log_level, settings.log_format)
+
+    import uvicorn
+
+    from whisperlivekit.app import create_app, execution_devices, make_manager, make_probe
+    from whisperlivekit.errors import WhisperLiveKitError
+    from whisperlivekit.runtime.model_pool import ModelPool
+
+    try:
+        pool = ModelPool(settings)
+        path = pool.model_path()
+        logger.info("Model %s resolved to %s (backend %s)", settings.model, path, settings.backend)
+        manager = make_manager(settings, make_probe(settings), pool)
+        if settings.preload:
+            for device in execution_devices(manager):
+                pool.worker_sync(device)
+    except (WhisperLiveKitError, RuntimeError, ValueError) as exc:
+        print(f"whisperlivekit-server: error: {exc}", file=sys.stderr)
+        raise SystemExit(2)
+    app = create_app(settings, manager=manager, pool=pool)
+    scheme = "https" if settings.ssl_certfile else "http"
+    logger.info("Serving on %s://%s:%d (WebSocket /asr)", scheme, settings.host, settings.port)
+    uvicorn.run(
+        app, host=settings.host, port=settings.port, ssl_certfile=settings.ssl_certfile, ssl_keyfile=settings.ssl_keyfile,
+        log_config=None, ws_max_size=max(settings.max_frame_bytes * 2, 65536), ws_ping_interval=20, ws_ping_timeout=20,
+    )
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,212 @@
+"""One connection's pipeline: decode → VAD → streaming ASR policy → lines.
+
+Cheap to build (no model loading: inference goes to the device's shared
+`DeviceWorker`), holds no global state, and frees everything in `close()`.
+Results are coalesced: a slow client gets the newest snapshot, never a backlog.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import bisect
+import logging
+import time
+from typing import AsyncIterator, List, Optional, Tuple
+
+import numpy as np
+
+from whisperlivekit.asr.local_agreement import LocalAgreementPolicy
+from whisperlivekit.audio.decode import SAMPLE_RATE, make_decoder
+from whisperlivekit.audio.vad import VadStream
+from whisperlivekit.config import Settings
+from whisperlivekit.errors import DecodeError, WhisperLiveKitError
+from whisperlivekit.gpu.manager import Slot
+from whisperlivekit.protocol import build_lines, update_message
+from whisperlivekit.runtime.device_worker import DeviceWorker
+
+logger = logging.getLogger(__name__)
+
+PREROLL_S = 0.4
+
+
+class TranscriptionEngine:
+    def __init__(self, settings: Settings, slot: Slot, worker: DeviceWorker, vad_model=None, language: Optional[str] = None) -> None:
+        self.settings = settings
+        self.slot = slot
+        self.worker = worker
+        self.log = logging.LoggerAdapter(logger, {"connection_id": slot.connection_id, "device": slot.label})
+        self.decoder = make_decoder(settings.pcm_input, label=f"[{slot.connection_id[:8]}]")
+        self.policy = LocalAgreementPolicy(settings.buffer_trimming_s, language=language, task=settings.task)
+        self.vad_model = vad_model if settings.vac else None
+        self.vad = VadStream(threshold=settings.vad_threshold) if self.vad_model is not None else None
+        self.received_samples = 0
+        self.segment_end_pending = False
+        self.input_done = False
+        self.error: Optional[str] = None
+        self.finished = False
+        self._wake = asyncio.Event()
+        self._changed = asyncio.Event()
+        self._latest: Optional[dict] = None
+        self._last_sent: Optional[dict] = None
+        self._tasks: List[asyncio.Task] = []
+        self._arrivals: List[Tuple[float, float]] = []  # (stream time, monotonic) for lag measurement
+        self.commit_lags_s: List[float] = []
+        self.compute_s = 0.0
+
+    # -- lifecycle -------------------------------------------------------------------
+    async def start(self) -> None:
+        await self.decoder.start()
+        self._tasks = [asyncio.create_task(self._read_audio()), asyncio.create_task(self._process())]
+
+    async def feed(self, data: bytes) -> None:
+        if self.error:
+            raise DecodeError(self.error)
+        await self.decoder.feed(data)
+
+    async def end_of_audio(self) -> None:
+        await self.decoder.finish()
+
+    async def close(self) -> None:
+        for task in self._tasks:
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+        await self.decoder.close()
+        self._tasks = []
+
+    # -- results out -----------------------------------------------------------------
+    async def updates(self) -> AsyncIterator[dict]:
+        """Snapshots as they change; ends after the final one (or raises on a decode error)."""
+        while True:
+            await self._changed.wait()
+            self._changed.clear()
+            latest = self._latest
+            if latest is not None and latest != self._last_sent:
+                self._last_sent = latest
+                yield latest
+            if self.error:
+                raise DecodeError(self.error)
+            if self.finished:
+                return
+
+    def _publish(self) -> None:
+        self._latest = self.snapshot()
+        self._changed.set()
+
+    # -- audio in --------------------------------------------------------------------
+    @property
+    def received_s(self) -> float:
+        return self.received_samples / SAMPLE_RATE
+
+    async def _read_audio(self) -> None:
+        try:
+            async for chunk in self.decoder.chunks():
+                await self._on_audio(chunk)
+        except DecodeError as exc:
+            self.error = str(exc)
+            self.log.warning("decode error: %s", exc)
+        except WhisperLiveKitError as exc:
+            self.error = str(exc)
+        finally:
+            self.input_done = True
+            self._wake.set()
+            self._changed.set()
+
+    async def _on_audio(self, chunk: np.ndarray) -> None:
+        start_s = self.received_s
+        self.received_samples += len(chunk)
+        self._arrivals.append((self.received_s, time.monotonic()))
+        self.policy.append_audio(chunk)
+        if self.vad is not None:
+            events = await asyncio.to_thread(self.vad.process, self.vad_model, chunk)
+            for kind, _ in events:
+                if kind == "end":
+                    self.segment_end_pending = True
+            if not self.vad.in_speech and not self.segment_end_pending and not self.policy.tentative:
+                self._drop_silence(start_s)
+        self._wake.set()
+
+    def _drop_silence(self, chunk_start_s: float) -> None:
+        """While nobody speaks, keep only a short pre-roll: silence is never sent to Whisper."""
+        keep_from = max(self.policy.offset_s, self.received_s - PREROLL_S)
+        cut = int((keep_from - self.policy.offset_s) * SAMPLE_RATE)
+        if cut > 0:
+            self.policy.audio = self.policy.audio[cut:]
+            self.policy.offset_s = keep_from
+            self.policy.processed_samples = max(0, self.policy.processed_samples - cut)
+        self._publish()
+
+    # -- the transcription loop ------------------------------------------------------
+    def _speech_pending(self) -> bool:
+        return self.vad is None or self.vad.in_speech or self.segment_end_pending
+
+    async def _process(self) -> None:
+        try:
+            while True:
+                await self._wake.wait()
+                self._wake.clear()
+                while self.policy.unprocessed_s >= self.settings.min_chunk_size_s and self._speech_pending():
+                    await self._step()
+                    if self.segment_end_pending:
+                        break
+                if self.segment_end_pending:
+                    self.segment_end_pending = False
+                    if self.policy.unprocessed_s > 0.05:
+                        await self._step()
+                    self._commit(self.policy.finish())
+                    self._publish()
+                if self.input_done:
+                    break
+            if not self.error:
+                if self.policy.unprocessed_s > 0.05 and self._has_speech():
+                    await self._step()
+                self._commit(self.policy.finish())
+        except WhisperLiveKitError as exc:
+            self.error = str(exc)
+            self.log.error("transcription failed: %s", exc)
+        finally:
+            self.finished = True
+            self._publish()
+
+    def _has_speech(self) -> bool:
+        return self.vad is None or self.vad.speech_seen
+
+    async def _step(self) -> None:
+        request = self.policy.next_request()
+        started = time.perf_counter()
+        result = await self.worker.transcribe(request)
+        self.compute_s += time.perf_counter() - started
+        self._commit(self.policy.apply(result))
+        self._publish()
+
+    def _commit(self, words) -> None:
+        now = time.monotonic()
+        for word in words:
+            i = bisect.bisect_left(self._arrivals, (word.end, 0.0))
+            if i < len(self._arrivals):
+                self.commit_lags_s.append(now - self._arrivals[i][1])
+        del self._arrivals[: max(0, bisect.bisect_left(self._arrivals, (self.policy.offset_s - 5.0, 0.0)))]
+
+    # -- snapshot --------------------------------------------------------------------
+    def snapshot(self) -> dict:
+        words = self.policy.committed
+        speakers = [1] * len(words)
+        silent_since = None
+        if self.vad is not None and not self.vad.in_speech and not self.policy.tentative:
+            silent_since = words[-1].end if words else 0.0
+        lines = build_lines(words, speakers, self.settings.pause_segmentation_s, silent_since, float(int(self.received_s)))
+        status = "active_transcription"
+        if self.error:
+            status = "error"
+        elif not words and not self.policy.tentative and self.received_s >= self.settings.no_audio_timeout_s and (
+            self.vad is None or not self.vad.speech_seen
+        ):
+            status = "no_audio_detected"
+        return update_message(
+            status=status,
+            lines=lines,
+            buffer_transcription="".join(w.text for w in self.policy.tentative).strip(),
+            buffer_diarization="",
+            remaining_time_transcription=0.0 if self.finished else self.received_s - self.policy.transcribed_until_s if self._speech_pending() else 0.0,
+            remaining_time_diarization=0.0,
+            error=self.error,
+        )
