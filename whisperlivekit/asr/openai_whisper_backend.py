@@ -1,0 +1,115 @@
+"""openai-whisper (PyTorch) backend: the reference implementation, on `cpu` or `cuda:N`.
+
+Slower than faster-whisper, but it is the model Whisper's authors ship, so it is
+the yardstick for the CTranslate2 path and runs wherever PyTorch does. Given a
+CTranslate2 directory it converts it once into a cached checkpoint (`convert.py`).
+
+Decoding matches `FasterWhisperBackend` so the two are interchangeable: greedy
+(temperature 0, no fallback), the committed text as prompt, no timestamp tokens
+(one segment per 30 s window; word times come from cross-attention alignment),
+and no conditioning on earlier windows. openai-whisper has no batched
+transcription, so a batch runs request by request.
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Any, Dict, List, Optional, Sequence
+
+import numpy as np
+
+from whisperlivekit.asr.types import TranscribeRequest, TranscribeResult, Word
+from whisperlivekit.errors import ModelLoadError, WhisperLiveKitError
+
+logger = logging.getLogger(__name__)
+
+SAMPLE_RATE = 16_000
+INSTALL_HINT = (
+    "openai-whisper is not installed; on CPU machines: "
+    "pip install --no-deps openai-whisper && pip install numba tiktoken more-itertools tqdm"
+)
+
+
+def _one_line(exc: BaseException) -> str:
+    text = str(exc).strip().splitlines()
+    return text[0] if text else type(exc).__name__
+
+
+class OpenAIWhisperBackend:
+    name = "openai-whisper"
+
+    def __init__(self, model_path: Path, device: str = "cpu", beam_size: int = 1) -> None:
+        try:
+            import whisper  # type: ignore[import-not-found]
+        except ImportError as exc:
+            raise ModelLoadError(INSTALL_HINT) from exc
+        from whisperlivekit.asr.convert import ensure_openai_checkpoint, read_alignment_heads
+
+        model_path = Path(model_path)
+        try:
+            checkpoint = ensure_openai_checkpoint(model_path)
+            model = whisper.load_model(str(checkpoint), device=device)
+        except WhisperLiveKitError as exc:
+            raise ModelLoadError(f"Could not load openai-whisper model from {model_path}: {exc}") from exc
+        except Exception as exc:  # torch raises RuntimeError/UnpicklingError/KeyError for bad files and devices
+            raise ModelLoadError(
+                f"Could not load openai-whisper model from {model_path} on {device}: {_one_line(exc)}"
+            ) from exc
+        try:
+            heads = read_alignment_heads(checkpoint)
+        except (RuntimeError, OSError, ValueError):  # legacy (non-zip) checkpoints cannot be mmapped; they carry no heads
+            heads = None
+        if heads is not None:
+            model.set_alignment_heads(heads)
+            model.to(device)
+        model.eval()
+
+        self._model: Any = model
+        self.device = device
+        self.model_label = model_path.name if model_path.name != "model" else str(model_path)
+        self.beam_size = beam_size
+        self.multilingual = bool(model.is_multilingual)
+        self._fp16 = device.startswith("cuda")
+
+    def _decode_options(self, request: TranscribeRequest) -> Dict[str, Any]:
+        options: Dict[str, Any] = {
+            "language": request.language if self.multilingual else "en",
+            "task": request.task,
+            "temperature": 0.0,
+            "initial_prompt": request.prompt.strip() or None,
+            "word_timestamps": True,
+            "condition_on_previous_text": False,
+            "without_timestamps": True,
+            "fp16": self._fp16,
+            "verbose": None,
+        }
+        if self.beam_size > 1:
+            options["beam_size"] = self.beam_size
+        return options
+
+    def _transcribe_one(self, request: TranscribeRequest) -> TranscribeResult:
+        audio = np.ascontiguousarray(request.audio, dtype=np.float32)
+        duration_s = len(audio) / SAMPLE_RATE
+        if len(audio) == 0:
+            return TranscribeResult(words=[], language=request.language or (None if self.multilingual else "en"))
+        result = self._model.transcribe(audio, **self._decode_options(request))
+        words: List[Word] = []
+        for segment in result.get("segments", []):
+            for w in segment.get("words", []):
+                start = min(float(w["start"]), duration_s)
+                words.append(Word(start, min(max(float(w["end"]), start), duration_s), w["word"], float(w["probability"])))
+        language: Optional[str] = result.get("language") or request.language
+        return TranscribeResult(words=words, language=language)
+
+    def transcribe_batch(self, requests: Sequence[TranscribeRequest]) -> List[TranscribeResult]:
+        return [self._transcribe_one(request) for request in requests]
+
+    def close(self) -> None:
+        model = getattr(self, "_model", None)
+        self._model = None
+        if model is not None and self.device.startswith("cuda"):
+            import torch
+
+            del model
+            torch.cuda.empty_cache()  # hand the GPU memory back so another model can be loaded there
