@@ -152,7 +152,9 @@ class TranscriptionEngine:
                     self.segment_end_pending = False
                     if self.policy.unprocessed_s > 0.05:
                         await self._step()
-                    self._commit(self.policy.finish())
+                    finished = self.policy.finish()
+                    self.log.debug("segment end: committed %r", "".join(w.text for w in finished))
+                    self._commit(finished)
                     self._publish()
                 if self.input_done:
                     break
@@ -175,7 +177,13 @@ class TranscriptionEngine:
         started = time.perf_counter()
         result = await self.worker.transcribe(request)
         self.compute_s += time.perf_counter() - started
-        self._commit(self.policy.apply(result))
+        committed = self.policy.apply(result)
+        self.log.debug(
+            "step %.2f s audio at %.2f s in %.0f ms%s: %r → committed %r", len(request.audio) / SAMPLE_RATE,
+            self.policy._request_offset_s, 1000 * (time.perf_counter() - started),
+            " (degenerate)" if result.degenerate else "", result.text[-60:], "".join(w.text for w in committed),
+        )
+        self._commit(committed)
         self._publish()
 
     def _commit(self, words) -> None:

@@ -10,7 +10,8 @@ CTranslate2's encode / generate / align steps directly instead of
   CPU `lanes` single-threaded calls run side by side (measured: 2 lanes x 1 thread
   give 1.8x the throughput of 1 lane x 2 threads, while CPU batching is slower);
 - a hypothesis that looks degenerate (repetition loop, too many tokens for the
-  audio) is redone on the full 30 s window, where Whisper was trained.
+  audio) is redone on the full 30 s window, where Whisper was trained, without
+  the prompt; if it still loops it is flagged and the policy ignores it.
 """
 
 from __future__ import annotations
@@ -129,10 +130,13 @@ class FasterWhisperBackend:
         frames = int(longest / HOP + PADDING_S * SAMPLE_RATE / HOP)
         frames = min(FULL_WINDOW_FRAMES, max(self.min_window_frames, frames + frames % 2))
         results, degenerate = self._run(list(requests), frames)
-        if degenerate and frames < FULL_WINDOW_FRAMES:
-            redo, _ = self._run([requests[i] for i in degenerate], FULL_WINDOW_FRAMES)
-            for i, result in zip(degenerate, redo):
-                results[i] = result
+        if degenerate:
+            # Retry on Whisper's native 30 s window without the prompt (prompts feed loops).
+            retry = [TranscribeRequest(requests[i].audio, "", requests[i].language, requests[i].task) for i in degenerate]
+            redo, still = self._run(retry, FULL_WINDOW_FRAMES)
+            for j, i in enumerate(degenerate):
+                results[i] = redo[j]
+                results[i].degenerate = j in still
         return results
 
     def _run(self, requests: List[TranscribeRequest], frames: int) -> Tuple[List[TranscribeResult], List[int]]:

@@ -84,6 +84,7 @@ class LocalAgreementPolicy:
         self.audio = np.zeros(0, dtype=np.float32)
         self.offset_s = 0.0  # absolute stream time of audio[0]
         self.processed_samples = 0  # how much of `audio` the last request covered
+        self._request_offset_s = 0.0  # offset_s when that request was made
         self.hypothesis = HypothesisBuffer()
         self.committed: List[Word] = []
 
@@ -116,13 +117,16 @@ class LocalAgreementPolicy:
 
     def next_request(self) -> TranscribeRequest:
         self.processed_samples = len(self.audio)
+        self._request_offset_s = self.offset_s
         return TranscribeRequest(audio=self.audio.copy(), prompt=self.prompt(), language=self.language, task=self.task)
 
     def apply(self, result: TranscribeResult) -> List[Word]:
         """Fold one hypothesis in; returns the words it committed."""
+        if result.degenerate:
+            return []
         if self.language is None and result.language:
             self.language = result.language
-        words = [w.shifted(self.offset_s) for w in result.words]
+        words = [w.shifted(self._request_offset_s) for w in result.words]
         committed = self.hypothesis.agree(words)
         self.committed.extend(committed)
         if self.buffer_s > self.buffer_trimming_s:
@@ -133,9 +137,12 @@ class LocalAgreementPolicy:
         """End of a voiced segment or of the stream: commit the tentative tail and empty the buffer."""
         committed = self.hypothesis.take_all()
         self.committed.extend(committed)
-        end_s = self.offset_s + self.buffer_s
-        self.hypothesis.forget_before(end_s)
-        self.restart_at(end_s)
+        # Only the audio the last hypothesis covered is done with; what arrived while it ran stays.
+        done = self.processed_samples
+        self.audio = self.audio[done:]
+        self.offset_s += done / SAMPLE_RATE
+        self.processed_samples = 0
+        self.hypothesis.forget_before(self.offset_s)
         return committed
 
     @property

@@ -39,6 +39,7 @@ class TranscribeRequest:
 class TranscribeResult:
     words: List[Word] = field(default_factory=list)
     language: Optional[str] = None
+    degenerate: bool = False  # a repetition loop even after the retries: policies ignore it
 
     @property
     def text(self) -> str:

@@ -1,0 +1,198 @@
+"""Shared test fixtures: real servers (subprocess or in-process uvicorn), real audio, WER."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Iterator, List, Optional
+
+import httpx
+import psutil
+import pytest
+
+sys.path.insert(0, str(Path(__file__).parent))
+
+from whisperlivekit.client import encode_webm_opus, load_pcm16  # noqa: E402
+
+
+def pytest_collection_modifyitems(config, items):
+    cuda = False
+    try:
+        import torch
+
+        cuda = torch.cuda.is_available()
+    except Exception:
+        pass
+    if not cuda:
+        skip = pytest.mark.skip(reason="needs a CUDA GPU")
+        for item in items:
+            if "gpu" in item.keywords:
+                item.add_marker(skip)
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def wait_healthy(base_url: str, timeout_s: float = 90.0, proc: Optional[subprocess.Popen] = None) -> None:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if proc is not None and proc.poll() is not None:
+            raise RuntimeError(f"server exited with {proc.returncode}:\n{proc.stderr.read().decode() if proc.stderr else ''}")
+        try:
+            if httpx.get(f"{base_url}/health", timeout=1.0).status_code == 200:
+                return
+        except httpx.HTTPError:
+            pass
+        time.sleep(0.2)
+    raise TimeoutError(f"server at {base_url} did not become healthy")
+
+
+class ServerProcess:
+    """`whisperlivekit-server` in a subprocess, as a user runs it."""
+
+    def __init__(self, *flags: str, env: Optional[dict] = None) -> None:
+        self.port = free_port()
+        self.flags = list(flags)
+        self.env = {**os.environ, **(env or {})}
+        self.proc: Optional[subprocess.Popen] = None
+        self.log_path = Path(os.environ.get("PYTEST_TMP", "/tmp")) / f"wlk-server-{self.port}.log"
+
+    @property
+    def base_url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    @property
+    def ws_url(self) -> str:
+        return f"ws://127.0.0.1:{self.port}/asr"
+
+    def start(self) -> "ServerProcess":
+        self._log = open(self.log_path, "wb")
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "whisperlivekit.cli", "--port", str(self.port), *self.flags],
+            stdout=self._log, stderr=subprocess.STDOUT, env=self.env,
+        )
+        try:
+            wait_healthy(self.base_url, proc=self.proc)
+        except Exception:
+            self.stop()
+            raise RuntimeError(f"server failed to start; log:\n{self.log()}")
+        return self
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
+
+    def ffmpeg_children(self) -> List[psutil.Process]:
+        try:
+            return [p for p in psutil.Process(self.proc.pid).children(recursive=True) if p.name() == "ffmpeg"]
+        except psutil.NoSuchProcess:
+            return []
+
+    def get(self, path: str, **kwargs) -> httpx.Response:
+        return httpx.get(self.base_url + path, timeout=10, **kwargs)
+
+    def stop(self, sig: int = signal.SIGTERM, timeout_s: float = 30) -> Optional[int]:
+        if self.proc and self.proc.poll() is None:
+            self.proc.send_signal(sig)
+            try:
+                self.proc.wait(timeout=timeout_s)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        return self.proc.returncode if self.proc else None
+
+
+@contextmanager
+def running_server(*flags: str, env: Optional[dict] = None) -> Iterator[ServerProcess]:
+    server = ServerProcess(*flags, env=env).start()
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+@contextmanager
+def in_process_server(app) -> Iterator[str]:
+    """A real uvicorn server in a thread, for apps built with injected parts; yields the base URL."""
+    import uvicorn
+
+    port = free_port()
+    config = uvicorn.Config(app, host="127.0.0.1", port=port, log_config=None, ws_max_size=4 * 1024 * 1024)
+    server = uvicorn.Server(config)
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    base = f"http://127.0.0.1:{port}"
+    wait_healthy(base)
+    try:
+        yield base
+    finally:
+        server.should_exit = True
+        thread.join(timeout=30)
+
+
+def wer(reference: str, hypothesis: str) -> float:
+    import jiwer
+    from whisper.normalizers import EnglishTextNormalizer
+
+    normalise = EnglishTextNormalizer()
+    return jiwer.wer(normalise(reference), normalise(hypothesis))
+
+
+def run(coro):
+    return asyncio.run(coro)
+
+
+@pytest.fixture(scope="session")
+def speech_pcm():
+    """name → (pcm bytes, reference text)."""
+    import audio_assets
+
+    cache = {}
+
+    def get(name: str):
+        if name not in cache:
+            if name == "harvard":
+                path, text = audio_assets.harvard()
+            elif name == "pyannote":
+                path, text, _ = audio_assets.pyannote_call()
+            else:
+                path, text = audio_assets.arctic(name)
+            cache[name] = (load_pcm16(path), text)
+        return cache[name]
+
+    return get
+
+
+@pytest.fixture(scope="session")
+def webm():
+    cache = {}
+
+    def get(pcm: bytes) -> bytes:
+        key = hash(pcm)
+        if key not in cache:
+            cache[key] = encode_webm_opus(pcm)
+        return cache[key]
+
+    return get
+
+
+@pytest.fixture(scope="module")
+def pcm_server():
+    with running_server("--pcm-input") as server:
+        yield server
+
+
+@pytest.fixture(scope="module")
+def webm_server():
+    with running_server() as server:
+        yield server
