@@ -36,8 +36,7 @@ class HypothesisBuffer:
 
     def agree(self, hypothesis: List[Word]) -> List[Word]:
         """Commit the longest common prefix of `hypothesis` and the previous one."""
-        new = [w for w in hypothesis if w.start > self.last_committed_end_s - 0.1]
-        new = self._drop_repeated_head(new)
+        new = hypothesis[self._uncommitted_start(hypothesis):]
         committed: List[Word] = []
         while new and self.previous and _key(new[0]) == _key(self.previous[0]):
             committed.append(new.pop(0))
@@ -48,16 +47,28 @@ class HypothesisBuffer:
         self.previous = new
         return committed
 
-    def _drop_repeated_head(self, new: List[Word]) -> List[Word]:
-        """Whisper often repeats the last committed words at the start of a hypothesis; drop them."""
-        if not new or not self.committed_in_buffer or abs(new[0].start - self.last_committed_end_s) > 1.0:
-            return new
-        for n in range(min(5, len(new), len(self.committed_in_buffer)), 0, -1):
-            tail = [_key(w) for w in self.committed_in_buffer[-n:]]
-            head = [_key(w) for w in new[:n]]
-            if tail == head:
-                return new[n:]
-        return new
+    def _uncommitted_start(self, hypothesis: List[Word]) -> int:
+        """Index of the first word of `hypothesis` not yet committed.
+
+        Word timestamps jitter between hypotheses (most on overlapping or
+        narrow-band speech), so time alone drops or repeats words at the seam.
+        The seam is anchored on text: where the last committed words reappear
+        near the time-based guess. Time decides only when the text does not match.
+        """
+        by_time = next((i for i, w in enumerate(hypothesis) if w.start > self.last_committed_end_s - 0.1), len(hypothesis))
+        if not self.committed_in_buffer:
+            return by_time
+        keys = [_key(w) for w in hypothesis]
+        tail = [_key(w) for w in self.committed_in_buffer[-3:]]
+        best, best_score = None, 0
+        for j in range(max(0, by_time - 4), min(len(keys), by_time + 4) + 1):
+            for n in range(len(tail), 0, -1):
+                if j - n >= 0 and keys[j - n : j] == tail[-n:]:
+                    score = 10 * n - abs(j - by_time)
+                    if score > best_score:
+                        best, best_score = j, score
+                    break
+        return by_time if best is None else best
 
     def forget_before(self, time_s: float) -> None:
         self.committed_in_buffer = [w for w in self.committed_in_buffer if w.end > time_s]
@@ -128,10 +139,28 @@ class LocalAgreementPolicy:
             self.language = result.language
         words = [w.shifted(self._request_offset_s) for w in result.words]
         committed = self.hypothesis.agree(words)
+        if not committed and self.buffer_s > self.buffer_trimming_s:
+            committed = self._commit_stalled()
         self.committed.extend(committed)
         if self.buffer_s > self.buffer_trimming_s:
             self._trim()
         return committed
+
+    def _commit_stalled(self) -> List[Word]:
+        """Hypotheses have disagreed for a whole buffer (hard audio): waiting longer only lets Whisper
+        skip more of an ever longer buffer. Commit the latest hypothesis up to its last sentence end
+        at least 1 s before the buffer end, so the buffer can be trimmed there."""
+        end_s = self.offset_s + self.buffer_s
+        tentative = self.hypothesis.previous
+        cut = max((i + 1 for i, w in enumerate(tentative) if w.text.rstrip().endswith((".", "?", "!")) and w.end < end_s - 1.0), default=0)
+        if cut == 0:
+            cut = sum(1 for w in tentative if w.end < end_s - 2.0)
+        if cut == 0:
+            return []
+        words, self.hypothesis.previous = tentative[:cut], tentative[cut:]
+        self.hypothesis.last_committed_end_s = words[-1].end
+        self.hypothesis.committed_in_buffer.extend(words)
+        return words
 
     def finish(self) -> List[Word]:
         """End of a voiced segment or of the stream: commit the tentative tail and empty the buffer."""
