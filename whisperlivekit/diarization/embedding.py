@@ -124,6 +124,7 @@ class EmbeddingDiarizer:
         self.margin_db = margin_db
         self.floor_dbfs = floor_dbfs
         self.hangover_frames = int(round(hangover_s / FRAME_S))
+        self.latency_s = (self.window / 2 + 2 * self.hop) / SAMPLE_RATE  # worst case, see the module docstring
         # The first embedding pays for librosa's lazy imports and torch's kernel set-up (seconds):
         # pay it here, at load time, not in the first connection's first chunk.
         self._embed([np.random.default_rng(0).normal(0, 0.05, self.window).astype(np.float32)])
