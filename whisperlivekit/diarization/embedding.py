@@ -301,3 +301,5 @@ class EmbeddingDiarizer:
 
     def close(self) -> None:
         self._encoder = None
+        if str(self.device).startswith("cuda"):
+            self._torch.cuda.empty_cache()
