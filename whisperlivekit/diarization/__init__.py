@@ -1,0 +1,64 @@
+"""Speaker diarization: who speaks when, streamed per connection.
+
+Two backends behind `DiarizationModel`, chosen by name:
+
+- `embedding`: a pretrained speaker encoder (Resemblyzer) with online
+  clustering; light, runs on CPU; the default.
+- `sortformer`: NVIDIA's streaming Sortformer (NeMo); end to end, handles
+  overlapped speech, meant for GPUs.
+
+`assign_speakers` then gives each transcribed word its speaker.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Callable, Dict, Optional
+
+from whisperlivekit.diarization.assign import assign_speakers
+from whisperlivekit.diarization.types import DiarizationModel, DiarizationState, SpeakerSegment
+
+
+def _embedding(device: str, model: Optional[str], max_speakers: int, **opts: Any) -> DiarizationModel:
+    from whisperlivekit.diarization.embedding import EmbeddingDiarizer
+
+    if model:
+        opts.setdefault("weights_path", model)
+    return EmbeddingDiarizer(device=device, max_speakers=max_speakers, **opts)
+
+
+def _sortformer(device: str, model: Optional[str], max_speakers: int, **opts: Any) -> DiarizationModel:
+    from whisperlivekit.diarization.sortformer import DEFAULT_MODEL, SortformerDiarizer
+
+    return SortformerDiarizer(model or DEFAULT_MODEL, device=device, max_speakers=max_speakers, **opts)
+
+
+BACKENDS: Dict[str, Callable[..., DiarizationModel]] = {
+    "embedding": _embedding,
+    "sortformer": _sortformer,
+}
+
+
+def load_diarizer(
+    backend: str, device: str, model: Optional[str] = None, max_speakers: int = 4, **opts: Any
+) -> DiarizationModel:
+    """Load a diarization backend by name on `device` ("cpu", "cuda:N").
+
+    `model` is backend specific: Resemblyzer weights (`.pt`) for `embedding`, a
+    `.nemo` file or hub name for `sortformer`. `opts` go to the backend's
+    constructor (thresholds, chunk lengths, ...).
+    """
+    try:
+        factory = BACKENDS[backend]
+    except KeyError:
+        raise ValueError(f"Unknown diarization backend '{backend}'; choose one of: {', '.join(BACKENDS)}") from None
+    return factory(device, model, max_speakers, **opts)
+
+
+__all__ = [
+    "BACKENDS",
+    "DiarizationModel",
+    "DiarizationState",
+    "SpeakerSegment",
+    "assign_speakers",
+    "load_diarizer",
+]
