@@ -15,7 +15,7 @@ from typing import AsyncIterator, List, Optional, Tuple
 
 import numpy as np
 
-from whisperlivekit.asr.local_agreement import LocalAgreementPolicy
+from whisperlivekit.asr.policies import make_policy
 from whisperlivekit.audio.decode import SAMPLE_RATE, make_decoder
 from whisperlivekit.audio.vad import VadStream
 from whisperlivekit.config import Settings
@@ -36,7 +36,7 @@ class TranscriptionEngine:
         self.worker = worker
         self.log = logging.LoggerAdapter(logger, {"connection_id": slot.connection_id, "device": slot.label})
         self.decoder = make_decoder(settings.pcm_input, label=f"[{slot.connection_id[:8]}]")
-        self.policy = LocalAgreementPolicy(settings.buffer_trimming_s, language=language, task=settings.task)
+        self.policy = make_policy(settings, language)
         self.vad_model = vad_model if settings.vac else None
         self.vad = VadStream(threshold=settings.vad_threshold) if self.vad_model is not None else None
         self.received_samples = 0
@@ -112,7 +112,6 @@ class TranscriptionEngine:
             self._changed.set()
 
     async def _on_audio(self, chunk: np.ndarray) -> None:
-        start_s = self.received_s
         self.received_samples += len(chunk)
         self._arrivals.append((self.received_s, time.monotonic()))
         self.policy.append_audio(chunk)
@@ -122,17 +121,12 @@ class TranscriptionEngine:
                 if kind == "end":
                     self.segment_end_pending = True
             if not self.vad.in_speech and not self.segment_end_pending and not self.policy.tentative:
-                self._drop_silence(start_s)
+                self._drop_silence()
         self._wake.set()
 
-    def _drop_silence(self, chunk_start_s: float) -> None:
+    def _drop_silence(self) -> None:
         """While nobody speaks, keep only a short pre-roll: silence is never sent to Whisper."""
-        keep_from = max(self.policy.offset_s, self.received_s - PREROLL_S)
-        cut = int((keep_from - self.policy.offset_s) * SAMPLE_RATE)
-        if cut > 0:
-            self.policy.audio = self.policy.audio[cut:]
-            self.policy.offset_s = keep_from
-            self.policy.processed_samples = max(0, self.policy.processed_samples - cut)
+        self.policy.drop_audio_before(self.received_s - PREROLL_S)
         self._publish()
 
     # -- the transcription loop ------------------------------------------------------
@@ -180,7 +174,7 @@ class TranscriptionEngine:
         committed = self.policy.apply(result)
         self.log.debug(
             "step %.2f s audio at %.2f s in %.0f ms%s: %r → committed %r", len(request.audio) / SAMPLE_RATE,
-            self.policy._request_offset_s, 1000 * (time.perf_counter() - started),
+            self.policy.offset_s, 1000 * (time.perf_counter() - started),
             " (degenerate)" if result.degenerate else "", result.text[-60:], "".join(w.text for w in committed),
         )
         self._commit(committed)

@@ -103,11 +103,13 @@ class LocalAgreementPolicy:
     def append_audio(self, samples: np.ndarray) -> None:
         self.audio = np.concatenate([self.audio, samples])
 
-    def restart_at(self, time_s: float) -> None:
-        """Start a fresh buffer at absolute `time_s` (a new voiced segment); the buffer must be empty."""
-        self.audio = np.zeros(0, dtype=np.float32)
-        self.offset_s = time_s
-        self.processed_samples = 0
+    def drop_audio_before(self, time_s: float) -> None:
+        """Forget buffered audio before `time_s` (silence that will never be transcribed)."""
+        cut = int((time_s - self.offset_s) * SAMPLE_RATE)
+        if cut > 0:
+            self.audio = self.audio[cut:]
+            self.offset_s += cut / SAMPLE_RATE
+            self.processed_samples = max(0, self.processed_samples - cut)
 
     @property
     def buffer_s(self) -> float:

@@ -61,3 +61,27 @@ class WhisperBackend(Protocol):
     def transcribe_batch(self, requests: Sequence[TranscribeRequest]) -> List[TranscribeResult]: ...
 
     def close(self) -> None: ...
+
+
+class StreamingPolicy(Protocol):
+    """Per-connection streaming state over a shared backend (LocalAgreement-2, AlignAtt, ...).
+
+    The engine appends audio, asks for a request when enough is new, hands the
+    device worker's result back, and reads committed/tentative words. All times
+    are absolute stream seconds.
+    """
+
+    committed: List[Word]
+    offset_s: float  # stream time of the first sample still buffered
+
+    def append_audio(self, samples: np.ndarray) -> None: ...
+    def drop_audio_before(self, time_s: float) -> None: ...  # silence the engine will never transcribe
+    @property
+    def unprocessed_s(self) -> float: ...
+    @property
+    def transcribed_until_s(self) -> float: ...
+    @property
+    def tentative(self) -> List[Word]: ...
+    def next_request(self) -> TranscribeRequest: ...
+    def apply(self, result: TranscribeResult) -> List[Word]: ...  # returns newly committed words
+    def finish(self) -> List[Word]: ...  # end of a voiced segment / stream: commit the tentative tail
