@@ -17,7 +17,7 @@ from whisperlivekit.config import Settings
 from whisperlivekit.gpu.manager import GpuManager
 from whisperlivekit.gpu.nvml import GpuProbe, NvmlProbe, SimulatedProbe
 from whisperlivekit.runtime.model_pool import ModelPool
-from whisperlivekit.services import Services
+from whisperlivekit.services import EngineFactory, Services
 
 logger = logging.getLogger(__name__)
 
@@ -63,6 +63,7 @@ def create_app(
     probe: Optional[GpuProbe] = None,
     manager: Optional[GpuManager] = None,
     pool: Optional[ModelPool] = None,
+    engine_factory: Optional[EngineFactory] = None,
 ) -> FastAPI:
     if pool is None:
         pool = ModelPool(settings)
@@ -71,6 +72,8 @@ def create_app(
     if pool.on_device_failure is None:  # a device that fails inference is taken out of rotation
         pool.on_device_failure = lambda device, reason: device.startswith("cuda") and manager.mark_unhealthy(int(device.split(":")[1]), reason)
     services = Services(settings=settings, manager=manager, pool=pool)
+    if engine_factory is not None:
+        services.engine_factory = engine_factory
 
     @asynccontextmanager
     async def lifespan(app: FastAPI):

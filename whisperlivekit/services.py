@@ -4,12 +4,27 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass, field
+from typing import Awaitable, Callable, Optional
 
 from fastapi import Request, WebSocket
 
 from whisperlivekit.config import Settings
-from whisperlivekit.gpu.manager import GpuManager
+from whisperlivekit.engine import TranscriptionEngine
+from whisperlivekit.gpu.manager import GpuManager, Slot
 from whisperlivekit.runtime.model_pool import ModelPool
+
+
+async def build_engine(services: "Services", slot: Slot, language: Optional[str]) -> TranscriptionEngine:
+    """A started engine for `slot`, on its device's shared worker (or a private one in the baseline mode)."""
+    pool = services.pool
+    worker = (await pool.private_worker(slot.device)) if services.settings.model_per_connection else await pool.worker(slot.device)
+    engine = TranscriptionEngine(services.settings, slot, worker, vad_model=pool.vad_model() if services.settings.vac else None,
+                                 language=language)
+    await engine.start()
+    return engine
+
+
+EngineFactory = Callable[["Services", Slot, Optional[str]], Awaitable[TranscriptionEngine]]
 
 
 @dataclass
@@ -20,6 +35,7 @@ class Services:
     started_at: float = field(default_factory=time.time)
     draining: bool = False
     active_engines: set = field(default_factory=set)
+    engine_factory: EngineFactory = build_engine
 
 
 def get_services(request: Request) -> Services:

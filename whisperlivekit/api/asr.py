@@ -53,15 +53,6 @@ def _language(services: Services, requested: Optional[str]) -> Optional[str]:
     return None if language == "auto" else language
 
 
-async def _build_engine(services: Services, websocket: WebSocket, slot: Slot, language: Optional[str]):
-    worker = (await services.pool.private_worker(slot.device)) if services.settings.model_per_connection \
-        else await services.pool.worker(slot.device)
-    vad_model = services.pool.vad_model() if services.settings.vac else None
-    engine = TranscriptionEngine(services.settings, slot, worker, vad_model=vad_model, language=language)
-    await engine.start()
-    return engine
-
-
 async def _admit_and_build(services: Services, websocket: WebSocket, connection_id: str, language: Optional[str]):
     """A slot and a running engine; a device that fails while building is marked unhealthy and the
     connection is retried once on another GPU."""
@@ -72,7 +63,7 @@ async def _admit_and_build(services: Services, websocket: WebSocket, connection_
     slot = await manager.acquire_waiting(connection_id, services.settings.queue_timeout_s, on_queued)
     for attempt in (1, 2):
         try:
-            return slot, await _build_engine(services, websocket, slot, language)
+            return slot, await services.engine_factory(services, slot, language)
         except (DeviceError, ModelLoadError, RuntimeError) as exc:
             manager.release(slot)
             if slot.gpu_id is None or attempt == 2:

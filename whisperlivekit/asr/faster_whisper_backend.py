@@ -37,6 +37,7 @@ SAMPLE_RATE = 16_000
 HOP = 160
 FULL_WINDOW_FRAMES = 3000
 PADDING_S = 1.0
+WINDOW_BUCKET_FRAMES = 200  # 2 s
 MAX_TOKENS_PER_S = 12.0
 MAX_PROMPT_TOKENS = 223
 
@@ -127,12 +128,27 @@ class FasterWhisperBackend:
         return [r[0][0].strip("<|>") for r in results]
 
     # -- the backend interface -----------------------------------------------------
+    def window_frames(self, request: TranscribeRequest) -> int:
+        """Encoder window for one request: its audio plus padding, in 2 s buckets, at least `min_window_s`.
+
+        A function of the request alone, so batching never changes a stream's result.
+        """
+        frames = len(request.audio) / HOP + PADDING_S * SAMPLE_RATE / HOP
+        bucketed = int(-(-frames // WINDOW_BUCKET_FRAMES) * WINDOW_BUCKET_FRAMES)
+        return min(FULL_WINDOW_FRAMES, max(self.min_window_frames, bucketed))
+
     def transcribe_batch(self, requests: Sequence[TranscribeRequest]) -> List[TranscribeResult]:
-        if not requests:
-            return []
-        longest = max(len(r.audio) for r in requests)
-        frames = int(longest / HOP + PADDING_S * SAMPLE_RATE / HOP)
-        frames = min(FULL_WINDOW_FRAMES, max(self.min_window_frames, frames + frames % 2))
+        """Requests sharing an encoder window run as one batch; others as separate batches."""
+        results: List[Optional[TranscribeResult]] = [None] * len(requests)
+        groups: Dict[int, List[int]] = {}
+        for i, request in enumerate(requests):
+            groups.setdefault(self.window_frames(request), []).append(i)
+        for frames, indices in groups.items():
+            for i, result in zip(indices, self._transcribe_window([requests[i] for i in indices], frames)):
+                results[i] = result
+        return results  # type: ignore[return-value]
+
+    def _transcribe_window(self, requests: List[TranscribeRequest], frames: int) -> List[TranscribeResult]:
         results, degenerate = self._run(list(requests), frames)
         if degenerate:
             # Retry on Whisper's native 30 s window without the prompt (prompts feed loops).

@@ -208,10 +208,12 @@ class GpuManager:
         deadline = loop.time() + timeout_s
         waiter: asyncio.Future = loop.create_future()
         self._waiters.append(waiter)
+        reported = 0
         try:
             while True:
                 position = self._waiters.index(waiter) + 1
-                if on_queued is not None:
+                if on_queued is not None and position != reported:
+                    reported = position
                     result = on_queued(position)
                     if asyncio.iscoroutine(result):
                         await result

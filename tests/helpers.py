@@ -1,0 +1,63 @@
+"""Small client-side helpers shared by the server tests."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+from typing import List, Optional
+
+import psutil
+import websockets
+
+
+async def open_session(url: str, timeout: float = 30.0):
+    """Connect and read the first message; returns (websocket, first message or None, close code)."""
+    ws = await websockets.connect(url, max_size=None, open_timeout=timeout)
+    try:
+        first = json.loads(await asyncio.wait_for(ws.recv(), timeout))
+        return ws, first, None
+    except websockets.ConnectionClosed as closed:
+        return ws, None, closed.rcvd.code if closed.rcvd else None
+
+
+def drop_tcp(ws) -> None:
+    """Vanish like a crashed client: no close frame, the TCP connection is just aborted."""
+    ws.transport.abort()
+
+
+async def close_code_after(ws, timeout: float = 10.0) -> Optional[int]:
+    """Read until the server closes; returns its close code."""
+    try:
+        while True:
+            await asyncio.wait_for(ws.recv(), timeout)
+    except websockets.ConnectionClosed as closed:
+        return closed.rcvd.code if closed.rcvd else None
+    except asyncio.TimeoutError:
+        return None
+
+
+async def messages_until_close(ws, timeout: float = 30.0) -> List[dict]:
+    out = []
+    try:
+        while True:
+            out.append(json.loads(await asyncio.wait_for(ws.recv(), timeout)))
+    except (websockets.ConnectionClosed, asyncio.TimeoutError):
+        return out
+
+
+def ffmpeg_children(pid: int) -> List[psutil.Process]:
+    try:
+        return [p for p in psutil.Process(pid).children(recursive=True) if p.name() == "ffmpeg"]
+    except psutil.NoSuchProcess:
+        return []
+
+
+def eventually(check, timeout: float = 15.0, interval: float = 0.2):
+    """Poll `check()` until truthy (servers release asynchronously); returns the last value."""
+    deadline = time.monotonic() + timeout
+    value = check()
+    while not value and time.monotonic() < deadline:
+        time.sleep(interval)
+        value = check()
+    return value
