@@ -118,22 +118,33 @@ def test_live_page_transcribes_the_microphone_and_finishes_on_stop(tmp_path, fla
             heard = await _wait_for(heard_birch_canoe, timeout_s=60)
             status = await page.get_by_test_id("status").inner_text()
             assert heard, f"no 'birch canoe' after 60 s; status {status!r}; page:\n{await page.inner_text('body')}"
-            async def heard_second_sentence():  # not asserted: only so the screenshot shows more than one phrase
-                return "blue background" in _normalised(await page.get_by_test_id("lines").inner_text())
-            await _wait_for(heard_second_sentence, timeout_s=20)
+            async def heard_last_sentence():  # not asserted: only so the screenshot shows the whole clip once
+                return "steady work" in _normalised(await page.get_by_test_id("lines").inner_text()
+                                                    + " " + await page.get_by_test_id("buffer").inner_text())
+            await _wait_for(heard_last_sentence, timeout_s=20)
             assert "cpu" in (await page.get_by_test_id("device").inner_text()).lower()
             assert capture in await page.get_by_test_id("audio-mode").inner_text()
             assert await page.get_by_test_id("status").get_attribute("data-state") == "recording"
 
-            await page.get_by_test_id("record-button").click()
+            await page.get_by_test_id("record-button").focus()  # Stop from the keyboard
+            await page.keyboard.press("Enter")
             finished = page.locator('[data-testid="status"][data-state="finished"]')
             await finished.wait_for(timeout=60_000)
             assert "finished" in (await finished.inner_text()).lower()
             received = await page.evaluate("window.wlkDebug.received")
             assert received[0] == "config" and received[-1] == "ready_to_stop", received
             assert await page.get_by_test_id("error").is_hidden()
-            assert await page.get_by_test_id("copy-button").is_enabled()
             await _screenshot(page, tmp_path, "live.png", save_to_docs=capture == "MediaRecorder")
+            async with page.expect_download() as download_info:
+                await page.get_by_test_id("download-button").click()
+            download = await download_info.value
+            assert download.suggested_filename.endswith(".txt")
+            saved = tmp_path / download.suggested_filename
+            await download.save_as(str(saved))
+            assert "birch" in saved.read_text().lower() and "Speaker" in saved.read_text()
+            await browser.grant_permissions(["clipboard-read", "clipboard-write"], origin=server.base_url)
+            await page.get_by_test_id("copy-button").click()
+            assert await page.evaluate("navigator.clipboard.readText()") == saved.read_text()
 
             assert await _fits_phone_width(page), "the live page overflows a phone-width screen"
             await _screenshot(page, tmp_path, "live-phone.png", save_to_docs=False)
@@ -202,4 +213,66 @@ def test_dashboard_shows_each_gpus_connections_and_follows_them_down_to_zero(tmp
             await browser.close()
 
     with running_server("--simulate-gpus", "4", "--max-connections-per-gpu", "4") as server:
+        run(scenario(server))
+
+
+@pytest.mark.browser
+def test_live_page_shows_its_queue_position_then_the_refusal_when_no_gpu_frees_up(tmp_path):
+    async_playwright = _async_playwright()
+
+    async def scenario(server):
+        held = await _hold_connections(server.ws_url, 1)  # the only GPU slot
+        async with async_playwright() as playwright:
+            browser = await _launch(playwright, tmp_path, fake_audio=HARVARD_WAV if HARVARD_WAV.exists() else None)
+            page = browser.pages[0] if browser.pages else await browser.new_page()
+            await page.goto(server.base_url + "/")
+            await page.get_by_test_id("record-button").click()
+            status = page.get_by_test_id("status")
+            await page.locator('[data-testid="status"][data-state="queued"]').wait_for(timeout=10_000)
+            assert "position 1" in await status.inner_text()
+            await page.locator('[data-testid="status"][data-state="error"]').wait_for(timeout=15_000)
+            error = page.get_by_test_id("error")
+            assert await error.is_visible()
+            assert "No GPU available" in await error.inner_text()
+            assert await page.get_by_test_id("record-button").inner_text() == "Record"  # no retry loop on a refusal
+            await _screenshot(page, tmp_path, "refused.png", save_to_docs=False)
+            await browser.close()
+        for ws, _ in held:
+            await ws.close()
+
+    flags = ("--simulate-gpus", "1", "--max-connections-per-gpu", "1", "--no-cpu-fallback", "--queue-timeout", "3")
+    with running_server(*flags) as server:
+        run(scenario(server))
+
+
+@pytest.mark.browser
+def test_live_page_reconnects_while_recording_when_the_server_comes_back(tmp_path):
+    async_playwright = _async_playwright()
+    if not HARVARD_WAV.exists():
+        pytest.skip(f"{HARVARD_WAV} is missing: apt-get install -y codec2-examples")
+
+    async def scenario(server):
+        async with async_playwright() as playwright:
+            browser = await _launch(playwright, tmp_path, fake_audio=HARVARD_WAV)
+            page = browser.pages[0] if browser.pages else await browser.new_page()
+            await page.goto(server.base_url + "/")
+            await page.get_by_test_id("record-button").click()
+            recording = page.locator('[data-testid="status"][data-state="recording"]')
+            await recording.wait_for(timeout=30_000)
+            await page.get_by_test_id("line").first.wait_for(timeout=30_000)
+            first_line = await page.get_by_test_id("line").first.inner_text()
+
+            await asyncio.to_thread(server.stop)
+            await page.locator('[data-testid="status"][data-state="reconnecting"]').wait_for(timeout=10_000)
+            assert "Reconnecting" in await page.get_by_test_id("status").inner_text()
+            await asyncio.to_thread(server.start)
+            await recording.wait_for(timeout=60_000)  # back-off 1, 2, 4, 8 s ... while the server restarts
+            assert await page.get_by_test_id("line").first.inner_text() == first_line, "the earlier transcript was lost"
+
+            await page.get_by_test_id("record-button").click()
+            await page.locator('[data-testid="status"][data-state="finished"]').wait_for(timeout=60_000)
+            assert (await page.evaluate("window.wlkDebug.received")).count("config") >= 2
+            await browser.close()
+
+    with running_server() as server:
         run(scenario(server))

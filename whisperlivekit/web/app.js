@@ -45,6 +45,11 @@ function showError(text) {
   ui.error.hidden = !text;
 }
 
+function resetFacts() {
+  showDevice(null);
+  for (const fact of [ui.audio, ui.lagTranscription, ui.lagDiarization]) fact.textContent = "–";
+}
+
 function showDevice(config) {
   ui.device.replaceChildren(!config ? "–" : config.gpu_id == null ? config.device : `GPU ${config.gpu_id} (${config.device})`);
   if (config && config.simulated) {
@@ -90,7 +95,7 @@ async function start() {
   showError("");
   transcript.clear();
   refreshTranscriptView();
-  showDevice(null);
+  resetFacts();
   setState("connecting", "Opening the microphone…");
   try {
     microphone = await openMicrophone(ui.mic.value);

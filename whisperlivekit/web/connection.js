@@ -24,10 +24,10 @@ export function explainClose(code, reason) {
     case 1000:
       return { message: "Connection closed by the server.", retry: false };
     case 1008:
-      return {
-        message: `The server refused the connection: ${reason || "No GPU available"}. All transcription slots are busy; try again in a moment.`,
-        retry: false,
-      };
+      if (!reason || /no gpu available/i.test(reason)) {
+        return { message: "The server refused the connection: No GPU available. All transcription slots are busy; try again in a moment.", retry: false };
+      }
+      return { message: `The server refused the connection: ${reason}.`, retry: false };
     case 4401:
       return { message: "Access denied: the server needs a valid token (open this page with ?token=…).", retry: false };
     case 4400:

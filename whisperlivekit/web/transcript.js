@@ -40,9 +40,10 @@ function renderLine(item, line) {
   const time = document.createElement("span");
   time.className = "time";
   time.textContent = `${shortTime(line.start)} – ${shortTime(line.end)}`;
+  if (silence) return item.replaceChildren(badge, time);
   const text = document.createElement("p");
   text.className = "text";
-  text.textContent = silence ? "(silence)" : line.text || "";
+  text.textContent = line.text || "";
   item.replaceChildren(badge, time, text);
 }
 
