@@ -90,8 +90,10 @@ def create_app(
     app = FastAPI(title="whisperlivekit", lifespan=lifespan)
     app.state.services = services
 
-    from whisperlivekit.api import asr, status
+    from whisperlivekit.api import asr, status, web
 
     app.include_router(status.router)
     app.include_router(asr.router)
+    app.include_router(web.router)
+    app.mount("/static", web.static_files(), name="static")
     return app

@@ -1,0 +1,32 @@
+"""The browser pages: `GET /` (live transcription), `GET /dashboard` (GPU slots), `/static/*` files.
+
+The pages are plain HTML, CSS and JavaScript modules shipped inside the package
+(`whisperlivekit/web/`): no build step, no CDN, so they work offline.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from fastapi import APIRouter
+from fastapi.responses import FileResponse
+from fastapi.staticfiles import StaticFiles
+
+WEB_DIR = Path(__file__).resolve().parent.parent / "web"
+
+router = APIRouter()
+
+
+@router.get("/", include_in_schema=False)
+def live_page() -> FileResponse:
+    return FileResponse(WEB_DIR / "index.html", media_type="text/html")
+
+
+@router.get("/dashboard", include_in_schema=False)
+def dashboard_page() -> FileResponse:
+    return FileResponse(WEB_DIR / "dashboard.html", media_type="text/html")
+
+
+def static_files() -> StaticFiles:
+    """Mounted at `/static` by `create_app` (routers cannot carry mounts)."""
+    return StaticFiles(directory=WEB_DIR)
