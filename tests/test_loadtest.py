@@ -7,15 +7,15 @@ import subprocess
 import sys
 from pathlib import Path
 
-from conftest import running_server
-
 import audio_assets
+from conftest import running_server
 
 SCRIPT = Path(__file__).resolve().parent.parent / "scripts" / "loadtest.py"
 
 
 def test_one_client_for_eight_seconds_writes_a_full_report(tmp_path):
-    audio_assets.arctic("arctic_a0007"), audio_assets.arctic("arctic_a0009")  # skips if the audio is unavailable
+    for clip in ("arctic_a0007", "arctic_a0009"):
+        audio_assets.arctic(clip)  # skips the test if the recording is unavailable
     with running_server("--pcm-input") as server:
         run = subprocess.run(
             [sys.executable, str(SCRIPT), "--url", server.ws_url, "--clients", "1", "--ramp-s", "0", "--duration-s", "8",
