@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import os
 import random
+import time
 
 import psutil
 import websockets
@@ -20,7 +21,7 @@ from whisperlivekit.config import Settings
 from whisperlivekit.errors import DeviceError
 from whisperlivekit.services import build_engine
 
-CYCLES = 500
+CYCLES = int(__import__("os").environ.get("WLK_HAMMER_CYCLES", "500"))
 CLIENTS = 32
 
 
@@ -41,6 +42,7 @@ def test_hammer_500_cycles_32_clients_leave_zero_slots_and_zero_ffmpeg(speech_pc
     pcm, _ = speech_pcm("harvard")
     payload = webm(pcm)
     outcomes: dict = {}
+    durations: dict = {}
     rng = random.Random(1234)
 
     with in_process_server(app) as base:
@@ -48,6 +50,13 @@ def test_hammer_500_cycles_32_clients_leave_zero_slots_and_zero_ffmpeg(speech_pc
 
         async def cycle(i: int) -> None:
             action = rng.choice(["drop", "drop", "finish", "text", "garbage", "huge", "close", "drop-early"])
+            started = time.monotonic()
+            try:
+                await _cycle(action)
+            finally:
+                durations.setdefault(action, []).append(time.monotonic() - started)
+
+        async def _cycle(action: str) -> None:
             try:
                 async with websockets.connect(url, max_size=None, open_timeout=30) as ws:
                     first = await asyncio.wait_for(ws.recv(), 30)
@@ -96,6 +105,7 @@ def test_hammer_500_cycles_32_clients_leave_zero_slots_and_zero_ffmpeg(speech_pc
 
         run(scenario())
         print("outcomes:", dict(sorted(outcomes.items())))
+        print("max seconds per action:", {k: round(max(v), 1) for k, v in sorted(durations.items())})
         assert sum(outcomes.values()) == CYCLES
         assert eventually(lambda: services.manager.held() == 0, timeout=30), services.manager.snapshot()
         assert eventually(lambda: not services.active_engines, timeout=30)

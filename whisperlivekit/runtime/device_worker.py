@@ -55,6 +55,23 @@ def _deliver(job: _Job, result: Any = None, error: Optional[BaseException] = Non
         pass
 
 
+def single_threaded_blas() -> None:
+    """Keep numpy's OpenBLAS off its thread pool, process-wide.
+
+    Lanes compute mel spectrograms with numpy while connections spawn ffmpeg.
+    OpenBLAS's fork handler shuts its pool down, so a fork landing during a
+    pooled matmul in another thread leaves that matmul waiting forever (seen as
+    a hang under 32 concurrent connections). The matrices here are small: one
+    thread loses nothing.
+    """
+    try:
+        from threadpoolctl import threadpool_limits
+
+        threadpool_limits(limits=1, user_api="blas")
+    except ImportError:  # pragma: no cover - threadpoolctl is a dependency
+        logger.warning("threadpoolctl missing: set OPENBLAS_NUM_THREADS=1 to avoid fork-time BLAS hangs")
+
+
 def _is_device_failure(exc: BaseException) -> bool:
     text = f"{type(exc).__name__}: {exc}".lower()
     return any(marker in text for marker in ("cuda", "out of memory", "cublas", "cudnn", "device-side"))
@@ -71,6 +88,7 @@ class DeviceWorker:
         batch_window_ms: float = 0.0,
         on_device_failure: Optional[Callable[[str, str], None]] = None,
     ) -> None:
+        single_threaded_blas()
         self.device = device
         self.backend = backend
         self.max_batch_size = max(1, max_batch_size)
