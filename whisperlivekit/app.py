@@ -90,7 +90,9 @@ def create_app(
     app = FastAPI(title="whisperlivekit", lifespan=lifespan)
     app.state.services = services
 
-    from whisperlivekit.api import asr, status, web
+    from whisperlivekit.api import asr, security, status, web
+
+    security.add_cors(app, settings)
 
     app.include_router(status.router)
     app.include_router(asr.router)

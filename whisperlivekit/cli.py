@@ -26,6 +26,11 @@ def _gpu_list(text: str):
         raise argparse.ArgumentTypeError(f"--gpus takes comma-separated indices such as 0,2,3, not {text!r}")
 
 
+def _origin_list(text: str):
+    origins = tuple(o.strip().rstrip("/") for o in text.split(",") if o.strip())
+    return None if not origins or "*" in origins else origins
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="whisperlivekit-server",
@@ -40,6 +45,22 @@ def build_parser() -> argparse.ArgumentParser:
     server.add_argument("--ssl-keyfile", default=None)
     server.add_argument("--log-level", default=DEFAULTS.log_level, choices=["debug", "info", "warning", "error"])
     server.add_argument("--log-format", default=DEFAULTS.log_format, choices=["text", "json"])
+    server.add_argument("--drain-timeout", dest="drain_timeout_s", type=float, default=DEFAULTS.drain_timeout_s,
+                        help="on SIGTERM/SIGINT, seconds active streams may continue before they are finished (0: close at once)")
+
+    security = p.add_argument_group("security")
+    security.add_argument("--api-token", default=None, help="token required on /asr (query ?token= or Authorization: Bearer); env WLK_API_TOKEN")
+    security.add_argument("--protect-status", action="store_true", help="also require the token on /gpu-status, /dashboard and /metrics")
+    security.add_argument("--allowed-origins", type=_origin_list, default=None,
+                          help="comma-separated Origins allowed on /asr and for CORS (default: any)")
+
+    limits = p.add_argument_group("limits (0: off)")
+    limits.add_argument("--max-session-seconds", dest="max_session_s", type=float, default=DEFAULTS.max_session_s)
+    limits.add_argument("--idle-timeout", dest="idle_timeout_s", type=float, default=DEFAULTS.idle_timeout_s,
+                        help="close a connection that sends no audio frame for this many seconds")
+    limits.add_argument("--max-connections-per-ip", type=int, default=DEFAULTS.max_connections_per_ip)
+    limits.add_argument("--max-backlog-seconds", dest="max_backlog_s", type=float, default=DEFAULTS.max_backlog_s,
+                        help="close a client whose untranscribed audio exceeds this (it sends faster than real time)")
 
     model = p.add_argument_group("model")
     model.add_argument("--model", default=DEFAULTS.model, help="size name (tiny.en, base, ...) or a local path")
@@ -146,10 +167,14 @@ def main(argv: Optional[List[str]] = None) -> None:
     app = create_app(settings, manager=manager, pool=pool)
     scheme = "https" if settings.ssl_certfile else "http"
     logger.info("Serving on %s://%s:%d (WebSocket /asr)", scheme, settings.host, settings.port)
-    uvicorn.run(
+    from whisperlivekit.lifecycle import DrainingServer
+
+    config = uvicorn.Config(
         app, host=settings.host, port=settings.port, ssl_certfile=settings.ssl_certfile, ssl_keyfile=settings.ssl_keyfile,
         log_config=None, ws_max_size=max(settings.max_frame_bytes * 2, 65536), ws_ping_interval=20, ws_ping_timeout=20,
     )
+    DrainingServer(config, app.state.services, settings.drain_timeout_s).run()
+    logger.info("Server stopped")
 
 
 if __name__ == "__main__":

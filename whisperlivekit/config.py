@@ -25,6 +25,18 @@ class Settings:
     ssl_keyfile: Optional[str] = None
     log_level: str = "info"
     log_format: Literal["text", "json"] = "text"
+    drain_timeout_s: float = 30.0  # on SIGTERM/SIGINT: how long active streams may keep going
+
+    # --- security -----------------------------------------------------------------
+    api_token: Optional[str] = None  # required on /asr (query `token` or `Authorization: Bearer`)
+    protect_status: bool = False  # also require the token on /gpu-status, /dashboard, /metrics
+    allowed_origins: Optional[Tuple[str, ...]] = None  # None: any Origin
+
+    # --- limits (0: off) ----------------------------------------------------------
+    max_session_s: float = 0.0
+    idle_timeout_s: float = 60.0  # seconds without an audio frame
+    max_connections_per_ip: int = 0
+    max_backlog_s: float = 60.0  # audio received but not yet transcribed
 
     # --- model --------------------------------------------------------------------
     model: str = "tiny.en"

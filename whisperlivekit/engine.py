@@ -40,6 +40,7 @@ class TranscriptionEngine:
         self.vad_model = vad_model if settings.vac else None
         self.vad = VadStream(threshold=settings.vad_threshold) if self.vad_model is not None else None
         self.received_samples = 0
+        self.fed_bytes = 0
         self.segment_end_pending = False
         self.input_done = False
         self.error: Optional[str] = None
@@ -61,6 +62,7 @@ class TranscriptionEngine:
     async def feed(self, data: bytes) -> None:
         if self.error:
             raise DecodeError(self.error)
+        self.fed_bytes += len(data)
         await self.decoder.feed(data)
 
     async def end_of_audio(self) -> None:
@@ -96,6 +98,20 @@ class TranscriptionEngine:
     @property
     def received_s(self) -> float:
         return self.received_samples / SAMPLE_RATE
+
+    @property
+    def backlog_s(self) -> float:
+        """Audio received from the client but not yet transcribed (decoder queue + policy buffer).
+
+        Container input is decoded by ffmpeg, whose pipe pushes back on a fast client; raw PCM is
+        queued here, so its not-yet-decoded part is counted from the bytes fed.
+        """
+        queued_s = max(0.0, self.fed_bytes / (2 * SAMPLE_RATE) - self.received_s) if self.settings.pcm_input else 0.0
+        return queued_s + (self.policy.unprocessed_s if self._speech_pending() else 0.0)
+
+    @property
+    def transcribed_s(self) -> float:
+        return min(self.received_s, self.policy.transcribed_until_s)
 
     async def _read_audio(self) -> None:
         try:

@@ -31,3 +31,14 @@ class ProtocolViolation(WhisperLiveKitError):
 
 class DeviceError(WhisperLiveKitError):
     """Inference failed on a device (CUDA error, out of memory)."""
+
+
+class LimitExceeded(ProtocolViolation):
+    """A connection ran into a server limit (session length, idle time, backlog, per-address cap).
+
+    `reason` is the WebSocket close reason; the message is what the client is told first.
+    """
+
+    def __init__(self, message: str, close_code: int, reason: str) -> None:
+        super().__init__(message, close_code)
+        self.reason = reason

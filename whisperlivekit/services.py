@@ -4,14 +4,19 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass, field
-from typing import Awaitable, Callable, Optional
+from typing import TYPE_CHECKING, Awaitable, Callable, Optional
 
 from fastapi import Request, WebSocket
 
 from whisperlivekit.config import Settings
 from whisperlivekit.engine import TranscriptionEngine
 from whisperlivekit.gpu.manager import GpuManager, Slot
+from whisperlivekit.lifecycle import Sessions
+from whisperlivekit.limits import AddressCounter
 from whisperlivekit.runtime.model_pool import ModelPool
+
+if TYPE_CHECKING:
+    from whisperlivekit.metrics import Metrics
 
 
 async def build_engine(services: "Services", slot: Slot, language: Optional[str]) -> TranscriptionEngine:
@@ -36,6 +41,16 @@ class Services:
     draining: bool = False
     active_engines: set = field(default_factory=set)
     engine_factory: EngineFactory = build_engine
+    sessions: Sessions = field(default_factory=Sessions)
+    addresses: AddressCounter = field(default_factory=lambda: AddressCounter(0))
+    metrics: Optional["Metrics"] = None
+
+    def __post_init__(self) -> None:
+        from whisperlivekit.metrics import Metrics
+
+        self.addresses = AddressCounter(self.settings.max_connections_per_ip)
+        if self.metrics is None:
+            self.metrics = Metrics(self)
 
 
 def get_services(request: Request) -> Services:

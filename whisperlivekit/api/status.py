@@ -1,9 +1,12 @@
-"""`/health`, `/ready`, `/gpu-status`."""
+"""`/health`, `/ready`, `/gpu-status`, `/metrics` (the last two behind the token under `--protect-status`)."""
 
 from __future__ import annotations
 
 from fastapi import APIRouter, Depends
-from fastapi.responses import JSONResponse
+from fastapi.responses import JSONResponse, Response
+from prometheus_client import CONTENT_TYPE_LATEST
+
+from whisperlivekit.api.security import require_status_token
 
 from whisperlivekit.services import Services, get_services
 
@@ -25,7 +28,7 @@ def ready(services: Services = Depends(get_services)) -> JSONResponse:
     return JSONResponse({"ready": True})
 
 
-@router.get("/gpu-status")
+@router.get("/gpu-status", dependencies=[Depends(require_status_token)])
 def gpu_status(services: Services = Depends(get_services)) -> dict:
     snapshot = services.manager.snapshot()
     snapshot["devices"] = {
@@ -34,3 +37,8 @@ def gpu_status(services: Services = Depends(get_services)) -> dict:
         for device, worker in services.pool.workers().items()
     }
     return snapshot
+
+
+@router.get("/metrics", dependencies=[Depends(require_status_token)])
+def metrics(services: Services = Depends(get_services)) -> Response:
+    return Response(services.metrics.render(), media_type=CONTENT_TYPE_LATEST)

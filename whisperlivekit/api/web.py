@@ -8,9 +8,11 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from fastapi import APIRouter
+from fastapi import APIRouter, Depends
 from fastapi.responses import FileResponse
 from fastapi.staticfiles import StaticFiles
+
+from whisperlivekit.api.security import require_status_token
 
 WEB_DIR = Path(__file__).resolve().parent.parent / "web"
 
@@ -22,7 +24,7 @@ def live_page() -> FileResponse:
     return FileResponse(WEB_DIR / "index.html", media_type="text/html")
 
 
-@router.get("/dashboard", include_in_schema=False)
+@router.get("/dashboard", include_in_schema=False, dependencies=[Depends(require_status_token)])
 def dashboard_page() -> FileResponse:
     return FileResponse(WEB_DIR / "dashboard.html", media_type="text/html")
 

@@ -178,6 +178,7 @@ class GpuManager:
                     "Allocated %s to connection %s (load %d/%d, memory %.1f/%.2f GB)",
                     slot.label, connection_id, len(gpu.holders), self.max_connections_per_gpu,
                     info.used_memory_gb if info else 0.0, info.total_memory_gb if info else 0.0,
+                    extra={"connection_id": connection_id, "device": slot.label},
                 )
                 return slot
             healthy = [g for g in self._gpus.values() if g.healthy]
@@ -188,7 +189,8 @@ class GpuManager:
                     self._cpu_holders.append(connection_id)
                     slot = Slot(connection_id, None, CPU_DEVICE)
                     self._slots[connection_id] = slot
-                    logger.info("Allocated CPU to connection %s (load %d/%d)", connection_id, len(self._cpu_holders), self.max_cpu_connections)
+                    logger.info("Allocated CPU to connection %s (load %d/%d)", connection_id, len(self._cpu_holders), self.max_cpu_connections,
+                                extra={"connection_id": connection_id, "device": slot.label})
                     return slot
             reason = "No GPU available"
             self.refusals[reason] = self.refusals.get(reason, 0) + 1
@@ -260,7 +262,8 @@ class GpuManager:
             else:
                 self._gpus[slot.gpu_id].holders.remove(connection_id)
                 remaining = len(self._gpus[slot.gpu_id].holders)
-            logger.info("Released %s from connection %s (remaining %d)", slot.label, connection_id, remaining)
+            logger.info("Released %s from connection %s (remaining %d)", slot.label, connection_id, remaining,
+                        extra={"connection_id": connection_id, "device": slot.label})
         self._wake_first()
         return True
 

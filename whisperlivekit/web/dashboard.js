@@ -83,7 +83,8 @@ function render(status) {
 
 async function poll() {
   try {
-    const response = await fetch("gpu-status", { cache: "no-store" });
+    const token = new URLSearchParams(location.search).get("token");  // under --protect-status
+    const response = await fetch(token ? `gpu-status?token=${encodeURIComponent(token)}` : "gpu-status", { cache: "no-store" });
     if (!response.ok) throw new Error(`HTTP ${response.status}`);
     render(await response.json());
     $("error").hidden = true;
