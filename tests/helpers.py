@@ -11,9 +11,9 @@ import psutil
 import websockets
 
 
-async def open_session(url: str, timeout: float = 30.0):
+async def open_session(url: str, timeout: float = 30.0, headers: Optional[dict] = None):
     """Connect and read the first message; returns (websocket, first message or None, close code)."""
-    ws = await websockets.connect(url, max_size=None, open_timeout=timeout)
+    ws = await websockets.connect(url, max_size=None, open_timeout=timeout, additional_headers=headers)
     try:
         first = json.loads(await asyncio.wait_for(ws.recv(), timeout))
         return ws, first, None

@@ -4,8 +4,27 @@ from __future__ import annotations
 
 import json
 import logging
+import re
 import sys
 import time
+
+_SECRETS = (
+    re.compile(r"(?i)([?&]token=)[^&\s\"']+"),
+    re.compile(r"(?i)(authorization:?\s*(?:bearer\s+)?)[^\s\"',]+"),
+)
+
+
+class RedactSecrets(logging.Filter):
+    """Masks `?token=…` and `Authorization: Bearer …` in any record (e.g. debug logs of a handshake)."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        message = record.getMessage()
+        redacted = message
+        for pattern in _SECRETS:
+            redacted = pattern.sub(r"\1[redacted]", redacted)
+        if redacted != message:
+            record.msg, record.args = redacted, None
+        return True
 
 
 class JsonFormatter(logging.Formatter):
@@ -37,6 +56,7 @@ class TextFormatter(logging.Formatter):
 def configure_logging(level: str = "info", fmt: str = "text") -> None:
     handler = logging.StreamHandler(sys.stderr)
     handler.setFormatter(JsonFormatter() if fmt == "json" else TextFormatter())
+    handler.addFilter(RedactSecrets())  # tokens never reach the log, whatever the level
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level.upper())
