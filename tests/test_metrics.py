@@ -1,0 +1,47 @@
+"""`/metrics` after real streams, and JSON logs that tag every connection line with its id and device."""
+
+from __future__ import annotations
+
+import json
+
+from prometheus_client.parser import text_string_to_metric_families
+
+from conftest import run, running_server
+from whisperlivekit.client import stream
+
+
+def _samples(text: str) -> dict:
+    out = {}
+    for family in text_string_to_metric_families(text):
+        for sample in family.samples:
+            out.setdefault(sample.name, []).append(sample)
+    return out
+
+
+def test_metrics_after_a_stream_and_json_logs_tag_connection_lines(speech_pcm):
+    pcm, _ = speech_pcm("arctic_a0007")
+    with running_server("--pcm-input", "--log-format", "json") as server:
+        result = run(stream(server.ws_url, pcm, pcm=True, speed=4.0))
+        assert result.ended_with_ready_to_stop
+        connection_id = result.config["connection_id"]
+        samples = _samples(server.get("/metrics").text)
+        log = server.log()
+
+    def total(name, **labels):
+        return sum(s.value for s in samples.get(name, []) if all(s.labels.get(k) == v for k, v in labels.items()))
+
+    assert total("whisperlivekit_connections_accepted_total") >= 1
+    assert total("whisperlivekit_audio_received_seconds_total") > 1.0
+    assert total("whisperlivekit_audio_transcribed_seconds_total") > 1.0
+    assert total("whisperlivekit_slot_wait_seconds_count") >= 1
+    assert total("whisperlivekit_commit_lag_seconds_count") >= 1
+    assert total("whisperlivekit_connections_active", gpu="cpu") == 0
+    assert total("whisperlivekit_inference_batches_total") >= 1
+    assert total("whisperlivekit_model_load_seconds") > 0
+    assert total("whisperlivekit_connections_closed_total", outcome="completed") >= 1
+
+    lines = [json.loads(line) for line in log.splitlines() if line.startswith("{")]
+    mine = [e for e in lines if e.get("connection_id") == connection_id or connection_id in e["message"]]
+    assert len(mine) >= 2, log[-2000:]
+    for entry in mine:
+        assert entry.get("connection_id") == connection_id and entry.get("device") == "CPU", entry
