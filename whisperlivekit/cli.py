@@ -65,6 +65,17 @@ def build_parser() -> argparse.ArgumentParser:
     streaming.add_argument("--pause-segmentation-seconds", dest="pause_segmentation_s", type=float, default=DEFAULTS.pause_segmentation_s)
     streaming.add_argument("--no-audio-timeout", dest="no_audio_timeout_s", type=float, default=DEFAULTS.no_audio_timeout_s)
 
+    diar = p.add_argument_group("diarization")
+    diar.add_argument("--diarization", action="store_true", help="label speakers (lines carry a speaker id)")
+    diar.add_argument("--diarization-backend", default=DEFAULTS.diarization_backend, choices=["auto", "embedding", "sortformer"],
+                      help="auto: sortformer on GPUs, the bundled embedding diarizer on the CPU")
+    diar.add_argument("--diarization-model", default=None, help="Sortformer .nemo file (or hub name when online)")
+    diar.add_argument("--max-speakers", type=int, default=DEFAULTS.max_speakers)
+    diar.add_argument("--sortformer-chunk-len", type=int, default=DEFAULTS.sortformer_chunk_len, help="frames of 80 ms")
+    diar.add_argument("--sortformer-right-context", type=int, default=DEFAULTS.sortformer_right_context)
+    diar.add_argument("--sortformer-fifo-len", type=int, default=DEFAULTS.sortformer_fifo_len)
+    diar.add_argument("--sortformer-spkcache-len", type=int, default=DEFAULTS.sortformer_spkcache_len)
+
     inp = p.add_argument_group("input")
     inp.add_argument("--pcm-input", action="store_true", help="clients send raw PCM s16le 16 kHz mono instead of a container")
     inp.add_argument("--max-frame-bytes", type=int, default=DEFAULTS.max_frame_bytes)
@@ -140,7 +151,9 @@ def main(argv: Optional[List[str]] = None) -> None:
         if settings.preload:
             for device in execution_devices(manager):
                 pool.worker_sync(device)
-    except (WhisperLiveKitError, RuntimeError, ValueError) as exc:
+                if settings.diarization:
+                    pool.diarizer_sync(device)
+    except (WhisperLiveKitError, RuntimeError, ValueError, OSError) as exc:
         print(f"whisperlivekit-server: error: {exc}", file=sys.stderr)
         raise SystemExit(2)
     app = create_app(settings, manager=manager, pool=pool)
