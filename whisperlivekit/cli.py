@@ -45,6 +45,8 @@ def build_parser() -> argparse.ArgumentParser:
     model.add_argument("--model", default=DEFAULTS.model, help="size name (tiny.en, base, ...) or a local path")
     model.add_argument("--model-dir", default=None, help="directory holding model folders named after sizes")
     model.add_argument("--backend", default=DEFAULTS.backend, choices=["faster-whisper", "openai-whisper"])
+    model.add_argument("--backend-policy", default=DEFAULTS.backend_policy, choices=["localagreement"],
+                       help="streaming policy")
     model.add_argument("--compute-type", default=DEFAULTS.compute_type, help="CTranslate2 compute type (auto: int8 on CPU, float16 on GPU)")
     model.add_argument("--language", default=DEFAULTS.language, help="ISO code, or auto to detect")
     model.add_argument("--task", default=DEFAULTS.task, choices=["transcribe", "translate"])
