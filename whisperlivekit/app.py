@@ -82,6 +82,8 @@ def create_app(
         if settings.preload:
             for device in execution_devices(manager):
                 await asyncio.to_thread(pool.worker_sync, device)
+                if settings.diarization:
+                    await asyncio.to_thread(pool.diarizer_sync, device)
             if settings.vac:
                 await asyncio.to_thread(pool.vad_model)
         yield

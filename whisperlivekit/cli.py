@@ -66,6 +66,8 @@ def build_parser() -> argparse.ArgumentParser:
     model.add_argument("--model", default=DEFAULTS.model, help="size name (tiny.en, base, ...) or a local path")
     model.add_argument("--model-dir", default=None, help="directory holding model folders named after sizes")
     model.add_argument("--backend", default=DEFAULTS.backend, choices=["faster-whisper", "openai-whisper"])
+    model.add_argument("--backend-policy", default=DEFAULTS.backend_policy, choices=["localagreement"],
+                       help="streaming policy")
     model.add_argument("--compute-type", default=DEFAULTS.compute_type, help="CTranslate2 compute type (auto: int8 on CPU, float16 on GPU)")
     model.add_argument("--language", default=DEFAULTS.language, help="ISO code, or auto to detect")
     model.add_argument("--task", default=DEFAULTS.task, choices=["transcribe", "translate"])
@@ -85,6 +87,17 @@ def build_parser() -> argparse.ArgumentParser:
     streaming.add_argument("--vad-threshold", type=float, default=DEFAULTS.vad_threshold)
     streaming.add_argument("--pause-segmentation-seconds", dest="pause_segmentation_s", type=float, default=DEFAULTS.pause_segmentation_s)
     streaming.add_argument("--no-audio-timeout", dest="no_audio_timeout_s", type=float, default=DEFAULTS.no_audio_timeout_s)
+
+    diar = p.add_argument_group("diarization")
+    diar.add_argument("--diarization", action="store_true", help="label speakers (lines carry a speaker id)")
+    diar.add_argument("--diarization-backend", default=DEFAULTS.diarization_backend, choices=["auto", "embedding", "sortformer"],
+                      help="auto: sortformer on GPUs, the bundled embedding diarizer on the CPU")
+    diar.add_argument("--diarization-model", default=None, help="Sortformer .nemo file (or hub name when online)")
+    diar.add_argument("--max-speakers", type=int, default=DEFAULTS.max_speakers)
+    diar.add_argument("--sortformer-chunk-len", type=int, default=DEFAULTS.sortformer_chunk_len, help="frames of 80 ms")
+    diar.add_argument("--sortformer-right-context", type=int, default=DEFAULTS.sortformer_right_context)
+    diar.add_argument("--sortformer-fifo-len", type=int, default=DEFAULTS.sortformer_fifo_len)
+    diar.add_argument("--sortformer-spkcache-len", type=int, default=DEFAULTS.sortformer_spkcache_len)
 
     inp = p.add_argument_group("input")
     inp.add_argument("--pcm-input", action="store_true", help="clients send raw PCM s16le 16 kHz mono instead of a container")
@@ -161,7 +174,9 @@ def main(argv: Optional[List[str]] = None) -> None:
         if settings.preload:
             for device in execution_devices(manager):
                 pool.worker_sync(device)
-    except (WhisperLiveKitError, RuntimeError, ValueError) as exc:
+                if settings.diarization:
+                    pool.diarizer_sync(device)
+    except (WhisperLiveKitError, RuntimeError, ValueError, OSError) as exc:
         print(f"whisperlivekit-server: error: {exc}", file=sys.stderr)
         raise SystemExit(2)
     app = create_app(settings, manager=manager, pool=pool)

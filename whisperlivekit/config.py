@@ -60,6 +60,16 @@ class Settings:
     pause_segmentation_s: float = 1.0
     no_audio_timeout_s: float = 5.0
 
+    # --- diarization --------------------------------------------------------------
+    diarization: bool = False
+    diarization_backend: str = "auto"  # auto: sortformer on GPUs, embedding on the CPU
+    diarization_model: Optional[str] = None
+    max_speakers: int = 4
+    sortformer_chunk_len: int = 6
+    sortformer_right_context: int = 7
+    sortformer_fifo_len: int = 188
+    sortformer_spkcache_len: int = 188
+
     # --- input --------------------------------------------------------------------
     pcm_input: bool = False
     max_frame_bytes: int = 1_048_576

@@ -30,7 +30,9 @@ PREROLL_S = 0.4
 
 
 class TranscriptionEngine:
-    def __init__(self, settings: Settings, slot: Slot, worker: DeviceWorker, vad_model=None, language: Optional[str] = None) -> None:
+    def __init__(
+        self, settings: Settings, slot: Slot, worker: DeviceWorker, vad_model=None, language: Optional[str] = None, diarizer=None,
+    ) -> None:
         self.settings = settings
         self.slot = slot
         self.worker = worker
@@ -53,11 +55,18 @@ class TranscriptionEngine:
         self._arrivals: List[Tuple[float, float]] = []  # (stream time, monotonic) for lag measurement
         self.commit_lags_s: List[float] = []
         self.compute_s = 0.0
+        self.diarizer = diarizer
+        self.diarization = diarizer.new_stream() if diarizer is not None else None
+        self._diar_queue: "asyncio.Queue[Optional[np.ndarray]]" = asyncio.Queue()
+        self._diar_done = diarizer is None
 
     # -- lifecycle -------------------------------------------------------------------
     async def start(self) -> None:
         await self.decoder.start()
         self._tasks = [asyncio.create_task(self._read_audio()), asyncio.create_task(self._process())]
+        if self.diarizer is not None:
+            self._diar_task = asyncio.create_task(self._diarize())
+            self._tasks.append(self._diar_task)
 
     async def feed(self, data: bytes) -> None:
         if self.error:
@@ -124,6 +133,7 @@ class TranscriptionEngine:
             self.error = str(exc)
         finally:
             self.input_done = True
+            self._diar_queue.put_nowait(None)
             self._wake.set()
             self._changed.set()
 
@@ -131,6 +141,8 @@ class TranscriptionEngine:
         self.received_samples += len(chunk)
         self._arrivals.append((self.received_s, time.monotonic()))
         self.policy.append_audio(chunk)
+        if self.diarizer is not None:
+            self._diar_queue.put_nowait(chunk)
         if self.vad is not None:
             events = await asyncio.to_thread(self.vad.process, self.vad_model, chunk)
             for kind, _ in events:
@@ -172,12 +184,40 @@ class TranscriptionEngine:
                 if self.policy.unprocessed_s > 0.05 and self._has_speech():
                     await self._step()
                 self._commit(self.policy.finish())
+                if self.diarizer is not None:
+                    await self._diar_task
         except WhisperLiveKitError as exc:
             self.error = str(exc)
             self.log.error("transcription failed: %s", exc)
         finally:
             self.finished = True
             self._publish()
+
+    async def _diarize(self) -> None:
+        """Feed the connection's diarization state on the device worker, ~0.5 s at a time.
+
+        At the end, a little silence lets the diarizer settle the last labels.
+        """
+        pending: List[np.ndarray] = []
+        ended = False
+        while not ended:
+            chunk = await self._diar_queue.get()
+            if chunk is None:
+                ended = True
+                pending.append(np.zeros(int((getattr(self.diarizer, "latency_s", 1.0) + 0.2) * SAMPLE_RATE), np.float32))
+            else:
+                pending.append(chunk)
+            while not self._diar_queue.empty() and not ended:
+                nxt = self._diar_queue.get_nowait()
+                if nxt is None:
+                    self._diar_queue.put_nowait(None)
+                    break
+                pending.append(nxt)
+            if ended or sum(len(c) for c in pending) >= SAMPLE_RATE // 2:
+                audio, pending = np.concatenate(pending), []
+                await self.worker.call(self.diarizer.process, self.diarization, audio)
+                self._publish()
+        self._diar_done = True
 
     def _has_speech(self) -> bool:
         return self.vad is None or self.vad.speech_seen
@@ -207,7 +247,19 @@ class TranscriptionEngine:
     # -- snapshot --------------------------------------------------------------------
     def snapshot(self) -> dict:
         words = self.policy.committed
-        speakers = [1] * len(words)
+        buffer_diarization = ""
+        diarization_lag_s = 0.0
+        if self.diarization is None:
+            speakers = [1] * len(words)
+        else:
+            from whisperlivekit.diarization import assign_speakers
+
+            settled_s = float("inf") if self._diar_done else self.diarization.processed_s
+            labelled = [w for w in words if w.end <= settled_s]
+            buffer_diarization = "".join(w.text for w in words[len(labelled):]).strip()
+            words = labelled
+            speakers = assign_speakers(words, list(self.diarization.segments))
+            diarization_lag_s = 0.0 if self._diar_done else self.received_s - self.diarization.processed_s
         silent_since = None
         if self.vad is not None and not self.vad.in_speech and not self.policy.tentative:
             silent_since = words[-1].end if words else 0.0
@@ -219,12 +271,15 @@ class TranscriptionEngine:
             self.vad is None or not self.vad.speech_seen
         ):
             status = "no_audio_detected"
+        transcription_lag_s = 0.0
+        if not self.finished and self._speech_pending():
+            transcription_lag_s = self.received_s - self.policy.transcribed_until_s
         return update_message(
             status=status,
             lines=lines,
             buffer_transcription="".join(w.text for w in self.policy.tentative).strip(),
-            buffer_diarization="",
-            remaining_time_transcription=0.0 if self.finished else self.received_s - self.policy.transcribed_until_s if self._speech_pending() else 0.0,
-            remaining_time_diarization=0.0,
+            buffer_diarization=buffer_diarization,
+            remaining_time_transcription=transcription_lag_s,
+            remaining_time_diarization=diarization_lag_s,
             error=self.error,
         )

@@ -16,14 +16,18 @@ def _gap(word: Word, segment: SpeakerSegment) -> float:
 def assign_speakers(words: Sequence[Word], segments: Sequence[SpeakerSegment]) -> List[int]:
     """The speaker of each word: the one whose segments overlap it longest.
 
-    A word that no segment overlaps (diarization lags the transcript, or the
+    Punctuation (Whisper gives it its own timestamps, often at a turn boundary)
+    keeps the speaker of the word it follows. A word that no segment overlaps (diarization lags the transcript, or the
     word falls in a pause) takes the speaker of the nearest segment. With no
     segments at all every word gets 0, "speaker not known yet".
     """
     if not segments:
         return [0] * len(words)
-    speakers = []
+    speakers: List[int] = []
     for word in words:
+        if speakers and not any(ch.isalnum() for ch in word.text):
+            speakers.append(speakers[-1])  # punctuation belongs to the word it follows
+            continue
         overlap: dict = {}
         for segment in segments:
             shared = min(word.end, segment.end) - max(word.start, segment.start)

@@ -131,6 +131,30 @@ class ModelPool:
         """`--model-per-connection` baseline: a fresh model for one connection; the caller closes it."""
         return await asyncio.to_thread(self._build_worker, device)
 
+    def diarizer_sync(self, device: str):
+        """The device's shared diarization model (state lives per connection)."""
+        with self._guard:
+            lock = self._locks.setdefault(f"diarizer:{device}", threading.Lock())
+        with lock:
+            if device not in self._diarizers:
+                from whisperlivekit.diarization import load_diarizer
+
+                s = self.settings
+                backend = s.diarization_backend if s.diarization_backend != "auto" else ("sortformer" if device.startswith("cuda") else "embedding")
+                opts = {}
+                if backend == "sortformer":
+                    opts = dict(chunk_len=s.sortformer_chunk_len, chunk_right_context=s.sortformer_right_context,
+                                fifo_len=s.sortformer_fifo_len, spkcache_len=s.sortformer_spkcache_len)
+                started = time.perf_counter()
+                self._diarizers[device] = load_diarizer(backend, device, s.diarization_model, s.max_speakers, **opts)
+                self.load_times_s[f"diarizer:{device}"] = time.perf_counter() - started
+                logger.info("Loaded %s diarizer on %s in %.2f s", backend, device, time.perf_counter() - started)
+            return self._diarizers[device]
+
+    async def diarizer(self, device: str):
+        existing = self._diarizers.get(device)
+        return existing if existing is not None else await asyncio.to_thread(self.diarizer_sync, device)
+
     def vad_model(self):
         """Silero VAD: one CPU session for the process; state lives per connection."""
         with self._guard:
@@ -154,3 +178,6 @@ class ModelPool:
             workers, self._workers = list(self._workers.values()), {}
         for worker in workers:
             worker.close()
+        for diarizer in list(self._diarizers.values()):
+            diarizer.close()
+        self._diarizers.clear()

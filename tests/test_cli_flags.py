@@ -1,0 +1,59 @@
+"""Every flag does something: it changes its Settings field, and that field is read by the code."""
+
+from __future__ import annotations
+
+import argparse
+import re
+from dataclasses import fields
+from pathlib import Path
+
+import pytest
+
+from whisperlivekit.cli import build_parser, settings_from_args
+from whisperlivekit.config import Settings
+
+PACKAGE = Path(__file__).resolve().parents[1] / "whisperlivekit"
+
+
+def _actions():
+    return [a for a in build_parser()._actions if a.option_strings and a.dest != "help"]
+
+
+def _non_default_args(action: argparse.Action):
+    flag = action.option_strings[0]
+    if isinstance(action, (argparse._StoreTrueAction, argparse._StoreFalseAction)):
+        return [flag]
+    if action.choices:
+        others = [c for c in action.choices if c != action.default]
+        if not others:
+            pytest.skip(f"{flag} has a single choice")
+        return [flag, others[0]]
+    if action.dest == "gpus":
+        return [flag, "0,2"]
+    if action.type in (int, float):
+        return [flag, str((action.default or 0) + 3)]
+    return [flag, "some-value"]
+
+
+@pytest.mark.parametrize("action", _actions(), ids=lambda a: a.option_strings[0])
+def test_flag_changes_its_setting(action):
+    default = settings_from_args([])
+    changed = settings_from_args(_non_default_args(action))
+    assert getattr(changed, action.dest) != getattr(default, action.dest)
+
+
+def test_every_setting_has_a_flag_and_is_read_by_the_code():
+    flags = {a.dest for a in _actions()}
+    sources = "\n".join(p.read_text() for p in PACKAGE.rglob("*.py") if p.name != "config.py")
+    # a read through a settings object (not the parser's DEFAULTS.x)
+    unread = [f.name for f in fields(Settings) if not re.search(rf"\b(settings|s)\.{f.name}\b", sources)]
+    assert not unread, f"settings nothing reads: {unread}"
+    assert {f.name for f in fields(Settings)} - flags == set(), "settings without a flag"
+
+
+def test_environment_variables_set_flag_defaults(monkeypatch):
+    monkeypatch.setenv("WLK_PORT", "9123")
+    monkeypatch.setenv("WLK_PCM_INPUT", "true")
+    settings = settings_from_args([])
+    assert settings.port == 9123 and settings.pcm_input is True
+    assert settings_from_args(["--port", "9000"]).port == 9000  # flags win

@@ -1,0 +1,106 @@
+"""Speaker labels and voice activity through the live /asr path."""
+
+from __future__ import annotations
+
+import itertools
+import subprocess
+
+import numpy as np
+import pytest
+
+from conftest import run, running_server, wer
+from whisperlivekit.client import stream
+
+SR = 16000
+
+
+def _parse(t: str) -> float:
+    h, m, s = t.split(":")
+    return int(h) * 3600 + int(m) * 60 + float(s)
+
+
+def _alternating_two_voices(speech_pcm):
+    """ARCTIC a0007 (a man) and a0009 (a woman), alternating with 0.5 s gaps; returns pcm and reference turns."""
+    man, _ = speech_pcm("arctic_a0007")
+    woman, _ = speech_pcm("arctic_a0009")
+    gap = b"\0\0" * (SR // 2)
+    parts, turns, t = [], [], 0.0
+    for clip, who in ((man, "man"), (woman, "woman"), (man, "man"), (woman, "woman")):
+        duration = len(clip) / 2 / SR
+        parts += [clip, gap]
+        turns.append((t, t + duration, who))
+        t += duration + 0.5
+    return b"".join(parts), turns
+
+
+def _speaker_accuracy(lines, turns):
+    """Share of reference speech time (covered by transcript lines) whose line speaker is right, best mapping."""
+    spoken = [(_parse(l["start"]), _parse(l["end"]), l["speaker"]) for l in lines if l.get("text")]
+    labels = sorted({s for *_, s in spoken})
+    best = 0.0
+    for mapping in itertools.permutations(["man", "woman", "x", "y"][: max(2, len(labels))], len(labels)):
+        assign = dict(zip(labels, mapping))
+        right = covered = 0.0
+        for ts, te, who in turns:
+            for ls, le, speaker in spoken:
+                overlap = max(0.0, min(te, le) - max(ts, ls))
+                covered += overlap
+                right += overlap if assign[speaker] == who else 0.0
+        best = max(best, right / covered if covered else 0.0)
+    return best, labels
+
+
+def test_two_different_voices_get_two_speakers_right(speech_pcm):
+    pcm, turns = _alternating_two_voices(speech_pcm)
+    with running_server("--pcm-input", "--diarization") as server:
+        result = run(stream(server.ws_url, pcm, pcm=True, speed=2.0))
+    assert result.ended_with_ready_to_stop
+    final = result.final
+    accuracy, labels = _speaker_accuracy(final["lines"], turns)
+    print(f"speaker accuracy {accuracy:.1%}, speakers {labels}")
+    assert len(labels) == 2, final["lines"]
+    assert accuracy >= 0.90, final["lines"]
+    assert all(isinstance(m["buffer_diarization"], str) for m in result.updates)
+    assert any(m["remaining_time_diarization"] > 0 for m in result.updates[:-1])
+    assert final["remaining_time_diarization"] == 0 and final["buffer_diarization"] == ""
+
+
+def test_silence_around_speech_gives_no_hallucinated_text_and_a_silence_line(speech_pcm):
+    speech, reference = speech_pcm("arctic_a0009")
+    silence = b"\0\0" * (10 * SR)
+    with running_server("--pcm-input") as server:
+        result = run(stream(server.ws_url, silence + speech + silence, pcm=True, speed=4.0))
+    lines = result.final["lines"]
+    spoken = [l for l in lines if l.get("text")]
+    assert spoken and all(_parse(l["start"]) >= 9.5 and _parse(l["end"]) <= 10 + len(speech) / 2 / SR + 0.5 for l in spoken), lines
+    assert wer(reference, " ".join(l["text"] for l in spoken)) <= 0.10
+    silences = [l for l in lines if l["speaker"] == -2]
+    assert silences and silences[0]["text"] is None and _parse(silences[0]["end"]) >= 9.0
+    assert any(m["status"] == "no_audio_detected" for m in result.updates), "10 s of silence should be reported"
+
+
+def test_sortformer_from_a_local_nemo_file_streams_speaker_labels(tmp_path, speech_pcm):
+    pytest.importorskip("nemo.collections.asr")
+    from sortformer_tiny import build_tiny_sortformer_nemo
+
+    nemo = build_tiny_sortformer_nemo(tmp_path / "tiny.nemo")
+    pcm, _ = _alternating_two_voices(speech_pcm)
+    with running_server("--pcm-input", "--diarization", "--diarization-backend", "sortformer",
+                        "--diarization-model", str(nemo), "--max-speakers", "4") as server:
+        result = run(stream(server.ws_url, pcm, pcm=True, speed=2.0))
+        log = server.log()
+    assert "Loaded sortformer diarizer on cpu" in log
+    assert result.ended_with_ready_to_stop
+    spoken = [l for l in result.final["lines"] if l.get("text")]
+    assert spoken and all(l["speaker"] in (0, 1, 2, 3, 4) for l in spoken)  # random weights: any speaker, valid ids
+    assert all(isinstance(m["remaining_time_diarization"], float) for m in result.updates)
+
+
+def test_missing_sortformer_model_refuses_to_start(tmp_path):
+    pytest.importorskip("nemo.collections.asr")
+    import sys
+
+    done = subprocess.run([sys.executable, "-m", "whisperlivekit.cli", "--diarization", "--diarization-backend", "sortformer",
+                           "--diarization-model", str(tmp_path / "missing.nemo"), "--port", "1"],
+                          capture_output=True, text=True, timeout=180)
+    assert done.returncode == 2 and "missing.nemo" in done.stderr.strip().splitlines()[-1]

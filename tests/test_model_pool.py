@@ -1,0 +1,174 @@
+"""One model per device, shared by its connections; inference off the event loop; batching."""
+
+from __future__ import annotations
+
+import asyncio
+import gc
+import threading
+import weakref
+
+import httpx
+import numpy as np
+import pytest
+
+from conftest import in_process_server, run
+from helpers import open_session
+from whisperlivekit.app import create_app
+from whisperlivekit.asr.faster_whisper_backend import FasterWhisperBackend
+from whisperlivekit.asr.models import resolve_model
+from whisperlivekit.asr.types import TranscribeRequest
+from whisperlivekit.client import pcm_to_float
+from whisperlivekit.config import Settings
+from whisperlivekit.runtime.device_worker import DeviceWorker
+from whisperlivekit.runtime.model_pool import ModelPool
+
+
+@pytest.fixture(scope="module")
+def backend():
+    return FasterWhisperBackend(resolve_model("tiny.en"), device="cpu", cpu_threads=1, lanes=2)
+
+
+def test_two_connections_on_one_device_share_one_model_object(speech_pcm):
+    app = create_app(Settings(pcm_input=True))
+    services = app.state.services
+    with in_process_server(app) as base:
+        async def scenario():
+            a, first_a, _ = await open_session(base.replace("http", "ws") + "/asr")
+            b, first_b, _ = await open_session(base.replace("http", "ws") + "/asr")
+            engines = list(services.active_engines)
+            await a.close(), await b.close()
+            return engines
+
+        engines = run(scenario())
+    assert len(engines) == 2
+    assert engines[0] is not engines[1]
+    assert engines[0].worker is engines[1].worker
+    assert engines[0].worker.backend is engines[1].worker.backend
+    assert engines[0].policy is not engines[1].policy
+
+
+def test_two_simulated_devices_get_distinct_model_objects_and_a_device_loads_once():
+    loads = []
+
+    def factory(device: str, lanes: int):
+        loads.append(device)
+        return FasterWhisperBackend(resolve_model("tiny.en"), device="cpu", cpu_threads=1)
+
+    pool = ModelPool(Settings(), backend_factory=factory)
+    try:
+        threads = [threading.Thread(target=pool.worker_sync, args=(d,)) for d in ("sim:0", "sim:0", "sim:1", "sim:0")]
+        [t.start() for t in threads]
+        [t.join() for t in threads]
+        assert sorted(loads) == ["sim:0", "sim:1"]  # concurrent first connections wait for one load
+        assert pool.worker_sync("sim:0").backend is not pool.worker_sync("sim:1").backend
+        assert pool.worker_sync("sim:0") is pool.worker_sync("sim:0")
+    finally:
+        pool.close()
+
+
+class GatedBackend:
+    """A real backend whose calls wait on an event: holds the device worker busy on demand."""
+
+    def __init__(self, inner) -> None:
+        self.inner, self.name, self.device, self.model_label = inner, inner.name, inner.device, inner.model_label
+        self.entered, self.release = threading.Event(), threading.Event()
+
+    def transcribe_batch(self, requests):
+        self.entered.set()
+        self.release.wait(timeout=60)
+        return self.inner.transcribe_batch(requests)
+
+    def close(self) -> None:
+        self.release.set()
+
+
+def test_event_loop_keeps_serving_while_inference_is_held_in_the_device_worker(backend, speech_pcm):
+    gated = GatedBackend(backend)
+    pool = ModelPool(Settings(pcm_input=True), backend_factory=lambda device, lanes: gated)
+    app = create_app(Settings(pcm_input=True, max_cpu_connections=4), pool=pool)
+    pcm, _ = speech_pcm("harvard")
+    with in_process_server(app) as base:
+        ws_url = base.replace("http", "ws") + "/asr"
+
+        async def scenario():
+            busy, _, _ = await open_session(ws_url)
+            await busy.send(pcm[: 2 * 16000 * 3])
+            assert await asyncio.to_thread(gated.entered.wait, 30), "inference never started"
+            async with httpx.AsyncClient(base_url=base, timeout=10) as client:
+                health = await client.get("/health")
+                status = await client.get("/gpu-status")
+            newcomer, config, _ = await open_session(ws_url, timeout=10)
+            gated.release.set()
+            await busy.close(), await newcomer.close()
+            return health.status_code, status.json(), config
+
+        health, status, config = run(scenario())
+    assert health == 200 and status["cpu"]["active_connections"] == 1
+    assert config["type"] == "config"
+
+
+def test_batched_inference_equals_unbatched_and_never_mixes_streams(backend, speech_pcm):
+    clips = [pcm_to_float(speech_pcm(name)[0]) for name in ("harvard", "arctic_a0007", "arctic_a0009", "pyannote")]
+    requests = [TranscribeRequest(clip[16000 * 6 : 16000 * 9] if len(clip) > 16000 * 9 else clip[: 16000 * 3]) for clip in clips]
+    alone = [backend.transcribe_batch([r])[0] for r in requests]
+    assert len({a.text for a in alone}) == 4, "distinct audio per stream"
+    worker = DeviceWorker("cpu", backend, lanes=1, max_batch_size=4, batch_window_ms=500)
+
+    async def concurrently():
+        return await asyncio.gather(*(worker.transcribe(r) for r in requests))
+
+    together = asyncio.run(concurrently())
+    assert list(worker.batch_sizes) == [4], "the four requests should have run as one batch"
+    for one, batched in zip(alone, together):
+        assert batched.text == one.text  # identical transcripts, each stream its own
+        assert [w.text for w in batched.words] == [w.text for w in one.words]
+        # word times come from cross-attention alignment; batched kernels round slightly differently and can
+        # move a boundary by a frame or two (20 ms each): measured up to 40 ms
+        for a, b in zip(batched.words, one.words):
+            assert abs(a.start - b.start) <= 0.05 and abs(a.end - b.end) <= 0.05
+
+
+def test_connection_state_is_freed_at_close(speech_pcm):
+    app = create_app(Settings(pcm_input=True))
+    services = app.state.services
+    pcm, _ = speech_pcm("arctic_a0009")
+    refs = []
+    with in_process_server(app) as base:
+        async def scenario():
+            ws, _, _ = await open_session(base.replace("http", "ws") + "/asr")
+            await ws.send(pcm)
+            await asyncio.sleep(1.0)
+            engine = next(iter(services.active_engines))
+            refs.extend([weakref.ref(engine), weakref.ref(engine.policy), weakref.ref(engine.vad)])
+            del engine
+            await ws.send(b"")
+            async for message in ws:
+                if "ready_to_stop" in message:
+                    break
+            await ws.close()
+
+        run(scenario())
+        for _ in range(50):
+            gc.collect()
+            if all(r() is None for r in refs):
+                break
+            import time
+
+            time.sleep(0.1)
+    assert all(r() is None for r in refs), [type(r()).__name__ for r in refs if r() is not None]
+
+
+def test_model_per_connection_baseline_gives_each_connection_its_own_model():
+    app = create_app(Settings(pcm_input=True, model_per_connection=True, preload=False))
+    services = app.state.services
+    with in_process_server(app) as base:
+        async def scenario():
+            a, _, _ = await open_session(base.replace("http", "ws") + "/asr")
+            b, _, _ = await open_session(base.replace("http", "ws") + "/asr")
+            engines = list(services.active_engines)
+            await a.close(), await b.close()
+            return engines
+
+        engines = run(scenario())
+    assert engines[0].worker is not engines[1].worker
+    assert engines[0].worker.backend is not engines[1].worker.backend
