@@ -27,17 +27,6 @@ sys.path.insert(0, str(ROOT))
 FRAME_S = 0.01
 
 
-def read_rttm(path: Path) -> List[Tuple[float, float, str]]:
-    """(start_s, end_s, speaker) for each SPEAKER line."""
-    turns = []
-    for line in path.read_text().splitlines():
-        fields = line.split()
-        if fields and fields[0] == "SPEAKER":
-            start, duration = float(fields[3]), float(fields[4])
-            turns.append((start, start + duration, fields[7]))
-    return turns
-
-
 def activity(turns: Sequence[Tuple[float, float, object]], n_frames: int) -> Tuple[np.ndarray, list]:
     """Frames x speakers boolean matrix, and the speaker of each column."""
     speakers = sorted({t[2] for t in turns}, key=str)
@@ -97,7 +86,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.rttm is None:
         parser.error("--rttm is needed with --wav")
     audio = read_wav(args.wav)
-    reference = read_rttm(args.rttm)
+    from tests.audio_assets import rttm_turns
+
+    reference = rttm_turns(args.rttm)
 
     options = {} if args.threshold is None else {"threshold": args.threshold}
     started = time.perf_counter()

@@ -28,18 +28,22 @@ def backend():
     return FasterWhisperBackend(resolve_model("tiny.en"), device="cpu", cpu_threads=1, lanes=2)
 
 
-def test_two_connections_on_one_device_share_one_model_object(speech_pcm):
-    app = create_app(Settings(pcm_input=True))
+def _engines_of_two_open_connections(app) -> list:
+    """Open two connections to a real server running `app`; return their engines."""
     services = app.state.services
     with in_process_server(app) as base:
         async def scenario():
-            a, first_a, _ = await open_session(base.replace("http", "ws") + "/asr")
-            b, first_b, _ = await open_session(base.replace("http", "ws") + "/asr")
+            a, _, _ = await open_session(base.replace("http", "ws") + "/asr")
+            b, _, _ = await open_session(base.replace("http", "ws") + "/asr")
             engines = list(services.active_engines)
             await a.close(), await b.close()
             return engines
 
-        engines = run(scenario())
+        return run(scenario())
+
+
+def test_two_connections_on_one_device_share_one_model_object():
+    engines = _engines_of_two_open_connections(create_app(Settings(pcm_input=True)))
     assert len(engines) == 2
     assert engines[0] is not engines[1]
     assert engines[0].worker is engines[1].worker
@@ -159,16 +163,6 @@ def test_connection_state_is_freed_at_close(speech_pcm):
 
 
 def test_model_per_connection_baseline_gives_each_connection_its_own_model():
-    app = create_app(Settings(pcm_input=True, model_per_connection=True, preload=False))
-    services = app.state.services
-    with in_process_server(app) as base:
-        async def scenario():
-            a, _, _ = await open_session(base.replace("http", "ws") + "/asr")
-            b, _, _ = await open_session(base.replace("http", "ws") + "/asr")
-            engines = list(services.active_engines)
-            await a.close(), await b.close()
-            return engines
-
-        engines = run(scenario())
+    engines = _engines_of_two_open_connections(create_app(Settings(pcm_input=True, model_per_connection=True, preload=False)))
     assert engines[0].worker is not engines[1].worker
     assert engines[0].worker.backend is not engines[1].worker.backend
