@@ -295,11 +295,13 @@ def table(report: dict) -> str:
     lines = [head, "|" + "---|" * (head.count("|") - 1)]
     for mode in report["modes"]:
         for r in mode["levels"]:
+            # private per-connection workers are not in the pool, so /gpu-status has no load for them
+            load = "n/a" if mode["mode"] == "per-connection" else f"{r['peak_realtime_load']:.2f}"
             lines.append(
                 f"| {mode['mode']} | {r['n']} | {fmt(r['connect_p50_s'])}/{fmt(r['connect_p95_s'])} | {fmt(r['first_partial_p50_s'])} "
                 f"| {fmt(r['commit_lag_p50_s'])}/{fmt(r['commit_lag_p95_s'])} ({r['commit_lag_n']}) | {fmt(r['wer_mean'], '.3f')} "
                 f"| {fmt(r['offline_wer_mean'], '.3f')} | {fmt(r['wer_vs_offline_text_mean'], '.3f')} | {r['refusals']} "
-                f"| {r['peak_rss_mb']:.0f} | {fmt(r.get('rss_mb_per_extra_connection'), '.1f')} | {r['peak_realtime_load']:.2f} "
+                f"| {r['peak_rss_mb']:.0f} | {fmt(r.get('rss_mb_per_extra_connection'), '.1f')} | {load} "
                 f"| {'yes' if r['holds'] else 'no: ' + '; '.join(r['fails_because'])} |"
             )
     if any("gpu_mb_per_connection" in r for m in report["modes"] for r in m["levels"]):
@@ -311,10 +313,10 @@ def table(report: dict) -> str:
 
 
 def ratio_table(rows: List[dict]) -> str:
-    lines = ["| N | set-up p50 | lag p50 | lag p95 | RSS per extra conn | RSS per conn over idle |", "|---|---|---|---|---|---|"]
+    lines = ["| N | set-up p50 | lag p50 | lag p95 | RSS per extra conn |", "|---|---|---|---|---|"]
     for r in rows:
         lines.append(f"| {r['n']} | {fmt(r['setup_p50'])} | {fmt(r['lag_p50'])} | {fmt(r['lag_p95'])} "
-                     f"| {fmt(r['rss_per_extra_connection'])} | {fmt(r['rss_per_connection_over_idle'])} |")
+                     f"| {fmt(r['rss_per_extra_connection'])} |")
     return "\n".join(lines)
 
 
