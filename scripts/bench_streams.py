@@ -275,12 +275,14 @@ def ratios(shared: dict, per_conn: dict) -> List[dict]:
         if not s:
             continue
 
-        def ratio(key):
+        def ratio(key, floor=0.0):
             a, b = r.get(key), s.get(key)
-            return round(a / b, 2) if a is not None and b not in (None, 0) else None
+            return round(a / b, 2) if a is not None and b is not None and b > floor else None
 
         out.append({"n": r["n"], "setup_p50": ratio("connect_p50_s"), "lag_p50": ratio("commit_lag_p50_s"),
-                    "lag_p95": ratio("commit_lag_p95_s"), "rss_per_extra_connection": ratio("rss_mb_per_extra_connection"),
+                    "lag_p95": ratio("commit_lag_p95_s"), "rss_per_extra_connection": ratio("rss_mb_per_extra_connection", floor=5.0),  # shared growth is ~0: noise
+                    "rss_mb_per_extra_connection_per_conn_vs_shared": [r.get("rss_mb_per_extra_connection"),
+                                                                      s.get("rss_mb_per_extra_connection")],
                     "rss_per_connection_over_idle": ratio("rss_mb_per_connection_over_idle")})
     return out
 
@@ -312,11 +314,19 @@ def table(report: dict) -> str:
     return "\n".join(lines)
 
 
+def rss_cell(r: dict) -> str:
+    per_conn, shared = r.get("rss_mb_per_extra_connection_per_conn_vs_shared") or (None, None)
+    if per_conn is None or shared is None:
+        return "-"
+    ratio = f"{r['rss_per_extra_connection']:.1f}x" if r.get("rss_per_extra_connection") is not None else "shared ~0, no ratio"
+    return f"{per_conn:.0f} vs {shared:.1f} ({ratio})"
+
+
 def ratio_table(rows: List[dict]) -> str:
-    lines = ["| N | set-up p50 | lag p50 | lag p95 | RSS per extra conn |", "|---|---|---|---|---|"]
+    lines = ["| N | set-up p50 | lag p50 | lag p95 | RSS per extra conn (MB, per-conn vs shared) |", "|---|---|---|---|---|"]
     for r in rows:
         lines.append(f"| {r['n']} | {fmt(r['setup_p50'])} | {fmt(r['lag_p50'])} | {fmt(r['lag_p95'])} "
-                     f"| {fmt(r['rss_per_extra_connection'])} |")
+                     f"| {rss_cell(r)} |")
     return "\n".join(lines)
 
 
@@ -342,6 +352,19 @@ def plot(report: dict, path: Path, max_lag_p95_s: float) -> None:
     plt.close(fig)
 
 
+def print_summary(report: dict) -> None:
+    host = report["host"]
+    print()
+    print(table(report))
+    if "ratios_per_connection_over_shared" in report:
+        print("\nper-connection / shared:")
+        print(ratio_table(report["ratios_per_connection_over_shared"]))
+    print()
+    for m in report["modes"]:
+        print(f"largest N that holds ({m['mode']}): {m['largest_n_holding']}")
+    print(f"load: start {host['load_avg_start']}, end {host.get('load_avg_end')} ({host.get('uptime_end')})")
+
+
 def main(argv: Optional[List[str]] = None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--streams", default="1,2,4,6,8,10,12", help="comma-separated N values")
@@ -357,7 +380,18 @@ def main(argv: Optional[List[str]] = None) -> int:
     p.add_argument("--seed", type=int, default=1)
     p.add_argument("--out", type=Path, default=Path("bench-out"))
     p.add_argument("--quick", action="store_true", help="smoke run: N=1,2,4, 15 s each")
+    p.add_argument("--from-json", type=Path, help="only re-render table, ratios and plot from an earlier report.json")
     args = p.parse_args(argv)
+    if args.from_json:
+        report = json.loads(args.from_json.read_text())
+        by_mode = {m["mode"]: m for m in report["modes"]}
+        if "shared" in by_mode and "per-connection" in by_mode:
+            report["ratios_per_connection_over_shared"] = ratios(by_mode["shared"], by_mode["per-connection"])
+        args.out.mkdir(parents=True, exist_ok=True)
+        (args.out / "report.json").write_text(json.dumps(report, indent=2))
+        plot(report, args.out / "lag_p95.png", report["criteria"]["commit_lag_p95_s_max"])
+        print_summary(report)
+        return 0
     if args.quick:
         args.streams, args.duration_s = "1,2,4", 15.0
     args.streams = sorted({int(x) for x in args.streams.split(",") if x.strip()})
@@ -402,15 +436,7 @@ def main(argv: Optional[List[str]] = None) -> int:
 
     (args.out / "report.json").write_text(json.dumps(report, indent=2))
     plot(report, args.out / "lag_p95.png", args.max_lag_p95_s)
-    print()
-    print(table(report))
-    if "ratios_per_connection_over_shared" in report:
-        print("\nper-connection / shared:")
-        print(ratio_table(report["ratios_per_connection_over_shared"]))
-    print()
-    for m in report["modes"]:
-        print(f"largest N that holds ({m['mode']}): {m['largest_n_holding']}")
-    print(f"load: start {host['load_avg_start']}, end {host['load_avg_end']} ({host['uptime_end']})")
+    print_summary(report)
     print(f"wrote {args.out / 'report.json'} and {args.out / 'lag_p95.png'} in {time.monotonic() - t0:.0f} s")
     return 0
 
