@@ -252,18 +252,7 @@ def run_mode(mode: str, args, clips, offline, t0: float) -> dict:
                 f"{'HOLDS' if row['holds'] else 'FAILS: ' + '; '.join(row['fails_because'])}", t0)
             if not row["holds"] and failed_at is None:
                 failed_at = n
-    base = next((r for r in rows if r["n"] == 1), None)
-    for row in rows:
-        if base is not None and row["n"] > 1:
-            row["rss_mb_per_extra_connection"] = round((row["peak_rss_mb"] - base["peak_rss_mb"]) / (row["n"] - 1), 1)
-        row["rss_mb_per_connection_over_idle"] = round((row["peak_rss_mb"] - row["idle_rss_mb"]) / row["n"], 1)
-    holding = [r["n"] for r in rows if r["holds"]]
-    # "Largest N that holds": the largest N with every smaller measured N also holding.
-    largest = None
-    for r in rows:
-        if not r["holds"]:
-            break
-        largest = r["n"]
+    largest, holding = finish_mode(rows)
     return {"mode": mode, "flags": list(flags), "levels": rows, "largest_n_holding": largest, "holding_levels": holding}
 
 
@@ -344,12 +333,51 @@ def plot(report: dict, path: Path, max_lag_p95_s: float) -> None:
     ax.axhline(max_lag_p95_s, color="red", lw=0.8, ls=":", label=f"limit {max_lag_p95_s} s")
     ax.set_xlabel("concurrent real-time streams (N)")
     ax.set_ylabel("commit lag p95 (s)")
-    ax.set_title(f"{report['model']} on {report['host']['device']}, load avg {report['host']['load_avg_start']}")
+    host = report["host"]
+    load = f"{host['load_avg_start']}" + (f"-{host['load_avg_end']}" if host.get("load_avg_end") is not None else "")
+    ax.set_title(f"{report['model']} on {host['device']}, 1-min load avg {load}")
     ax.grid(alpha=0.3)
     ax.legend()
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
+
+
+def finish_mode(rows: List[dict]) -> Tuple[Optional[int], List[int]]:
+    """Fill RSS growth per extra connection (vs N=1) in place; return (largest N holding, holding levels)."""
+    rows.sort(key=lambda r: r["n"])
+    base = next((r for r in rows if r["n"] == 1), None)
+    for row in rows:
+        if base is not None and row["n"] > 1:
+            row["rss_mb_per_extra_connection"] = round((row["peak_rss_mb"] - base["peak_rss_mb"]) / (row["n"] - 1), 1)
+        row["rss_mb_per_connection_over_idle"] = round((row["peak_rss_mb"] - row["idle_rss_mb"]) / row["n"], 1)
+    # "Largest N that holds": the largest N with every smaller measured N also holding.
+    largest = None
+    for r in rows:
+        if not r["holds"]:
+            break
+        largest = r["n"]
+    return largest, [r["n"] for r in rows if r["holds"]]
+
+
+def merge_reports(reports: List[dict]) -> dict:
+    """Levels of several runs in one report (the first run's N wins on duplicates); RSS growth is then across servers."""
+    merged = dict(reports[0])
+    merged["merged_from"] = [{"streams": r["streams"], "duration_s": r["duration_s"], "host": r["host"]} for r in reports]
+    merged["host"] = dict(reports[0]["host"])
+    merged["host"]["load_avg_start"] = min(r["host"]["load_avg_start"] for r in reports)
+    merged["host"]["load_avg_end"] = max(r["host"].get("load_avg_end", 0) for r in reports)
+    modes: Dict[str, dict] = {}
+    for report in reports:
+        for mode in report["modes"]:
+            target = modes.setdefault(mode["mode"], {**mode, "levels": []})
+            have = {r["n"] for r in target["levels"]}
+            target["levels"] += [dict(r) for r in mode["levels"] if r["n"] not in have]
+    for mode in modes.values():
+        mode["largest_n_holding"], mode["holding_levels"] = finish_mode(mode["levels"])
+    merged["modes"] = list(modes.values())
+    merged["streams"] = sorted({n for r in reports for n in r["streams"]})
+    return merged
 
 
 def print_summary(report: dict) -> None:
@@ -380,10 +408,11 @@ def main(argv: Optional[List[str]] = None) -> int:
     p.add_argument("--seed", type=int, default=1)
     p.add_argument("--out", type=Path, default=Path("bench-out"))
     p.add_argument("--quick", action="store_true", help="smoke run: N=1,2,4, 15 s each")
-    p.add_argument("--from-json", type=Path, help="only re-render table, ratios and plot from an earlier report.json")
+    p.add_argument("--from-json", type=Path, nargs="+",
+                   help="only re-render table, ratios and plot from earlier report.json files (several: merged by N)")
     args = p.parse_args(argv)
     if args.from_json:
-        report = json.loads(args.from_json.read_text())
+        report = merge_reports([json.loads(path.read_text()) for path in args.from_json])
         by_mode = {m["mode"]: m for m in report["modes"]}
         if "shared" in by_mode and "per-connection" in by_mode:
             report["ratios_per_connection_over_shared"] = ratios(by_mode["shared"], by_mode["per-connection"])
@@ -435,8 +464,8 @@ def main(argv: Optional[List[str]] = None) -> int:
                 r.pop("session_details", None)
 
     (args.out / "report.json").write_text(json.dumps(report, indent=2))
-    plot(report, args.out / "lag_p95.png", args.max_lag_p95_s)
     print_summary(report)
+    plot(report, args.out / "lag_p95.png", args.max_lag_p95_s)
     print(f"wrote {args.out / 'report.json'} and {args.out / 'lag_p95.png'} in {time.monotonic() - t0:.0f} s")
     return 0
 
