@@ -1,0 +1,54 @@
+"""On a real CUDA host: the model and each connection's work live on the slot's cuda:N.
+
+Skipped without CUDA (conftest marks `gpu` tests). Run on a GPU machine with `pytest -m gpu`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+
+import pytest
+
+from conftest import in_process_server, run
+from helpers import open_session
+from whisperlivekit.app import create_app
+from whisperlivekit.config import Settings
+from whisperlivekit.gpu.nvml import NvmlProbe
+
+pytestmark = pytest.mark.gpu
+
+
+def test_model_and_connection_run_on_the_slot_gpu_and_memory_grows_there_only(speech_pcm):
+    probe = NvmlProbe()
+    before = {i: probe.read(i).used_memory_gb for i in range(probe.count())}
+    app = create_app(Settings(pcm_input=True, device="cuda", gpus=(0,), max_connections_per_gpu=2))
+    services = app.state.services
+    pcm, _ = speech_pcm("harvard")
+    with in_process_server(app) as base:
+        async def scenario():
+            ws, config, _ = await open_session(base.replace("http", "ws") + "/asr")
+            await ws.send(pcm[: 16000 * 2 * 4])
+            await asyncio.sleep(3)
+            engine = next(iter(services.active_engines))
+            placement = (engine.slot.device, engine.worker.device, engine.worker.backend.device,
+                         engine.worker.backend._model.model.device, engine.worker.backend._model.model.device_index)
+            await ws.close()
+            return config, placement
+
+        config, placement = run(scenario())
+        after = {i: probe.read(i).used_memory_gb for i in range(probe.count())}
+    assert config["device"] == "cuda:0" and config["gpu_id"] == 0
+    assert placement[:3] == ("cuda:0", "cuda:0", "cuda:0")
+    assert placement[3] == "cuda" and list(placement[4]) == [0]
+    assert after[0] - before[0] >= 0.03, (before, after)  # tiny.en fp16 + buffers: tens of MB at least
+    for i in range(1, probe.count()):
+        assert abs(after[i] - before[i]) < 0.02, f"GPU {i} memory moved: {before[i]} -> {after[i]}"
+
+
+def test_gpu_status_reports_real_nvml_numbers():
+    probe = NvmlProbe()
+    app = create_app(Settings(device="cuda", preload=False))
+    snapshot = app.state.services.manager.snapshot()
+    assert snapshot["total_gpus"] == probe.count() >= 1
+    gpu = snapshot["gpus"][0]
+    assert gpu["simulated"] is False and gpu["total_memory_gb"] > 1 and gpu["utilization_percent"] is not None
