@@ -1,0 +1,174 @@
+"""The token search of one AlignAtt step: emit until a stop rule fires, then look ahead.
+
+Greedy with `beams` = 1, beam search otherwise; the rules are checked on the best
+candidate, with the attention of the decoder position that predicts it:
+
+- end-of-text: the model has nothing more to say about this audio;
+- AlignAtt: the candidate attends within `frame_threshold` frames of the end of
+  the audio, so its sound may not be complete; it waits for the next step;
+- stall: a new word that repeats one of the last few words while attending no
+  later than the previous word's start is the model reading the same audio
+  again (how Whisper's repetition loops look from the attention: "Hello. Hello.
+  Hello." all at one frame); stop before it. Attention alone is not enough: in
+  "easy to tell" two short words can peak at the same frame. The repeated word
+  is ruled out at that position and the next candidate tried (a few times), or
+  the forced prefix, which may hold the start of the loop, would stall every
+  following step. A new word attending more than a second before the previous
+  one is the model starting over, and is treated the same way;
+- token cap: more tokens than speech can hold, a loop the other rules missed.
+
+Past an AlignAtt stop, a greedy look-ahead continues to end-of-text: the text of
+the last half second, shown as tentative, committed only at the segment's end.
+It stops where its attention leaves that last half second (it started over).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, List, Optional, Tuple
+
+import numpy as np
+import torch
+
+from whisperlivekit.asr.alignatt_decoder import ExplicitDecoder, KVCache
+
+PEAK_MARGIN_FRAMES = 25
+PAST_END_FRAMES = 10  # a token attending this far past the audio is made up, not heard
+RECENT_WORDS = 4
+STALL_RETRIES = 4
+BACKTRACK_FRAMES = 50
+
+
+def peak(alignment: torch.Tensor, content_frames: int) -> torch.Tensor:
+    """The frame the alignment heads look at most, within the audio or just past it.
+
+    Farther into the padding, a window shorter than 30 s has an attention sink near
+    its end (measured: tiny.en looked at frame 470 of a 500-frame window while the
+    word was at frame 155); it says nothing about where the next token's audio is.
+    """
+    return alignment[..., : content_frames + PEAK_MARGIN_FRAMES].argmax(-1)
+
+
+@dataclass
+class SearchSetup:
+    """What stays fixed during one step's search."""
+
+    decoder: ExplicitDecoder
+    cross: List[Tuple[torch.Tensor, torch.Tensor]]
+    suppress: torch.Tensor  # bool per vocabulary entry: never emitted
+    blank: List[int]  # never the first token of a transcript
+    eot: int
+    starts_word: Optional[np.ndarray]  # bool per token (leading space); None where words have no spaces
+    content_frames: int
+    stop_frame: Optional[int]  # None: a final decode, no AlignAtt stop
+    max_new: int
+    beams: int = 1
+
+
+@dataclass
+class _Hypothesis:
+    tokens: List[int] = field(default_factory=list)
+    frames: List[int] = field(default_factory=list)
+    score: float = 0.0
+    words: "WordTrail" = None  # type: ignore[assignment]
+
+    def extended(self, token: int, frame: int, score: float, setup: SearchSetup) -> "_Hypothesis":
+        return _Hypothesis(self.tokens + [token], self.frames + [frame], score, self.words.after(token, frame, setup))
+
+
+@dataclass(frozen=True)
+class WordTrail:
+    """The first tokens of the last few words and where the last one attended: what the stall rule compares."""
+
+    starts: Tuple[int, ...] = ()
+    last_frame: int = -1
+
+    def after(self, token: int, frame: int, setup: SearchSetup) -> "WordTrail":
+        if setup.starts_word is None or not setup.starts_word[token]:
+            return self
+        return WordTrail((self.starts + (token,))[-RECENT_WORDS:], frame)
+
+    def stalls(self, token: int, frame: int, setup: SearchSetup) -> bool:
+        if setup.starts_word is None or not setup.starts_word[token]:
+            return False
+        return frame < self.last_frame - BACKTRACK_FRAMES or frame <= self.last_frame and token in self.starts
+
+
+@dataclass
+class SearchOutcome:
+    tokens: List[int]
+    frames: List[int]
+    score: float
+    reason: str  # "eot", "alignatt", "stall", "limit", "final"
+    lookahead: List[int] = field(default_factory=list)
+    lookahead_frames: List[int] = field(default_factory=list)
+
+
+def _logprobs(setup: SearchSetup, logits: torch.Tensor, at_start: bool) -> torch.Tensor:
+    logits = logits.float().masked_fill(setup.suppress, float("-inf"))
+    if at_start:
+        logits[:, setup.blank] = float("-inf")
+    return logits.log_softmax(-1)
+
+
+def search(setup: SearchSetup, logits: torch.Tensor, frame: int, trail: WordTrail, cache: KVCache,
+           at_start: bool) -> SearchOutcome:
+    """Decode from the prefilled `cache` (`logits`/`frame`: its last position's prediction and attention;
+    `trail`: the forced words')."""
+    hyps, frames = [_Hypothesis(words=trail)], [frame]
+    device = logits.device
+    while True:
+        logprobs = _logprobs(setup, logits, at_start and not hyps[0].tokens)
+        scores = torch.tensor([h.score for h in hyps], device=device)
+        flat = (scores[:, None] + logprobs).flatten()
+        vocab = logprobs.shape[-1]
+        for _ in range(STALL_RETRIES + 1):
+            top = flat.topk(min(2 * setup.beams, flat.numel()))
+            source, token = divmod(int(top.indices[0]), vocab)
+            best, at = hyps[source], frames[source]
+            if not best.words.stalls(token, at, setup):
+                break
+            flat[top.indices[0]] = float("-inf")  # the loop's next word: try what comes after it instead
+
+        def done(reason: str, ahead: Tuple[List[int], List[int]] = ([], [])) -> SearchOutcome:
+            return SearchOutcome(best.tokens, best.frames, best.score, reason, *ahead)
+
+        if token == setup.eot:
+            return done("eot")
+        if best.words.stalls(token, at, setup):
+            return done("stall")
+        if setup.stop_frame is not None and at >= setup.stop_frame:
+            one = cache.select(torch.tensor([source], device=device))
+            return done("alignatt", _lookahead(setup, token, at, best.words, one, setup.max_new - len(best.tokens)))
+        if setup.stop_frame is None and at >= setup.content_frames + PAST_END_FRAMES:
+            return done("final")
+        if len(best.tokens) >= setup.max_new:
+            return done("limit")
+        chosen = [(i // vocab, i % vocab, v) for v, i in zip(top.values.tolist(), top.indices.tolist()) if i % vocab != setup.eot]
+        chosen = chosen[: setup.beams]
+        hyps = [hyps[b].extended(t, frames[b], v, setup) for b, t, v in chosen]
+        sources = torch.tensor([b for b, _, _ in chosen], device=device)
+        step_logits, alignment, cache = setup.decoder.forward(
+            torch.tensor([[t] for _, t, _ in chosen], device=device), setup.cross, cache.select(sources)
+        )
+        logits, frames = step_logits[:, -1], peak(alignment[:, -1], setup.content_frames).tolist()
+
+
+def _lookahead(setup: SearchSetup, token: int, frame: int, trail: WordTrail, cache: KVCache,
+               budget: int) -> Tuple[List[int], List[int]]:
+    """Greedy tokens past the stop point, to show what is being said; never committed by the step."""
+    tokens: List[int] = []
+    frames: List[int] = []
+    device: Any = cache.keys[0].device
+    floor = frame - PEAK_MARGIN_FRAMES
+    while token != setup.eot and len(tokens) < budget and floor <= frame < setup.content_frames + PAST_END_FRAMES:
+        if trail.stalls(token, frame, setup):
+            break
+        trail = trail.after(token, frame, setup)
+        tokens.append(token)
+        frames.append(frame)
+        logits, alignment, cache = setup.decoder.forward(torch.tensor([[token]], device=device), setup.cross, cache)
+        frame = int(peak(alignment[0, -1], setup.content_frames))
+        ranked = _logprobs(setup, logits[:, -1], False)[0].topk(STALL_RETRIES + 1).indices.tolist()
+        token = next((t for t in ranked if not trail.stalls(t, frame, setup)), ranked[0])
+    return tokens, frames
