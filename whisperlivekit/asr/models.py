@@ -208,7 +208,7 @@ def _download(name: str, notes: List[str]) -> Optional[Path]:
         notes.append("huggingface_hub is not installed, so nothing can be downloaded")
         return None
     if not hub_reachable():
-        notes.append(f"the model hub did not answer within {HUB_TIMEOUT_S:.0f} s (offline?)")
+        notes.append(f"the model hub did not answer within {HUB_TIMEOUT_S:.0f} s")
         return None
     logger.info("downloading %s from the Hugging Face hub (%s)", name, repo)
     path = Path(huggingface_hub.snapshot_download(repo, allow_patterns=["*.json", "*.txt", "model.bin"]))

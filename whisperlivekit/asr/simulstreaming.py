@@ -170,8 +170,8 @@ class SimulStreamingPolicy:
         try:
             if not isinstance(result, AlignAttResult) or request is None:
                 raise TypeError("SimulStreamingPolicy needs the AlignAtt backend (--backend simulstreaming)")
-            if self.state.language is None and result.language:
-                self.state.language = result.language
+            if self.state.language is None and result.language and (result.words or result.tentative):
+                self.state.language = result.language  # detected on speech, not on leading silence
             if result.degenerate:
                 return []
             state = self.state
