@@ -84,9 +84,9 @@ class AlignAttBackend:
         self.min_window_samples = int(min(WINDOW_S, max(1.0, min_window_s)) * SAMPLE_RATE)
         tok = self.tokenizer("en")
         self._suppress = self._suppression_mask(tok).to(device)
-        self._starts_word = np.array(
-            [t < tok.eot and tok.encoding.decode_single_token_bytes(t).startswith(b" ") for t in range(dims.n_vocab)]
-        )
+        pieces = [tok.encoding.decode_single_token_bytes(t) if t < tok.eot else b"" for t in range(dims.n_vocab)]
+        self._starts_word = np.array([piece.startswith(b" ") for piece in pieces])
+        self._word_keys = ["".join(c for c in piece.decode("utf-8", "ignore").lower() if c.isalnum()) for piece in pieces]
 
     # -- vocabulary ------------------------------------------------------------------
     def tokenizer(self, language: Optional[str], task: str = "transcribe"):
@@ -145,7 +145,8 @@ class AlignAttBackend:
         room = self._decoder.n_ctx - len(prefix) - len(forced) - 1
         setup = SearchSetup(
             decoder=self._decoder, cross=cross, suppress=self._suppress, blank=tok.encode(" "), eot=tok.eot,
-            starts_word=None if language in NO_SPACE_LANGUAGES else self._starts_word, content_frames=content_frames,
+            starts_word=None if language in NO_SPACE_LANGUAGES else self._starts_word,
+            word_keys=None if language in NO_SPACE_LANGUAGES else self._word_keys, content_frames=content_frames,
             stop_frame=None if final else content_frames - request.frame_threshold,
             max_new=max(0, min(room, int(MAX_TOKENS_PER_S * duration_s) + 10 - len(forced))), beams=max(1, request.beams),
         )
@@ -160,7 +161,9 @@ class AlignAttBackend:
             no_speech = float(logits[0, len(prefix) - len(tok.sot_sequence_including_notimestamps)].softmax(-1)[tok.no_speech])
             if no_speech > NO_SPEECH_PROB and (not outcome.tokens or outcome.score / len(outcome.tokens) < -1.0):
                 outcome = SearchOutcome([], [], 0.0, "no-speech")  # Whisper hears no speech and is unsure of its words
-        return self._result(tok, language, forced, forced_frames, outcome, final, duration_s)
+        result = self._result(tok, language, forced, forced_frames, outcome, final, duration_s)
+        result.kv_tokens = len(prefix) + len(forced) + len(outcome.tokens) + len(outcome.lookahead)
+        return result
 
     def _prefix(self, tok, request: AlignAttRequest) -> List[int]:
         """[previous-text marker, prompt...] + the start-of-transcript sequence; the init prompt always stays."""
@@ -182,8 +185,9 @@ class AlignAttBackend:
         tokens, frames = forced + emitted[:n_new], forced_frames + outcome.frames[:n_new]
         pending = emitted[n_new:] + outcome.lookahead
         pending_frames = outcome.frames[n_new:] + outcome.lookahead_frames
-        text = tok.decode([t for t in forced + emitted if t < tok.eot])
-        degenerate = outcome.reason == "limit" or bool(emitted) and looks_degenerate(text, len(forced) + len(emitted), duration_s)
+        # Only this step's tokens: the forced prefix passed this check when it was emitted, and speech that
+        # repeats itself (a chorus, a looped test clip) must not make every later step look like a loop.
+        degenerate = outcome.reason == "limit" or bool(emitted) and looks_degenerate(tok.decode(emitted), len(emitted), duration_s)
         words = self._words(tok, tokens, frames, complete, duration_s)
         floor_s = words[-1].end if words else 0.0
         tentative = self._words(tok, pending, pending_frames, self._groups(tok, pending, 0), duration_s, floor_s)

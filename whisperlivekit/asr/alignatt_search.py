@@ -1,31 +1,37 @@
 """The token search of one AlignAtt step: emit until a stop rule fires, then look ahead.
 
-Greedy with `beams` = 1, beam search otherwise; the rules are checked on the best
-candidate, with the attention of the decoder position that predicts it:
+Greedy with `beams` = 1, beam search otherwise. The rules read the attention of
+the decoder position that predicts the candidate (a property of the position,
+not of the candidate token):
 
 - end-of-text: the model has nothing more to say about this audio;
-- AlignAtt: the candidate attends within `frame_threshold` frames of the end of
-  the audio, so its sound may not be complete; it waits for the next step;
-- stall: a new word that repeats one of the last few words while attending no
-  later than the previous word's start is the model reading the same audio
-  again (how Whisper's repetition loops look from the attention: "Hello. Hello.
-  Hello." all at one frame); stop before it. Attention alone is not enough: in
-  "easy to tell" two short words can peak at the same frame. The repeated word
-  is ruled out at that position and the next candidate tried (a few times), or
-  the forced prefix, which may hold the start of the loop, would stall every
-  following step. A new word attending more than a second before the previous
-  one is the model starting over, and is treated the same way;
+- AlignAtt: the position attends within `frame_threshold` frames of the end of
+  the audio, so the candidate's sound may not be complete; it waits;
+- repeat: the candidate repeats one of the last few words (compared as letters,
+  so "Hello", " hello" and "hello," are one word) while attention has stayed
+  put for two words: how Whisper's loops look ("Hello. Hello. Hello." all at one
+  frame). Neither sign is enough alone: in "easy to tell" two short words can
+  peak at the same frame, and "the" recurs every few words. The repeated word is ruled out at this
+  position and the next candidate tried, a few times, before stopping: the
+  forced prefix may hold the start of the loop, which would stall every step;
 - token cap: more tokens than speech can hold, a loop the other rules missed.
+
+A single position's attention can also land on a "sink" early in the window
+(measured: frame 9, while the correct next word was predicted), so a jump back
+alone says nothing; repeated words and the degenerate-text check in the backend
+catch the loops.
 
 Past an AlignAtt stop, a greedy look-ahead continues to end-of-text: the text of
 the last half second, shown as tentative, committed only at the segment's end.
-It stops where its attention leaves that last half second (it started over).
+Two words in a row attending well before the stop point mean it started over
+(measured on a phone call: "...design. Okay. Hello. Hello. I didn't know..."):
+it is cut where that began.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any, List, Optional, Tuple
+from typing import Any, List, Optional, Sequence, Tuple
 
 import numpy as np
 import torch
@@ -36,7 +42,6 @@ PEAK_MARGIN_FRAMES = 25
 PAST_END_FRAMES = 10  # a token attending this far past the audio is made up, not heard
 RECENT_WORDS = 4
 STALL_RETRIES = 4
-BACKTRACK_FRAMES = 50
 
 
 def peak(alignment: torch.Tensor, content_frames: int) -> torch.Tensor:
@@ -59,10 +64,36 @@ class SearchSetup:
     blank: List[int]  # never the first token of a transcript
     eot: int
     starts_word: Optional[np.ndarray]  # bool per token (leading space); None where words have no spaces
+    word_keys: Optional[Sequence[str]]  # lowercase letters and digits of each token; None: no repeat rule
     content_frames: int
     stop_frame: Optional[int]  # None: a final decode, no AlignAtt stop
     max_new: int
     beams: int = 1
+
+    def starts_a_word(self, token: int) -> bool:
+        return self.starts_word is None or bool(self.starts_word[token])
+
+    def key(self, token: int) -> str:
+        return self.word_keys[token] if self.word_keys is not None and token < len(self.word_keys) else ""
+
+
+@dataclass(frozen=True)
+class WordTrail:
+    """The last few words (as keys) and where each attended: what the stall rules compare."""
+
+    keys: Tuple[str, ...] = ()
+    frames: Tuple[int, ...] = ()
+
+    def after(self, token: int, frame: int, setup: SearchSetup) -> "WordTrail":
+        if not setup.starts_a_word(token):
+            return self
+        key = setup.key(token)
+        return WordTrail((self.keys + (key,))[-RECENT_WORDS:] if key else self.keys, (self.frames + (frame,))[-2:])
+
+    def repeats(self, token: int, frame: int, setup: SearchSetup) -> bool:
+        key = setup.key(token)
+        stuck = len(self.frames) == 2 and frame <= self.frames[-1] <= self.frames[-2]
+        return bool(key) and stuck and key in self.keys
 
 
 @dataclass
@@ -70,28 +101,10 @@ class _Hypothesis:
     tokens: List[int] = field(default_factory=list)
     frames: List[int] = field(default_factory=list)
     score: float = 0.0
-    words: "WordTrail" = None  # type: ignore[assignment]
+    words: WordTrail = field(default_factory=WordTrail)
 
     def extended(self, token: int, frame: int, score: float, setup: SearchSetup) -> "_Hypothesis":
         return _Hypothesis(self.tokens + [token], self.frames + [frame], score, self.words.after(token, frame, setup))
-
-
-@dataclass(frozen=True)
-class WordTrail:
-    """The first tokens of the last few words and where the last one attended: what the stall rule compares."""
-
-    starts: Tuple[int, ...] = ()
-    last_frame: int = -1
-
-    def after(self, token: int, frame: int, setup: SearchSetup) -> "WordTrail":
-        if setup.starts_word is None or not setup.starts_word[token]:
-            return self
-        return WordTrail((self.starts + (token,))[-RECENT_WORDS:], frame)
-
-    def stalls(self, token: int, frame: int, setup: SearchSetup) -> bool:
-        if setup.starts_word is None or not setup.starts_word[token]:
-            return False
-        return frame < self.last_frame - BACKTRACK_FRAMES or frame <= self.last_frame and token in self.starts
 
 
 @dataclass
@@ -126,7 +139,7 @@ def search(setup: SearchSetup, logits: torch.Tensor, frame: int, trail: WordTrai
             top = flat.topk(min(2 * setup.beams, flat.numel()))
             source, token = divmod(int(top.indices[0]), vocab)
             best, at = hyps[source], frames[source]
-            if not best.words.stalls(token, at, setup):
+            if not best.words.repeats(token, at, setup):
                 break
             flat[top.indices[0]] = float("-inf")  # the loop's next word: try what comes after it instead
 
@@ -135,7 +148,7 @@ def search(setup: SearchSetup, logits: torch.Tensor, frame: int, trail: WordTrai
 
         if token == setup.eot:
             return done("eot")
-        if best.words.stalls(token, at, setup):
+        if best.words.repeats(token, at, setup):
             return done("stall")
         if setup.stop_frame is not None and at >= setup.stop_frame:
             one = cache.select(torch.tensor([source], device=device))
@@ -144,8 +157,10 @@ def search(setup: SearchSetup, logits: torch.Tensor, frame: int, trail: WordTrai
             return done("final")
         if len(best.tokens) >= setup.max_new:
             return done("limit")
-        chosen = [(i // vocab, i % vocab, v) for v, i in zip(top.values.tolist(), top.indices.tolist()) if i % vocab != setup.eot]
-        chosen = chosen[: setup.beams]
+        chosen = [
+            (i // vocab, i % vocab, v) for v, i in zip(top.values.tolist(), top.indices.tolist())
+            if i % vocab != setup.eot and not hyps[i // vocab].words.repeats(i % vocab, frames[i // vocab], setup)
+        ][: setup.beams]
         hyps = [hyps[b].extended(t, frames[b], v, setup) for b, t, v in chosen]
         sources = torch.tensor([b for b, _, _ in chosen], device=device)
         step_logits, alignment, cache = setup.decoder.forward(
@@ -161,14 +176,22 @@ def _lookahead(setup: SearchSetup, token: int, frame: int, trail: WordTrail, cac
     frames: List[int] = []
     device: Any = cache.keys[0].device
     floor = frame - PEAK_MARGIN_FRAMES
-    while token != setup.eot and len(tokens) < budget and floor <= frame < setup.content_frames + PAST_END_FRAMES:
-        if trail.stalls(token, frame, setup):
+    went_back: Optional[int] = None  # index of the first of consecutive words attending before `floor`
+    while token != setup.eot and len(tokens) < budget and frame < setup.content_frames + PAST_END_FRAMES:
+        if trail.repeats(token, frame, setup):
             break
+        if setup.starts_a_word(token):
+            if frame >= floor:
+                went_back = None
+            elif went_back is None:
+                went_back = len(tokens)
+            else:
+                return tokens[:went_back], frames[:went_back]
         trail = trail.after(token, frame, setup)
         tokens.append(token)
         frames.append(frame)
         logits, alignment, cache = setup.decoder.forward(torch.tensor([[token]], device=device), setup.cross, cache)
         frame = int(peak(alignment[0, -1], setup.content_frames))
         ranked = _logprobs(setup, logits[:, -1], False)[0].topk(STALL_RETRIES + 1).indices.tolist()
-        token = next((t for t in ranked if not trail.stalls(t, frame, setup)), ranked[0])
+        token = next((t for t in ranked if not trail.repeats(t, frame, setup)), ranked[0])
     return tokens, frames

@@ -9,8 +9,9 @@ re-transcribed or voted on as in LocalAgreement, with one exception: the last
 emitted word may be unfinished ("bir" of "birch", or a guess from the onset of a
 word), so it stays tentative and is decoded again by the next step.
 
-The buffer holds at most `audio_max_len_s` seconds. Past that it is cut at the
-start of a committed word; the tokens before the cut join the context, the
+The buffer holds at most `audio_max_len_s` seconds, and its committed tokens
+must leave the decoder (448 positions) room for the prompt and a step's new
+tokens. Past either limit it is cut at the start of a committed word; the tokens before the cut join the context, the
 committed text given to the decoder as a prompt, of which only the last
 `max_context_tokens` (after the fixed `init_prompt`) are kept. So a stream's
 state (audio, tokens, context) stays bounded however long it runs; the KV cache
@@ -35,6 +36,8 @@ FRAME_S = 0.02
 SAMPLES_PER_FRAME = 320
 WHISPER_WINDOW_S = 30.0
 CUT_MARGIN_FRAMES = 5  # a word's attention peak lies a little after its onset: cut just before it
+TEXT_CONTEXT = 448  # Whisper decoder positions (every model size)
+NEW_TOKENS_ROOM = 96  # positions kept free for a step's new and look-ahead tokens
 
 
 @dataclass
@@ -81,6 +84,7 @@ class SimulStreamingPolicy:
         self.frame_threshold = frame_threshold
         self.audio_max_len_s = min(audio_max_len_s, WHISPER_WINDOW_S)
         self.max_context_tokens = max_context_tokens
+        self.max_forced_tokens = max(32, TEXT_CONTEXT - NEW_TOKENS_ROOM - 5 - max(0, max_context_tokens))
         self.beams = beams
         self.init_prompt = init_prompt or ""
         self.task = task
@@ -139,17 +143,24 @@ class SimulStreamingPolicy:
 
     # -- one step --------------------------------------------------------------------
     def _trim(self) -> None:
-        """Keep the buffer within `audio_max_len_s`: cut at the first committed word start past the excess."""
-        excess_frames = int(np.ceil((self.buffer_s - self.audio_max_len_s) / FRAME_S))
-        if excess_frames <= 0:
-            return
+        """Keep the buffer within `audio_max_len_s` and its tokens within budget: cut at the first committed
+        word start past both excesses (the words before it join the context)."""
         state = self.state
-        starts = [s for s in state.word_starts if 0 < s < len(state.tokens) and state.token_frames[s] >= excess_frames]
+        excess_frames = int(np.ceil((self.buffer_s - self.audio_max_len_s) / FRAME_S))
+        excess_tokens = len(state.tokens) - self.max_forced_tokens
+        if excess_frames <= 0 and excess_tokens <= 0:
+            return
+        starts = [
+            s for s in state.word_starts
+            if max(1, excess_tokens) <= s < len(state.tokens) and state.token_frames[s] >= excess_frames
+        ]
         if starts:
             count = min(starts)
-            self._cut(max(excess_frames, state.token_frames[count] - CUT_MARGIN_FRAMES) * SAMPLES_PER_FRAME, count)
+            cut_frame = max(excess_frames, state.token_frames[count] - CUT_MARGIN_FRAMES)
         else:  # no committed word starts late enough (noise, a long pause): cut anyway
-            self._cut(excess_frames * SAMPLES_PER_FRAME, len(state.tokens))
+            count = len(state.tokens)
+            cut_frame = max(excess_frames, state.token_frames[-1] + 1 if state.tokens else 0)
+        self._cut(max(0, cut_frame) * SAMPLES_PER_FRAME, count)
 
     def next_request(self) -> AlignAttRequest:
         self._trim()
@@ -175,8 +186,10 @@ class SimulStreamingPolicy:
             if result.degenerate:
                 return []
             state = self.state
+            # Frames as measured when each token was emitted (and passed the stop rule): steadier than the
+            # forced prefix re-aligned under a long buffer, and they decide where the buffer is cut.
             state.tokens = list(request.forced_tokens) + result.new_tokens
-            state.token_frames = list(result.token_frames)
+            state.token_frames = state.token_frames[: len(request.forced_tokens)] + result.token_frames[len(request.forced_tokens):]
             state.word_starts = [s for s in state.word_starts if s < len(request.forced_tokens)] + result.word_starts
             state.pending = list(result.pending_tokens)
             words = [w.shifted(self._request_offset_s) for w in result.words]

@@ -80,7 +80,8 @@ class AlignAttResult(TranscribeResult):
     word_starts: List[int] = field(default_factory=list)
     tentative: List[Word] = field(default_factory=list)
     pending_tokens: List[int] = field(default_factory=list)
-    stop_reason: str = ""  # "alignatt", "eot", "limit", "final"
+    stop_reason: str = ""  # "alignatt", "eot", "stall", "limit", "final", "no-speech"
+    kv_tokens: int = 0  # positions in the step's KV cache at its largest, per beam (freed when the step ends)
 
 
 class WhisperBackend(Protocol):
