@@ -8,8 +8,10 @@ may call at once.
 
 One step: encode the buffer, re-decode the committed words as a fixed prefix,
 then search (`alignatt_search.py`) until a stop rule fires. The encoder window
-is the buffer plus 2 s of padding, at least `min_window_s` (Whisper's 30 s costs
-about twice as much on CPU for the same words: measured on the test clips).
+is the buffer plus 2 s of padding, at least `min_window_s`, rounded up to 5 s
+(Whisper's 30 s cost about twice as much on CPU for the same words on the test
+clips). A batch is encoded per window size, so a stream's result never depends
+on which other streams shared its batch.
 """
 
 from __future__ import annotations
@@ -35,6 +37,7 @@ SAMPLE_RATE = 16_000
 FRAME_S = 0.02  # one encoder frame
 SAMPLES_PER_FRAME = 320
 WINDOW_S = 30
+WINDOW_STEP_S = 5
 PADDING_S = 2.0  # audio-free frames after the buffer: where the heads look once the audio runs out
 MAX_TOKENS_PER_S = 12.0
 NO_SPEECH_PROB = 0.6
@@ -109,13 +112,22 @@ class AlignAttBackend:
     def transcribe_batch(self, requests: Sequence[TranscribeRequest]) -> List[AlignAttResult]:
         if not requests:
             return []
+        windows = [self._window(len(r.audio)) for r in requests]
+        results: List[Optional[AlignAttResult]] = [None] * len(requests)
         with torch.inference_mode(), torch.autocast("cuda", dtype=torch.float16, enabled=self.device.startswith("cuda")):
-            features = self._encode([r.audio for r in requests])
-            return [self._step(r, features[i : i + 1]) for i, r in enumerate(requests)]
+            for window in sorted(set(windows)):
+                group = [i for i, w in enumerate(windows) if w == window]
+                features = self._encode([requests[i].audio for i in group], window)
+                for row, i in enumerate(group):
+                    results[i] = self._step(requests[i], features[row : row + 1])
+        return results  # type: ignore[return-value]
 
-    def _encode(self, audios: Sequence[np.ndarray]) -> torch.Tensor:
-        longest = max(len(a) for a in audios) + int(PADDING_S * SAMPLE_RATE)
-        window = min(WINDOW_S * SAMPLE_RATE, max(self.min_window_samples, -(-longest // SAMPLES_PER_FRAME) * SAMPLES_PER_FRAME))
+    def _window(self, samples: int) -> int:
+        step = WINDOW_STEP_S * SAMPLE_RATE
+        needed = -(-(samples + int(PADDING_S * SAMPLE_RATE)) // step) * step
+        return int(min(WINDOW_S * SAMPLE_RATE, max(self.min_window_samples, needed)))
+
+    def _encode(self, audios: Sequence[np.ndarray], window: int) -> torch.Tensor:
         audio = self._whisper.audio
         mels = [
             audio.log_mel_spectrogram(audio.pad_or_trim(torch.from_numpy(np.ascontiguousarray(a, dtype=np.float32)), window),
