@@ -90,6 +90,7 @@ class AlignAttBackend:
         pieces = [tok.encoding.decode_single_token_bytes(t) if t < tok.eot else b"" for t in range(dims.n_vocab)]
         self._starts_word = np.array([piece.startswith(b" ") for piece in pieces])
         self._word_keys = ["".join(c for c in piece.decode("utf-8", "ignore").lower() if c.isalnum()) for piece in pieces]
+        self._no_letters = [t for t in range(tok.eot) if not self._word_keys[t]]  # blank, punctuation: never first
 
     # -- vocabulary ------------------------------------------------------------------
     def tokenizer(self, language: Optional[str], task: str = "transcribe"):
@@ -156,15 +157,18 @@ class AlignAttBackend:
         content_frames = -(-len(request.audio) // SAMPLES_PER_FRAME)
         room = self._decoder.n_ctx - len(prefix) - len(forced) - 1
         setup = SearchSetup(
-            decoder=self._decoder, cross=cross, suppress=self._suppress, blank=tok.encode(" "), eot=tok.eot,
+            decoder=self._decoder, cross=cross, suppress=self._suppress, blank=self._no_letters, eot=tok.eot,
             starts_word=None if language in NO_SPACE_LANGUAGES else self._starts_word,
             word_keys=None if language in NO_SPACE_LANGUAGES else self._word_keys, content_frames=content_frames,
             stop_frame=None if final else content_frames - request.frame_threshold,
             max_new=max(0, min(room, int(MAX_TOKENS_PER_S * duration_s) + 10 - len(forced))), beams=max(1, request.beams),
+            loop_rules=request.loop_rules,
         )
         logits, alignment, cache = self._decoder.forward(torch.tensor([prefix + forced], device=self.device), cross)
         frames = peak(alignment[0], content_frames).tolist()
         forced_frames = frames[len(prefix) - 1 : len(prefix) - 1 + len(forced)]
+        if len(request.forced_frames) == len(forced):  # as measured when emitted: steadier than re-aligned
+            forced_frames = list(request.forced_frames)
         trail = WordTrail()
         for token, frame in zip(forced, forced_frames):
             trail = trail.after(token, frame, setup)

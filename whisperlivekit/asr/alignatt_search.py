@@ -14,12 +14,12 @@ not of the candidate token):
   peak at the same frame, and "the" recurs every few words. The repeated word is ruled out at this
   position and the next candidate tried, a few times, before stopping: the
   forced prefix may hold the start of the loop, which would stall every step;
+- start over: two words in a row attend more than a second before the last word
+  that did not (measured on a phone call: "I didn't know you were there. I did
+  not know you were there."); the hypothesis is cut where that began. One word
+  alone says nothing: a position's attention can land on a "sink" early in the
+  window (measured: frame 9) while the right next word is predicted;
 - token cap: more tokens than speech can hold, a loop the other rules missed.
-
-A single position's attention can also land on a "sink" early in the window
-(measured: frame 9, while the correct next word was predicted), so a jump back
-alone says nothing; repeated words and the degenerate-text check in the backend
-catch the loops.
 
 Past an AlignAtt stop, a greedy look-ahead continues to end-of-text: the text of
 the last half second, shown as tentative, committed only at the segment's end.
@@ -42,6 +42,7 @@ PEAK_MARGIN_FRAMES = 25
 PAST_END_FRAMES = 10  # a token attending this far past the audio is made up, not heard
 RECENT_WORDS = 4
 STALL_RETRIES = 4
+BACKTRACK_FRAMES = 50
 
 
 def peak(alignment: torch.Tensor, content_frames: int) -> torch.Tensor:
@@ -61,7 +62,7 @@ class SearchSetup:
     decoder: ExplicitDecoder
     cross: List[Tuple[torch.Tensor, torch.Tensor]]
     suppress: torch.Tensor  # bool per vocabulary entry: never emitted
-    blank: List[int]  # never the first token of a transcript
+    blank: List[int]  # never the first token of a transcript: blank, punctuation
     eot: int
     starts_word: Optional[np.ndarray]  # bool per token (leading space); None where words have no spaces
     word_keys: Optional[Sequence[str]]  # lowercase letters and digits of each token; None: no repeat rule
@@ -69,6 +70,7 @@ class SearchSetup:
     stop_frame: Optional[int]  # None: a final decode, no AlignAtt stop
     max_new: int
     beams: int = 1
+    loop_rules: bool = True  # the repeat and start-over rules (the policy lifts them after stalls in a row)
 
     def starts_a_word(self, token: int) -> bool:
         return self.starts_word is None or bool(self.starts_word[token])
@@ -83,14 +85,23 @@ class WordTrail:
 
     keys: Tuple[str, ...] = ()
     frames: Tuple[int, ...] = ()
+    anchor: int = -1  # frame of the last word that did not go back
 
     def after(self, token: int, frame: int, setup: SearchSetup) -> "WordTrail":
         if not setup.starts_a_word(token):
             return self
         key = setup.key(token)
-        return WordTrail((self.keys + (key,))[-RECENT_WORDS:] if key else self.keys, (self.frames + (frame,))[-2:])
+        return WordTrail(
+            (self.keys + (key,))[-RECENT_WORDS:] if key else self.keys, (self.frames + (frame,))[-2:],
+            self.anchor if self.goes_back(frame) else frame,
+        )
+
+    def goes_back(self, frame: int) -> bool:
+        return self.anchor >= 0 and frame < self.anchor - BACKTRACK_FRAMES
 
     def repeats(self, token: int, frame: int, setup: SearchSetup) -> bool:
+        if not setup.loop_rules:
+            return False
         key = setup.key(token)
         stuck = len(self.frames) == 2 and frame <= self.frames[-1] <= self.frames[-2]
         return bool(key) and stuck and key in self.keys
@@ -102,9 +113,16 @@ class _Hypothesis:
     frames: List[int] = field(default_factory=list)
     score: float = 0.0
     words: WordTrail = field(default_factory=WordTrail)
+    back_from: int = -1  # index of the first of the words in a row that went back
 
     def extended(self, token: int, frame: int, score: float, setup: SearchSetup) -> "_Hypothesis":
-        return _Hypothesis(self.tokens + [token], self.frames + [frame], score, self.words.after(token, frame, setup))
+        back_from = self.back_from
+        if setup.starts_a_word(token):
+            back_from = (len(self.tokens) if back_from < 0 else back_from) if self.words.goes_back(frame) else -1
+        return _Hypothesis(self.tokens + [token], self.frames + [frame], score, self.words.after(token, frame, setup), back_from)
+
+    def starts_over(self, token: int, frame: int, setup: SearchSetup) -> bool:
+        return setup.loop_rules and self.back_from >= 0 and setup.starts_a_word(token) and self.words.goes_back(frame)
 
 
 @dataclass
@@ -150,6 +168,9 @@ def search(setup: SearchSetup, logits: torch.Tensor, frame: int, trail: WordTrai
             return done("eot")
         if best.words.repeats(token, at, setup):
             return done("stall")
+        if best.starts_over(token, at, setup):
+            cut = best.back_from
+            return SearchOutcome(best.tokens[:cut], best.frames[:cut], best.score, "stall")
         if setup.stop_frame is not None and at >= setup.stop_frame:
             one = cache.select(torch.tensor([source], device=device))
             return done("alignatt", _lookahead(setup, token, at, best.words, one, setup.max_new - len(best.tokens)))

@@ -35,7 +35,9 @@ SAMPLE_RATE = 16_000
 FRAME_S = 0.02
 SAMPLES_PER_FRAME = 320
 WHISPER_WINDOW_S = 30.0
+STALLS_BEFORE_RELAXING = 2  # steps in a row stopped by a loop rule with nothing new
 CUT_MARGIN_FRAMES = 5  # a word's attention peak lies a little after its onset: cut just before it
+MAX_EXTRA_CUT_FRAMES = 50  # never cut more than 1 s past the excess: a wrong frame must not drop unheard audio
 TEXT_CONTEXT = 448  # Whisper decoder positions (every model size)
 NEW_TOKENS_ROOM = 96  # positions kept free for a step's new and look-ahead tokens
 
@@ -95,6 +97,7 @@ class SimulStreamingPolicy:
         self._request: Optional[AlignAttRequest] = None
         self._request_offset_s = 0.0
         self._deferred_drop_s: Optional[float] = None
+        self._stalls = 0
 
     # -- audio in --------------------------------------------------------------------
     @property
@@ -156,7 +159,8 @@ class SimulStreamingPolicy:
         ]
         if starts:
             count = min(starts)
-            cut_frame = max(excess_frames, state.token_frames[count] - CUT_MARGIN_FRAMES)
+            cut_frame = min(max(excess_frames, state.token_frames[count] - CUT_MARGIN_FRAMES),
+                            max(0, excess_frames) + MAX_EXTRA_CUT_FRAMES)
         else:  # no committed word starts late enough (noise, a long pause): cut anyway
             count = len(state.tokens)
             cut_frame = max(excess_frames, state.token_frames[-1] + 1 if state.tokens else 0)
@@ -169,9 +173,10 @@ class SimulStreamingPolicy:
         self._request_offset_s = state.offset_s
         self._request = AlignAttRequest(
             audio=state.audio.copy(), language=state.language, task=self.task,
-            context_tokens=tuple(state.context), forced_tokens=tuple(state.tokens),
+            context_tokens=tuple(state.context), forced_tokens=tuple(state.tokens), forced_frames=tuple(state.token_frames),
             init_prompt=self.init_prompt, max_context_tokens=self.max_context_tokens,
             frame_threshold=self.frame_threshold, beams=self.beams,
+            loop_rules=self._stalls < STALLS_BEFORE_RELAXING,  # a false alarm must not stop the stream for good
         )
         return self._request
 
@@ -183,6 +188,7 @@ class SimulStreamingPolicy:
                 raise TypeError("SimulStreamingPolicy needs the AlignAtt backend (--backend simulstreaming)")
             if self.state.language is None and result.language and (result.words or result.tentative):
                 self.state.language = result.language  # detected on speech, not on leading silence
+            self._stalls = self._stalls + 1 if result.stop_reason == "stall" and not result.new_tokens else 0
             if result.degenerate:
                 return []
             state = self.state
@@ -193,7 +199,7 @@ class SimulStreamingPolicy:
             state.word_starts = [s for s in state.word_starts if s < len(request.forced_tokens)] + result.word_starts
             state.pending = list(result.pending_tokens)
             words = [w.shifted(self._request_offset_s) for w in result.words]
-            self.committed.extend(words)
+            self._publish(words)
             self._tentative = [w.shifted(self._request_offset_s) for w in result.tentative]
             return words
         finally:
@@ -201,10 +207,20 @@ class SimulStreamingPolicy:
                 drop, self._deferred_drop_s = self._deferred_drop_s, None
                 self.drop_audio_before(drop)
 
+    def _publish(self, words: List[Word]) -> None:
+        """Append committed words; punctuation alone (a "." decoded after a word committed earlier) joins the
+        word before it: it has no sound, and its own attention time could open a new line after a pause."""
+        for word in words:
+            if self.committed and not any(c.isalnum() for c in word.text):
+                last = self.committed[-1]
+                self.committed[-1] = Word(last.start, last.end, last.text + word.text.strip(), last.probability)
+            else:
+                self.committed.append(word)
+
     def finish(self) -> List[Word]:
         """End of a voiced segment or of the stream: commit the tentative tail and start a new buffer."""
         words, self._tentative = self._tentative, []
-        self.committed.extend(words)
+        self._publish(words)
         state = self.state
         state.tokens, state.pending = state.tokens + state.pending, []
         state.token_frames = state.token_frames + [0] * (len(state.tokens) - len(state.token_frames))

@@ -58,10 +58,12 @@ class AlignAttRequest(TranscribeRequest):
 
     context_tokens: Tuple[int, ...] = ()
     forced_tokens: Tuple[int, ...] = ()
+    forced_frames: Tuple[int, ...] = ()  # where each forced token attended when it was emitted
     init_prompt: str = ""
     max_context_tokens: int = 128
     frame_threshold: int = 25
     beams: int = 1
+    loop_rules: bool = True  # off for one step after repeated stalls, so a false alarm cannot stop a stream
 
 
 @dataclass
