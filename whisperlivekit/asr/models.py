@@ -22,13 +22,11 @@ import importlib.util
 import logging
 import os
 import shutil
-import socket
 import tempfile
 import threading
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Dict, List, Optional, Tuple
-from urllib.parse import urlparse
 
 from whisperlivekit.errors import ModelNotFound
 
@@ -176,23 +174,29 @@ def _openai_cache(name: str) -> Optional[Path]:
 
 
 # -- 5. the hub --------------------------------------------------------------------------
-def hub_reachable(timeout_s: float = HUB_TIMEOUT_S) -> bool:
-    """Whether the hub answers a TCP connect within `timeout_s` (name lookup included: it can hang too)."""
-    url = urlparse(os.environ.get("HF_ENDPOINT") or "https://huggingface.co")
-    host, port = url.hostname or "", url.port or (443 if url.scheme == "https" else 80)
+def hub_has(repo: str, timeout_s: float = HUB_TIMEOUT_S) -> bool:
+    """Whether the hub answers for `repo` within `timeout_s`, name lookup included (it can hang too).
+
+    A real answer is asked for (the repository's metadata), not just a TCP connection:
+    proxies and captive networks accept connections to any address.
+    """
+    import json
+    import urllib.request
+
+    endpoint = (os.environ.get("HF_ENDPOINT") or "https://huggingface.co").rstrip("/")
     answered: List[bool] = []
 
     def probe() -> None:
         try:
-            socket.create_connection((host, port), timeout=timeout_s).close()
-            answered.append(True)
-        except OSError:
+            with urllib.request.urlopen(f"{endpoint}/api/models/{repo}", timeout=timeout_s) as response:
+                answered.append(response.status == 200 and "id" in json.loads(response.read(1_000_000)))
+        except (OSError, ValueError):
             pass
 
     thread = threading.Thread(target=probe, daemon=True)
     thread.start()
     thread.join(timeout_s)
-    return bool(answered)
+    return bool(answered and answered[0])
 
 
 def _download(name: str, notes: List[str]) -> Optional[Path]:
@@ -207,8 +211,8 @@ def _download(name: str, notes: List[str]) -> Optional[Path]:
     except ImportError:
         notes.append("huggingface_hub is not installed, so nothing can be downloaded")
         return None
-    if not hub_reachable():
-        notes.append(f"the model hub did not answer within {HUB_TIMEOUT_S:.0f} s")
+    if not hub_has(repo):
+        notes.append(f"the model hub did not answer for {repo} within {HUB_TIMEOUT_S:.0f} s")
         return None
     logger.info("downloading %s from the Hugging Face hub (%s)", name, repo)
     path = Path(huggingface_hub.snapshot_download(repo, allow_patterns=["*.json", "*.txt", "model.bin"]))
