@@ -65,9 +65,9 @@ def build_parser() -> argparse.ArgumentParser:
     model = p.add_argument_group("model")
     model.add_argument("--model", default=DEFAULTS.model, help="size name (tiny.en, base, ...) or a local path")
     model.add_argument("--model-dir", default=None, help="directory holding model folders named after sizes")
-    model.add_argument("--backend", default=DEFAULTS.backend, choices=["faster-whisper", "openai-whisper"])
-    model.add_argument("--backend-policy", default=DEFAULTS.backend_policy, choices=["localagreement"],
-                       help="streaming policy")
+    model.add_argument("--backend", default=DEFAULTS.backend, choices=["faster-whisper", "openai-whisper", "simulstreaming"],
+                       help="simulstreaming: openai-whisper with the AlignAtt policy (same as --backend-policy simulstreaming)")
+    model.add_argument("--backend-policy", default=DEFAULTS.backend_policy, choices=["localagreement", "simulstreaming"])
     model.add_argument("--compute-type", default=DEFAULTS.compute_type, help="CTranslate2 compute type (auto: int8 on CPU, float16 on GPU)")
     model.add_argument("--language", default=DEFAULTS.language, help="ISO code, or auto to detect")
     model.add_argument("--task", default=DEFAULTS.task, choices=["transcribe", "translate"])
@@ -79,7 +79,7 @@ def build_parser() -> argparse.ArgumentParser:
     streaming = p.add_argument_group("streaming")
     streaming.add_argument("--min-chunk-size", dest="min_chunk_size_s", type=float, default=DEFAULTS.min_chunk_size_s,
                            help="seconds of new audio before the next transcription step")
-    streaming.add_argument("--beam-size", type=int, default=DEFAULTS.beam_size)
+    streaming.add_argument("--beam-size", "--beams", dest="beam_size", type=int, default=DEFAULTS.beam_size)
     streaming.add_argument("--buffer-trimming-sec", dest="buffer_trimming_s", type=float, default=DEFAULTS.buffer_trimming_s)
     streaming.add_argument("--min-encoder-window", dest="min_encoder_window_s", type=float, default=DEFAULTS.min_encoder_window_s,
                            help="smallest encoder window in seconds (30 = always Whisper's full window)")
@@ -98,6 +98,17 @@ def build_parser() -> argparse.ArgumentParser:
     diar.add_argument("--sortformer-right-context", type=int, default=DEFAULTS.sortformer_right_context)
     diar.add_argument("--sortformer-fifo-len", type=int, default=DEFAULTS.sortformer_fifo_len)
     diar.add_argument("--sortformer-spkcache-len", type=int, default=DEFAULTS.sortformer_spkcache_len)
+    simul = p.add_argument_group("SimulStreaming (AlignAtt)")
+    simul.add_argument("--frame-threshold", type=int, default=DEFAULTS.frame_threshold,
+                       help="stop emitting when attention is this many 20 ms frames from the audio's end")
+    simul.add_argument("--audio-max-len", dest="audio_max_len_s", type=float, default=DEFAULTS.audio_max_len_s,
+                       help="seconds of audio kept per connection (at most 30)")
+    simul.add_argument("--max-context-tokens", type=int, default=DEFAULTS.max_context_tokens,
+                       help="committed tokens given to the decoder as context")
+    simul.add_argument("--init-prompt", default=None, help="text that always precedes the context (names, terms)")
+    model.add_argument("--allow-download", dest="allow_download", action="store_true", default=DEFAULTS.allow_download,
+                       help="fetch a --model name missing here from the Hugging Face hub (when reachable)")
+    model.add_argument("--no-download", dest="allow_download", action="store_false", help="never download a model")
 
     inp = p.add_argument_group("input")
     inp.add_argument("--pcm-input", action="store_true", help="clients send raw PCM s16le 16 kHz mono instead of a container")

@@ -10,7 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass, replace
 from typing import Literal, Optional, Tuple
 
-BackendName = Literal["faster-whisper", "openai-whisper"]
+BackendName = Literal["faster-whisper", "openai-whisper", "simulstreaming"]  # the last is an alias, see __post_init__
 PolicyName = Literal["localagreement", "simulstreaming"]
 DeviceChoice = Literal["auto", "cpu", "cuda"]
 GpuPolicy = Literal["least-loaded", "round-robin"]
@@ -70,6 +70,13 @@ class Settings:
     sortformer_fifo_len: int = 188
     sortformer_spkcache_len: int = 188
 
+    # --- SimulStreaming (AlignAtt) policy ------------------------------------------
+    frame_threshold: int = 25  # encoder frames (20 ms) from the audio's end where emission stops
+    audio_max_len_s: float = 30.0
+    max_context_tokens: int = 128
+    init_prompt: Optional[str] = None
+    allow_download: bool = True  # --model names missing here may come from the Hugging Face hub
+
     # --- input --------------------------------------------------------------------
     pcm_input: bool = False
     max_frame_bytes: int = 1_048_576
@@ -90,6 +97,13 @@ class Settings:
     max_batch_size: int = 0  # 0: auto (8 on GPU; 1 on CPU, where batching measured slower)
     batch_window_ms: float = 10.0
     cpu_threads: int = 0
+
+    def __post_init__(self) -> None:
+        # `--backend simulstreaming` names the policy; AlignAtt reads the PyTorch model's attention,
+        # so that policy always runs on the openai-whisper weights.
+        if self.backend == "simulstreaming" or self.backend_policy == "simulstreaming":
+            object.__setattr__(self, "backend", "openai-whisper")
+            object.__setattr__(self, "backend_policy", "simulstreaming")
 
     def with_changes(self, **changes: object) -> "Settings":
         """A copy with some fields changed (tests and the CLI use this)."""

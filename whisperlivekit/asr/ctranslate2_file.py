@@ -19,7 +19,7 @@ from __future__ import annotations
 import struct
 from dataclasses import dataclass
 from pathlib import Path
-from typing import BinaryIO, Dict, List
+from typing import BinaryIO, Dict, List, Optional
 
 import torch
 
@@ -150,3 +150,35 @@ def read_ctranslate2_model(model_bin: Path) -> CTranslate2Model:
         if target in variables:
             variables[alias] = variables[target]
     return CTranslate2Model(spec_name, revision, version, variables, sorted(set(stored_dtypes)))
+
+
+def missing_data(model_bin: Path) -> Optional[str]:
+    """Why `model_bin` is not a complete CTranslate2 file (None if it is), without reading the weights.
+
+    Walks the variable table seeking past each tensor's bytes, so checking a joined
+    multi-part download costs milliseconds: a missing part shows as a table that
+    runs past the end of the file.
+    """
+    size = model_bin.stat().st_size
+    with open(model_bin, "rb") as stream:
+        reader = _Reader(stream, model_bin)
+        try:
+            reader.unpack("I")
+            reader.string()
+            reader.unpack("I")
+            count = reader.unpack("I")
+            for index in range(count):
+                reader.string()
+                rank = reader.unpack("B")
+                reader.take(4 * rank + 1)
+                num_bytes = reader.unpack("I")
+                if stream.seek(num_bytes, 1) > size:
+                    return f"it holds {index} of {count} variables ({size} bytes; more parts are needed)"
+            for _ in range(reader.unpack("I")):
+                reader.string()
+                reader.string()
+        except ModelLoadError:
+            return f"it ends inside its variable table ({size} bytes; more parts are needed)"
+        if stream.read(1):
+            return "it has data after its last alias (parts joined in the wrong order?)"
+    return None

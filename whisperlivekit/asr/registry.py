@@ -9,6 +9,13 @@ from whisperlivekit.config import Settings
 
 
 def load_backend(settings: Settings, model_path: Path, device: str, lanes: int = 1) -> WhisperBackend:
+    if settings.backend_policy == "simulstreaming":
+        from whisperlivekit.asr.alignatt_backend import AlignAttBackend
+
+        return AlignAttBackend(
+            model_path, device=device, model_name=settings.model, lanes=lanes, cpu_threads=settings.cpu_threads,
+            min_window_s=settings.min_encoder_window_s,
+        )
     if settings.backend == "faster-whisper" and settings.backend_policy == "localagreement":
         from whisperlivekit.asr.faster_whisper_backend import FasterWhisperBackend
 

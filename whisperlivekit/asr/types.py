@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import List, Optional, Protocol, Sequence
+from typing import List, Optional, Protocol, Sequence, Tuple
 
 import numpy as np
 
@@ -44,6 +44,46 @@ class TranscribeResult:
     @property
     def text(self) -> str:
         return "".join(w.text for w in self.words).strip()
+
+
+@dataclass
+class AlignAttRequest(TranscribeRequest):
+    """One AlignAtt step of one stream (see `simulstreaming.py`).
+
+    The stream's decoder state travels in the request, not in the backend, so
+    one shared model serves every connection: `context_tokens` is committed text
+    before the buffer (the prompt), `forced_tokens` the words already committed
+    for this buffer (decoded again as a fixed prefix).
+    """
+
+    context_tokens: Tuple[int, ...] = ()
+    forced_tokens: Tuple[int, ...] = ()
+    forced_frames: Tuple[int, ...] = ()  # where each forced token attended when it was emitted
+    init_prompt: str = ""
+    max_context_tokens: int = 128
+    frame_threshold: int = 25
+    beams: int = 1
+    loop_rules: bool = True  # off for one step after repeated stalls, so a false alarm cannot stop a stream
+
+
+@dataclass
+class AlignAttResult(TranscribeResult):
+    """What one AlignAtt step decided; word times are relative to the request's audio.
+
+    `words` (inherited) are the words committed this step and `new_tokens` their
+    tokens, which the next step forces; `word_starts` indexes `forced_tokens +
+    new_tokens` where each new word begins. The last emitted word may still be
+    unfinished: with the look-ahead past the stop point it is `tentative`, and its
+    tokens are `pending_tokens`, committed only when the voiced segment ends.
+    """
+
+    new_tokens: List[int] = field(default_factory=list)
+    token_frames: List[int] = field(default_factory=list)  # per forced + new token: the encoder frame it attends to
+    word_starts: List[int] = field(default_factory=list)
+    tentative: List[Word] = field(default_factory=list)
+    pending_tokens: List[int] = field(default_factory=list)
+    stop_reason: str = ""  # "alignatt", "eot", "stall", "limit", "final", "no-speech"
+    kv_tokens: int = 0  # positions in the step's KV cache at its largest, per beam (freed when the step ends)
 
 
 class WhisperBackend(Protocol):

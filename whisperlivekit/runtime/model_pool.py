@@ -73,7 +73,10 @@ class ModelPool:
     # -- loading -------------------------------------------------------------------
     def model_path(self) -> Path:
         if self._model_path is None:
-            self._model_path = resolve_model(self.settings.model, self.settings.model_dir)
+            self._model_path = resolve_model(
+                self.settings.model, self.settings.model_dir,
+                checkpoints=self.settings.backend == "openai-whisper", allow_download=self.settings.allow_download,
+            )
         return self._model_path
 
     def _default_factory(self, device: str, lanes: int) -> WhisperBackend:

@@ -1,0 +1,249 @@
+"""AlignAtt on openai-whisper (PyTorch): one decoding step per request, for many streams.
+
+The model is loaded once per device and shared; each `AlignAttRequest` brings
+its stream's buffer and tokens (see `simulstreaming.py`), so this class keeps no
+per-stream state and installs no hooks: attention comes back from
+`ExplicitDecoder`, and the KV cache lives only for the call. Several CPU lanes
+may call at once.
+
+One step: encode the buffer, re-decode the committed words as a fixed prefix,
+then search (`alignatt_search.py`) until a stop rule fires. The encoder window
+is the buffer plus 2 s of padding, at least `min_window_s`, rounded up to 5 s
+(Whisper's 30 s cost about twice as much on CPU for the same words on the test
+clips). A batch is encoded per window size, so a stream's result never depends
+on which other streams shared its batch.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from pathlib import Path
+from typing import Any, List, Optional, Sequence, Tuple
+
+import numpy as np
+import torch
+
+from whisperlivekit.asr.alignatt_decoder import ExplicitDecoder, encode
+from whisperlivekit.asr.alignatt_search import SearchOutcome, SearchSetup, WordTrail, peak, search
+from whisperlivekit.asr.alignment_heads import choose_heads
+from whisperlivekit.asr.faster_whisper_backend import looks_degenerate
+from whisperlivekit.asr.types import AlignAttRequest, AlignAttResult, TranscribeRequest, Word
+from whisperlivekit.errors import ModelLoadError, WhisperLiveKitError
+
+logger = logging.getLogger(__name__)
+
+SAMPLE_RATE = 16_000
+FRAME_S = 0.02  # one encoder frame
+SAMPLES_PER_FRAME = 320
+WINDOW_S = 30
+WINDOW_STEP_S = 5
+PADDING_S = 2.0  # audio-free frames after the buffer: where the heads look once the audio runs out
+MAX_TOKENS_PER_S = 12.0
+NO_SPEECH_PROB = 0.6
+NO_SPACE_LANGUAGES = {"zh", "ja", "th", "lo", "my", "yue"}
+
+
+class AlignAttBackend:
+    name = "alignatt"
+
+    def __init__(self, model_path: Path, device: str = "cpu", model_name: Optional[str] = None,
+                 lanes: int = 1, cpu_threads: int = 0, min_window_s: float = 10.0) -> None:
+        try:
+            import whisper  # type: ignore[import-not-found]
+        except ImportError as exc:
+            from whisperlivekit.asr.openai_whisper_backend import INSTALL_HINT
+
+            raise ModelLoadError(INSTALL_HINT) from exc
+        from whisperlivekit.asr.convert import ensure_openai_checkpoint, read_alignment_heads
+
+        model_path = Path(model_path)
+        try:
+            checkpoint = ensure_openai_checkpoint(model_path)
+            model = whisper.load_model(str(checkpoint), device=device)
+        except WhisperLiveKitError as exc:
+            raise ModelLoadError(f"Could not load openai-whisper model from {model_path}: {exc}") from exc
+        except Exception as exc:  # torch raises RuntimeError/UnpicklingError/KeyError for bad files and devices
+            first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+            raise ModelLoadError(f"Could not load openai-whisper model from {model_path} on {device}: {first}") from exc
+        try:
+            dump = read_alignment_heads(checkpoint)
+        except (RuntimeError, OSError, ValueError):  # legacy checkpoints cannot be mmapped; they carry no heads
+            dump = None
+        model.eval()
+        dims = model.dims
+        heads, source = choose_heads(dump, model_name or model_path.name, dims.n_text_layer, dims.n_text_head, model.is_multilingual)
+        logger.info("AlignAtt on %s: %d alignment heads (%s)", device, len(heads), source)
+        if device == "cpu":  # one lane per core (model_pool.lanes_for): each lane's ops get their share
+            torch.set_num_threads(cpu_threads or max(1, (os.cpu_count() or 1) // max(1, lanes)))
+
+        self._model: Any = model
+        self._decoder = ExplicitDecoder(model, heads)
+        self._whisper = whisper
+        self.heads = heads
+        self.device = device
+        self.model_label = model_path.name if model_path.name != "model" else str(model_path)
+        self.multilingual = bool(model.is_multilingual)
+        self.min_window_samples = int(min(WINDOW_S, max(1.0, min_window_s)) * SAMPLE_RATE)
+        tok = self.tokenizer("en")
+        self._suppress = self._suppression_mask(tok).to(device)
+        pieces = [tok.encoding.decode_single_token_bytes(t) if t < tok.eot else b"" for t in range(dims.n_vocab)]
+        self._starts_word = np.array([piece.startswith(b" ") for piece in pieces])
+        self._word_keys = ["".join(c for c in piece.decode("utf-8", "ignore").lower() if c.isalnum()) for piece in pieces]
+        self._no_letters = [t for t in range(tok.eot) if not self._word_keys[t]]  # blank, punctuation: never first
+
+    # -- vocabulary ------------------------------------------------------------------
+    def tokenizer(self, language: Optional[str], task: str = "transcribe"):
+        return self._whisper.tokenizer.get_tokenizer(
+            self.multilingual, num_languages=self._model.num_languages,
+            language=(language or "en") if self.multilingual else None, task=task if self.multilingual else None,
+        )
+
+    def _suppression_mask(self, tok) -> torch.Tensor:
+        """Tokens a transcript never contains: specials, language tags, timestamps, Whisper's non-speech symbols."""
+        mask = torch.zeros(self._model.dims.n_vocab, dtype=torch.bool)
+        specials = [tok.sot, tok.sot_prev, tok.sot_lm, tok.no_speech, tok.no_timestamps]
+        if self.multilingual:
+            specials += [tok.transcribe, tok.translate, *tok.all_language_tokens]
+        mask[list(tok.non_speech_tokens) + specials] = True
+        mask[tok.timestamp_begin:] = True
+        return mask
+
+    # -- the backend interface -------------------------------------------------------
+    def transcribe_batch(self, requests: Sequence[TranscribeRequest]) -> List[AlignAttResult]:
+        if not requests:
+            return []
+        windows = [self._window(len(r.audio)) for r in requests]
+        results: List[Optional[AlignAttResult]] = [None] * len(requests)
+        with torch.inference_mode(), torch.autocast("cuda", dtype=torch.float16, enabled=self.device.startswith("cuda")):
+            for window in sorted(set(windows)):
+                group = [i for i, w in enumerate(windows) if w == window]
+                features = self._encode([requests[i].audio for i in group], window)
+                for row, i in enumerate(group):
+                    results[i] = self._step(requests[i], features[row : row + 1])
+        return results  # type: ignore[return-value]
+
+    def _window(self, samples: int) -> int:
+        step = WINDOW_STEP_S * SAMPLE_RATE
+        needed = -(-(samples + int(PADDING_S * SAMPLE_RATE)) // step) * step
+        return int(min(WINDOW_S * SAMPLE_RATE, max(self.min_window_samples, needed)))
+
+    def _encode(self, audios: Sequence[np.ndarray], window: int) -> torch.Tensor:
+        audio = self._whisper.audio
+        mels = [
+            audio.log_mel_spectrogram(audio.pad_or_trim(torch.from_numpy(np.ascontiguousarray(a, dtype=np.float32)), window),
+                                      self._model.dims.n_mels, device=self.device)
+            for a in audios
+        ]
+        return encode(self._model.encoder, torch.stack(mels))
+
+    def _detect_language(self, cross) -> str:
+        tok = self.tokenizer(None)
+        logits, _, _ = self._decoder.forward(torch.tensor([[tok.sot]], device=self.device), cross)
+        language_tokens = torch.tensor(tok.all_language_tokens, device=self.device)
+        best = int(language_tokens[logits[0, -1].index_select(0, language_tokens).argmax()])
+        return tok.decode([best]).strip("<|>")
+
+    def _step(self, request: TranscribeRequest, features: torch.Tensor) -> AlignAttResult:
+        final = not isinstance(request, AlignAttRequest)
+        if final:  # a plain request: the whole buffer at once, no stop rule
+            request = AlignAttRequest(request.audio, request.prompt, request.language, request.task, init_prompt=request.prompt)
+        cross = self._decoder.cross_kv(features)
+        language = request.language or (self._detect_language(cross) if self.multilingual else "en")
+        tok = self.tokenizer(language, request.task)
+        prefix = self._prefix(tok, request)
+        forced = list(request.forced_tokens)
+        duration_s = len(request.audio) / SAMPLE_RATE
+        content_frames = -(-len(request.audio) // SAMPLES_PER_FRAME)
+        room = self._decoder.n_ctx - len(prefix) - len(forced) - 1
+        setup = SearchSetup(
+            decoder=self._decoder, cross=cross, suppress=self._suppress, blank=self._no_letters, eot=tok.eot,
+            starts_word=None if language in NO_SPACE_LANGUAGES else self._starts_word,
+            word_keys=None if language in NO_SPACE_LANGUAGES else self._word_keys, content_frames=content_frames,
+            stop_frame=None if final else content_frames - request.frame_threshold,
+            max_new=max(0, min(room, int(MAX_TOKENS_PER_S * duration_s) + 10 - len(forced))), beams=max(1, request.beams),
+            loop_rules=request.loop_rules,
+        )
+        logits, alignment, cache = self._decoder.forward(torch.tensor([prefix + forced], device=self.device), cross)
+        frames = peak(alignment[0], content_frames).tolist()
+        forced_frames = frames[len(prefix) - 1 : len(prefix) - 1 + len(forced)]
+        if len(request.forced_frames) == len(forced):  # as measured when emitted: steadier than re-aligned
+            forced_frames = list(request.forced_frames)
+        trail = WordTrail()
+        for token, frame in zip(forced, forced_frames):
+            trail = trail.after(token, frame, setup)
+        outcome = search(setup, logits[:, -1], frames[-1], trail, cache, at_start=not forced)
+        if not forced and outcome.tokens + outcome.lookahead:
+            no_speech = float(logits[0, len(prefix) - len(tok.sot_sequence_including_notimestamps)].softmax(-1)[tok.no_speech])
+            if no_speech > NO_SPEECH_PROB and (not outcome.tokens or outcome.score / len(outcome.tokens) < -1.0):
+                outcome = SearchOutcome([], [], 0.0, "no-speech")  # Whisper hears no speech and is unsure of its words
+        result = self._result(tok, language, forced, forced_frames, outcome, final, duration_s)
+        result.kv_tokens = len(prefix) + len(forced) + len(outcome.tokens) + len(outcome.lookahead)
+        return result
+
+    def _prefix(self, tok, request: AlignAttRequest) -> List[int]:
+        """[previous-text marker, prompt...] + the start-of-transcript sequence; the init prompt always stays."""
+        budget = max(0, request.max_context_tokens)
+        init = tok.encode(" " + request.init_prompt.strip())[:budget] if request.init_prompt.strip() else []
+        rolling = list(request.context_tokens)[-(budget - len(init)) :] if budget > len(init) else []
+        prompt = init + rolling
+        return ([tok.sot_prev] + prompt if prompt else []) + list(tok.sot_sequence_including_notimestamps)
+
+    # -- tokens → words ----------------------------------------------------------------
+    def _result(self, tok, language: str, forced: List[int], forced_frames: List[int], outcome: SearchOutcome,
+                final: bool, duration_s: float) -> AlignAttResult:
+        """Commit the emitted words but the last, which may be unfinished ("bir" of "birch", or a guess from a
+        word's onset): it stays tentative with the look-ahead, and the next step decodes it again."""
+        emitted = outcome.tokens
+        groups = self._groups(tok, emitted, len(forced))
+        complete = groups if final else groups[:-1]
+        n_new = complete[-1][1] - len(forced) if complete else 0
+        tokens, frames = forced + emitted[:n_new], forced_frames + outcome.frames[:n_new]
+        pending = emitted[n_new:] + outcome.lookahead
+        pending_frames = outcome.frames[n_new:] + outcome.lookahead_frames
+        # Only this step's tokens: the forced prefix passed this check when it was emitted, and speech that
+        # repeats itself (a chorus, a looped test clip) must not make every later step look like a loop.
+        degenerate = outcome.reason == "limit" or bool(emitted) and looks_degenerate(tok.decode(emitted), len(emitted), duration_s)
+        words = self._words(tok, tokens, frames, complete, duration_s)
+        floor_s = words[-1].end if words else 0.0
+        tentative = self._words(tok, pending, pending_frames, self._groups(tok, pending, 0), duration_s, floor_s)
+        return AlignAttResult(
+            words=words, language=language, degenerate=degenerate, new_tokens=emitted[:n_new], token_frames=frames,
+            word_starts=[start for start, _ in complete], tentative=tentative, pending_tokens=pending,
+            stop_reason=outcome.reason,
+        )
+
+    @staticmethod
+    def _groups(tok, tokens: List[int], offset: int) -> List[Tuple[int, int]]:
+        """[start, end) token ranges of the words in `tokens` (Whisper's own word splitting), shifted by `offset`."""
+        if not tokens:
+            return []
+        _, word_tokens = tok.split_to_word_tokens(tokens + [tok.eot])
+        ranges, start = [], offset
+        for group in word_tokens:
+            group = [t for t in group if t < tok.eot]
+            if group:
+                ranges.append((start, start + len(group)))
+                start += len(group)
+        return ranges
+
+    @staticmethod
+    def _words(tok, tokens: List[int], frames: List[int], groups: List[Tuple[int, int]], duration_s: float,
+               floor_s: float = 0.0) -> List[Word]:
+        """Words timed by their tokens' attention frames, kept in order (attention can step back a little)."""
+        words: List[Word] = []
+        previous_end = floor_s
+        for start, end in groups:
+            begin_s = min(max(frames[start] * FRAME_S, previous_end), duration_s)
+            end_s = min(max((max(frames[start:end]) + 1) * FRAME_S, begin_s), duration_s)
+            words.append(Word(begin_s, end_s, tok.decode(tokens[start:end])))
+            previous_end = end_s
+        return words
+
+    def close(self) -> None:
+        model = getattr(self, "_model", None)
+        self._model = None
+        self._decoder = None
+        if model is not None and self.device.startswith("cuda"):
+            del model
+            torch.cuda.empty_cache()
