@@ -38,6 +38,12 @@ def _non_default_args(action: argparse.Action):
 @pytest.mark.parametrize("action", _actions(), ids=lambda a: a.option_strings[0])
 def test_flag_changes_its_setting(action):
     default = settings_from_args([])
+    if isinstance(action, (argparse._StoreTrueAction, argparse._StoreFalseAction)) and action.const == action.default:
+        # the "on" half of an on/off pair (--allow-download / --no-download): it must undo its opposite
+        opposite = next(a for a in _actions() if a.dest == action.dest and a.option_strings != action.option_strings)
+        undone = settings_from_args([opposite.option_strings[0], action.option_strings[0]])
+        assert getattr(undone, action.dest) == action.const != getattr(settings_from_args(opposite.option_strings[:1]), action.dest)
+        return
     changed = settings_from_args(_non_default_args(action))
     assert getattr(changed, action.dest) != getattr(default, action.dest)
 
