@@ -175,7 +175,8 @@ class AlignAttBackend:
         outcome = search(setup, logits[:, -1], frames[-1], trail, cache, at_start=not forced)
         if not forced and outcome.tokens + outcome.lookahead:
             no_speech = float(logits[0, len(prefix) - len(tok.sot_sequence_including_notimestamps)].softmax(-1)[tok.no_speech])
-            if no_speech > NO_SPEECH_PROB and (not outcome.tokens or outcome.score / len(outcome.tokens) < -1.0):
+            heard = len(outcome.tokens) + len(outcome.lookahead)
+            if no_speech > NO_SPEECH_PROB and (outcome.score + outcome.lookahead_score) / heard < -1.0:
                 outcome = SearchOutcome([], [], 0.0, "no-speech")  # Whisper hears no speech and is unsure of its words
         result = self._result(tok, language, forced, forced_frames, outcome, final, duration_s)
         result.kv_tokens = len(prefix) + len(forced) + len(outcome.tokens) + len(outcome.lookahead)

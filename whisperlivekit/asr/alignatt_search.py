@@ -133,6 +133,7 @@ class SearchOutcome:
     reason: str  # "eot", "alignatt", "stall", "limit", "final"
     lookahead: List[int] = field(default_factory=list)
     lookahead_frames: List[int] = field(default_factory=list)
+    lookahead_score: float = 0.0  # summed log-probability of the look-ahead tokens
 
 
 def _logprobs(setup: SearchSetup, logits: torch.Tensor, at_start: bool) -> torch.Tensor:
@@ -161,7 +162,7 @@ def search(setup: SearchSetup, logits: torch.Tensor, frame: int, trail: WordTrai
                 break
             flat[top.indices[0]] = float("-inf")  # the loop's next word: try what comes after it instead
 
-        def done(reason: str, ahead: Tuple[List[int], List[int]] = ([], [])) -> SearchOutcome:
+        def done(reason: str, ahead: Tuple[List[int], List[int], float] = ([], [], 0.0)) -> SearchOutcome:
             return SearchOutcome(best.tokens, best.frames, best.score, reason, *ahead)
 
         if token == setup.eot:
@@ -173,7 +174,8 @@ def search(setup: SearchSetup, logits: torch.Tensor, frame: int, trail: WordTrai
             return SearchOutcome(best.tokens[:cut], best.frames[:cut], best.score, "stall")
         if setup.stop_frame is not None and at >= setup.stop_frame:
             one = cache.select(torch.tensor([source], device=device))
-            return done("alignatt", _lookahead(setup, token, at, best.words, one, setup.max_new - len(best.tokens)))
+            first = float(top.values[0]) - best.score
+            return done("alignatt", _lookahead(setup, token, at, first, best.words, one, setup.max_new - len(best.tokens)))
         if setup.stop_frame is None and at >= setup.content_frames + PAST_END_FRAMES:
             return done("final")
         if len(best.tokens) >= setup.max_new:
@@ -190,14 +192,15 @@ def search(setup: SearchSetup, logits: torch.Tensor, frame: int, trail: WordTrai
         logits, frames = step_logits[:, -1], peak(alignment[:, -1], setup.content_frames).tolist()
 
 
-def _lookahead(setup: SearchSetup, token: int, frame: int, trail: WordTrail, cache: KVCache,
-               budget: int) -> Tuple[List[int], List[int]]:
+def _lookahead(setup: SearchSetup, token: int, frame: int, logprob: float, trail: WordTrail, cache: KVCache,
+               budget: int) -> Tuple[List[int], List[int], float]:
     """Greedy tokens past the stop point, to show what is being said; never committed by the step."""
     tokens: List[int] = []
     frames: List[int] = []
     device: Any = cache.keys[0].device
     floor = frame - PEAK_MARGIN_FRAMES
     went_back: Optional[int] = None  # index of the first of consecutive words attending before `floor`
+    score = 0.0
     while token != setup.eot and len(tokens) < budget and frame < setup.content_frames + PAST_END_FRAMES:
         if trail.repeats(token, frame, setup):
             break
@@ -207,12 +210,15 @@ def _lookahead(setup: SearchSetup, token: int, frame: int, trail: WordTrail, cac
             elif went_back is None:
                 went_back = len(tokens)
             else:
-                return tokens[:went_back], frames[:went_back]
+                return tokens[:went_back], frames[:went_back], score
         trail = trail.after(token, frame, setup)
         tokens.append(token)
         frames.append(frame)
+        score += logprob
         logits, alignment, cache = setup.decoder.forward(torch.tensor([[token]], device=device), setup.cross, cache)
         frame = int(peak(alignment[0, -1], setup.content_frames))
-        ranked = _logprobs(setup, logits[:, -1], False)[0].topk(STALL_RETRIES + 1).indices.tolist()
+        logprobs = _logprobs(setup, logits[:, -1], False)[0]
+        ranked = logprobs.topk(STALL_RETRIES + 1).indices.tolist()
         token = next((t for t in ranked if not trail.repeats(t, frame, setup)), ranked[0])
-    return tokens, frames
+        logprob = float(logprobs[token])
+    return tokens, frames, score
