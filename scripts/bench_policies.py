@@ -88,10 +88,12 @@ def word_lags(updates: List[Tuple[float, str]], reference: List[Tuple[str, float
 
 
 def percentile(values: List[float], q: float) -> Optional[float]:
+    """Linear interpolation between ranks (the median for q=50)."""
     if not values:
         return None
-    ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, int(round(q / 100 * (len(ordered) - 1))))]
+    if len(values) == 1:
+        return values[0]
+    return statistics.quantiles(values, n=100, method="inclusive")[int(q) - 1] if q != 50 else statistics.median(values)
 
 
 def fmt(value: Optional[float]) -> str:

@@ -67,7 +67,8 @@ def build_parser() -> argparse.ArgumentParser:
     model.add_argument("--model-dir", default=None, help="directory holding model folders named after sizes")
     model.add_argument("--backend", default=DEFAULTS.backend, choices=["faster-whisper", "openai-whisper", "simulstreaming"],
                        help="simulstreaming: openai-whisper with the AlignAtt policy (same as --backend-policy simulstreaming)")
-    model.add_argument("--backend-policy", default=DEFAULTS.backend_policy, choices=["localagreement", "simulstreaming"])
+    model.add_argument("--backend-policy", default=DEFAULTS.backend_policy, choices=["localagreement", "simulstreaming"],
+                       help="simulstreaming (AlignAtt) reads the PyTorch model's attention: it runs on openai-whisper weights")
     model.add_argument("--compute-type", default=DEFAULTS.compute_type, help="CTranslate2 compute type (auto: int8 on CPU, float16 on GPU)")
     model.add_argument("--language", default=DEFAULTS.language, help="ISO code, or auto to detect")
     model.add_argument("--task", default=DEFAULTS.task, choices=["transcribe", "translate"])

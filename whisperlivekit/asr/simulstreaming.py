@@ -11,11 +11,12 @@ word), so it stays tentative and is decoded again by the next step.
 
 The buffer holds at most `audio_max_len_s` seconds, and its committed tokens
 must leave the decoder (448 positions) room for the prompt and a step's new
-tokens. Past either limit it is cut at the start of a committed word; the tokens before the cut join the context, the
-committed text given to the decoder as a prompt, of which only the last
-`max_context_tokens` (after the fixed `init_prompt`) are kept. So a stream's
-state (audio, tokens, context) stays bounded however long it runs; the KV cache
-lives only inside a step (`alignatt_backend.py`).
+tokens. Past either limit it is cut at the start of a committed word; the tokens
+before the cut join the context, the committed text given to the decoder as a
+prompt, of which only the last `max_context_tokens` (after the fixed
+`init_prompt`) are kept. So a stream's state (audio, tokens, context) stays
+bounded however long it runs; the KV cache lives only inside a step
+(`alignatt_backend.py`).
 
 The tentative tail shown to the user is that last word plus the backend's
 greedy look-ahead past the stop point; it commits when the voiced segment or the
