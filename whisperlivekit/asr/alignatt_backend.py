@@ -29,7 +29,6 @@ from whisperlivekit.asr.alignatt_search import SearchOutcome, SearchSetup, WordT
 from whisperlivekit.asr.alignment_heads import choose_heads
 from whisperlivekit.asr.faster_whisper_backend import looks_degenerate
 from whisperlivekit.asr.types import AlignAttRequest, AlignAttResult, TranscribeRequest, Word
-from whisperlivekit.errors import ModelLoadError, WhisperLiveKitError
 
 logger = logging.getLogger(__name__)
 
@@ -49,27 +48,10 @@ class AlignAttBackend:
 
     def __init__(self, model_path: Path, device: str = "cpu", model_name: Optional[str] = None,
                  lanes: int = 1, cpu_threads: int = 0, min_window_s: float = 10.0) -> None:
-        try:
-            import whisper  # type: ignore[import-not-found]
-        except ImportError as exc:
-            from whisperlivekit.asr.openai_whisper_backend import INSTALL_HINT
-
-            raise ModelLoadError(INSTALL_HINT) from exc
-        from whisperlivekit.asr.convert import ensure_openai_checkpoint, read_alignment_heads
+        from whisperlivekit.asr.openai_whisper_backend import load_openai_model
 
         model_path = Path(model_path)
-        try:
-            checkpoint = ensure_openai_checkpoint(model_path)
-            model = whisper.load_model(str(checkpoint), device=device)
-        except WhisperLiveKitError as exc:
-            raise ModelLoadError(f"Could not load openai-whisper model from {model_path}: {exc}") from exc
-        except Exception as exc:  # torch raises RuntimeError/UnpicklingError/KeyError for bad files and devices
-            first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
-            raise ModelLoadError(f"Could not load openai-whisper model from {model_path} on {device}: {first}") from exc
-        try:
-            dump = read_alignment_heads(checkpoint)
-        except (RuntimeError, OSError, ValueError):  # legacy checkpoints cannot be mmapped; they carry no heads
-            dump = None
+        whisper, model, dump = load_openai_model(model_path, device)
         model.eval()
         dims = model.dims
         heads, source = choose_heads(dump, model_name or model_path.name, dims.n_text_layer, dims.n_text_head, model.is_multilingual)

@@ -36,30 +36,41 @@ def _one_line(exc: BaseException) -> str:
     return text[0] if text else type(exc).__name__
 
 
+def load_openai_model(model_path: Path, device: str):
+    """(whisper module, model on `device`, the checkpoint's own alignment heads or None).
+
+    Shared by the openai-whisper and AlignAtt backends: a CTranslate2 directory is
+    converted once (cached); every failure becomes a one-line ModelLoadError.
+    """
+    try:
+        import whisper  # type: ignore[import-not-found]
+    except ImportError as exc:
+        raise ModelLoadError(INSTALL_HINT) from exc
+    from whisperlivekit.asr.convert import ensure_openai_checkpoint, read_alignment_heads
+
+    model_path = Path(model_path)
+    try:
+        checkpoint = ensure_openai_checkpoint(model_path)
+        model = whisper.load_model(str(checkpoint), device=device)
+    except WhisperLiveKitError as exc:
+        raise ModelLoadError(f"Could not load openai-whisper model from {model_path}: {exc}") from exc
+    except Exception as exc:  # torch raises RuntimeError/UnpicklingError/KeyError for bad files and devices
+        raise ModelLoadError(
+            f"Could not load openai-whisper model from {model_path} on {device}: {_one_line(exc)}"
+        ) from exc
+    try:
+        heads = read_alignment_heads(checkpoint)
+    except (RuntimeError, OSError, ValueError):  # legacy (non-zip) checkpoints cannot be mmapped; they carry no heads
+        heads = None
+    return whisper, model, heads
+
+
 class OpenAIWhisperBackend:
     name = "openai-whisper"
 
     def __init__(self, model_path: Path, device: str = "cpu", beam_size: int = 1) -> None:
-        try:
-            import whisper  # type: ignore[import-not-found]
-        except ImportError as exc:
-            raise ModelLoadError(INSTALL_HINT) from exc
-        from whisperlivekit.asr.convert import ensure_openai_checkpoint, read_alignment_heads
-
         model_path = Path(model_path)
-        try:
-            checkpoint = ensure_openai_checkpoint(model_path)
-            model = whisper.load_model(str(checkpoint), device=device)
-        except WhisperLiveKitError as exc:
-            raise ModelLoadError(f"Could not load openai-whisper model from {model_path}: {exc}") from exc
-        except Exception as exc:  # torch raises RuntimeError/UnpicklingError/KeyError for bad files and devices
-            raise ModelLoadError(
-                f"Could not load openai-whisper model from {model_path} on {device}: {_one_line(exc)}"
-            ) from exc
-        try:
-            heads = read_alignment_heads(checkpoint)
-        except (RuntimeError, OSError, ValueError):  # legacy (non-zip) checkpoints cannot be mmapped; they carry no heads
-            heads = None
+        _, model, heads = load_openai_model(model_path, device)
         if heads is not None:
             model.set_alignment_heads(heads)
             model.to(device)
