@@ -61,3 +61,16 @@ def eventually(check, timeout: float = 15.0, interval: float = 0.2):
         time.sleep(interval)
         value = check()
     return value
+
+
+def check_finished_stream(result, reference: str, max_wer: float) -> float:
+    """A clean finish (config first, ready_to_stop last, close 1000) and WER within `max_wer`; returns the WER."""
+    from conftest import wer
+
+    assert result.config is not None and result.config["type"] == "config"
+    assert result.ended_with_ready_to_stop, f"no ready_to_stop; closed {result.close_code} {result.close_reason}"
+    assert result.messages[-1] == {"type": "ready_to_stop"}, "ready_to_stop must be the last message"
+    assert result.close_code == 1000
+    error_rate = wer(reference, result.text)
+    assert error_rate <= max_wer, f"WER {error_rate:.1%} > {max_wer:.0%}: {result.text!r}"
+    return error_rate

@@ -4,20 +4,13 @@ from __future__ import annotations
 
 import pytest
 
-from conftest import run, wer
+from conftest import run
+from helpers import check_finished_stream
 from whisperlivekit.client import stream
 
 CLIPS = [("harvard", 0.10), ("arctic_a0007", 0.10), ("arctic_a0009", 0.10), ("pyannote", 0.25)]
 
 
-def _check_stream(result, reference: str, max_wer: float) -> float:
-    assert result.config is not None and result.config["type"] == "config"
-    assert result.ended_with_ready_to_stop, f"no ready_to_stop; closed {result.close_code} {result.close_reason}"
-    assert result.messages[-1] == {"type": "ready_to_stop"}, "ready_to_stop must be the last message"
-    assert result.close_code == 1000
-    error_rate = wer(reference, result.text)
-    assert error_rate <= max_wer, f"WER {error_rate:.1%} > {max_wer:.0%}: {result.text!r}"
-    return error_rate
 
 
 @pytest.mark.parametrize("clip,max_wer", CLIPS)
@@ -25,7 +18,7 @@ def test_pcm_stream_is_transcribed_within_wer_bound(pcm_server, speech_pcm, clip
     pcm, reference = speech_pcm(clip)
     result = run(stream(pcm_server.ws_url, pcm, pcm=True, speed=3.0))
     assert result.config["useAudioWorklet"] is True
-    error_rate = _check_stream(result, reference, max_wer)
+    error_rate = check_finished_stream(result, reference, max_wer)
     print(f"PCM {clip}: WER {error_rate:.1%}")
 
 
@@ -34,7 +27,7 @@ def test_webm_opus_stream_is_transcribed_within_wer_bound(webm_server, speech_pc
     pcm, reference = speech_pcm(clip)
     result = run(stream(webm_server.ws_url, webm(pcm), pcm=False, speed=3.0))
     assert result.config["useAudioWorklet"] is False
-    error_rate = _check_stream(result, reference, max_wer)
+    error_rate = check_finished_stream(result, reference, max_wer)
     print(f"WebM {clip}: WER {error_rate:.1%}")
 
 

