@@ -112,7 +112,7 @@ def main() -> None:
 
     clips = {name: clip(name) for name in args.clips.split(",")}
     pcm = {name: load_pcm16(path) for name, (path, _) in clips.items()}
-    from whisperlivekit.asr.models import resolve_model
+    from whisperlivekit.weights.resolve import resolve_model
 
     reference_times = {name: timeline(resolve_model(args.model), path) for name, (path, _) in clips.items()}
     servers: Dict[str, ServerProcess] = {}

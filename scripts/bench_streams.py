@@ -72,7 +72,7 @@ def load_clips() -> Dict[str, Tuple[bytes, str]]:
 
 def offline_baseline(clips: Dict[str, Tuple[bytes, str]], model: str, device: str) -> Dict[str, dict]:
     """Each clip transcribed in one piece, same model, beam 5: the WER floor streaming is compared with."""
-    from whisperlivekit.asr.faster_whisper_backend import FasterWhisperBackend
+    from whisperlivekit.asr.backends.faster_whisper import FasterWhisperBackend
     from whisperlivekit.config import Settings
     from whisperlivekit.runtime.model_pool import ModelPool
 

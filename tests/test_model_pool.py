@@ -14,8 +14,8 @@ import pytest
 from conftest import in_process_server, run
 from helpers import open_session
 from whisperlivekit.app import create_app
-from whisperlivekit.asr.faster_whisper_backend import FasterWhisperBackend
-from whisperlivekit.asr.models import resolve_model
+from whisperlivekit.asr.backends.faster_whisper import FasterWhisperBackend
+from whisperlivekit.weights.resolve import resolve_model
 from whisperlivekit.asr.types import TranscribeRequest
 from whisperlivekit.client import pcm_to_float
 from whisperlivekit.config import Settings

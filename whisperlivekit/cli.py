@@ -11,8 +11,9 @@ import logging
 import os
 import sys
 from dataclasses import fields
-from typing import List, Optional, Sequence
+from typing import List, Mapping, Optional, Sequence
 
+from whisperlivekit.asr.backends import BACKEND_ALIASES, backend_names
 from whisperlivekit.config import Settings
 
 logger = logging.getLogger("whisperlivekit")
@@ -37,7 +38,6 @@ def build_parser() -> argparse.ArgumentParser:
         description="Real-time speech transcription over WebSocket (/asr), one GPU slot per connection.",
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
-    a = p.add_argument
     server = p.add_argument_group("server")
     server.add_argument("--host", default=DEFAULTS.host)
     server.add_argument("--port", type=int, default=DEFAULTS.port)
@@ -65,8 +65,9 @@ def build_parser() -> argparse.ArgumentParser:
     model = p.add_argument_group("model")
     model.add_argument("--model", default=DEFAULTS.model, help="size name (tiny.en, base, ...) or a local path")
     model.add_argument("--model-dir", default=None, help="directory holding model folders named after sizes")
-    model.add_argument("--backend", default=DEFAULTS.backend, choices=["faster-whisper", "openai-whisper", "simulstreaming"],
-                       help="simulstreaming: openai-whisper with the AlignAtt policy (same as --backend-policy simulstreaming)")
+    model.add_argument("--backend", default="auto", choices=["auto", *backend_names(), *BACKEND_ALIASES],
+                       help="auto: the first backend that runs --backend-policy; simulstreaming: openai-whisper with the "
+                            "AlignAtt policy (same as --backend-policy simulstreaming)")
     model.add_argument("--backend-policy", default=DEFAULTS.backend_policy, choices=["localagreement", "simulstreaming"],
                        help="simulstreaming (AlignAtt) reads the PyTorch model's attention: it runs on openai-whisper weights")
     model.add_argument("--compute-type", default=DEFAULTS.compute_type, help="CTranslate2 compute type (auto: int8 on CPU, float16 on GPU)")
@@ -135,35 +136,53 @@ def build_parser() -> argparse.ArgumentParser:
     batching.add_argument("--max-batch-size", type=int, default=DEFAULTS.max_batch_size, help="0: auto (8 on GPU, 1 on CPU)")
     batching.add_argument("--batch-window-ms", type=float, default=DEFAULTS.batch_window_ms)
     batching.add_argument("--cpu-threads", type=int, default=DEFAULTS.cpu_threads, help="threads per CPU lane (0: auto)")
-    del a
     return p
 
 
-def _env_defaults(parser: argparse.ArgumentParser) -> None:
+def env_name(action: argparse.Action) -> str:
+    """`--max-session-seconds` reads WLK_MAX_SESSION_SECONDS; an off switch `--no-vac` reads WLK_VAC (0/1)."""
+    flag = max(action.option_strings, key=len).lstrip("-")
+    if isinstance(action, argparse._StoreFalseAction) and flag.startswith("no-"):
+        flag = flag[3:]
+    return "WLK_" + flag.upper().replace("-", "_")
+
+
+def _truthy(raw: str) -> bool:
+    return raw.strip().lower() in ("1", "true", "yes", "on")
+
+
+def _env_defaults(parser: argparse.ArgumentParser, environ: Mapping[str, str]) -> None:
     """WLK_PORT=9000 acts like --port 9000 (flags still win)."""
     for action in parser._actions:
-        env = "WLK_" + action.dest.upper().removesuffix("_S")
-        if env in os.environ and action.dest != "help":
-            raw = os.environ[env]
-            if isinstance(action, argparse._StoreFalseAction):
-                value = raw.lower() in ("1", "true", "yes")
-            elif isinstance(action, argparse._StoreTrueAction):
-                value = raw.lower() in ("1", "true", "yes")
-            else:
-                value = action.type(raw) if action.type else raw
-            parser.set_defaults(**{action.dest: value})
+        if not action.option_strings or action.dest == "help":
+            continue
+        raw = environ.get(env_name(action))
+        if raw is None:
+            continue
+        if isinstance(action, argparse._StoreFalseAction) and max(action.option_strings, key=len).startswith("--no-"):
+            value = _truthy(raw)  # WLK_VAC=0 turns voice activity gating off
+        elif isinstance(action, (argparse._StoreTrueAction, argparse._StoreFalseAction)):
+            value = _truthy(raw) == bool(action.const)
+        else:
+            value = action.type(raw) if action.type else raw
+        parser.set_defaults(**{action.dest: value})
 
 
-def settings_from_args(argv: Optional[Sequence[str]] = None) -> Settings:
+def settings_from_args(argv: Optional[Sequence[str]] = None, environ: Optional[Mapping[str, str]] = None) -> Settings:
+    """The one place flags and `WLK_*` variables become `Settings` (the environment defaults to os.environ)."""
     parser = build_parser()
-    _env_defaults(parser)
+    _env_defaults(parser, os.environ if environ is None else environ)
     args = parser.parse_args(argv)
     known = {f.name for f in fields(Settings)}
     values = {k: v for k, v in vars(args).items() if k in known}
     unknown = set(vars(args)) - known
     if unknown:  # a flag that maps to no setting would be a flag that does nothing
         raise SystemExit(f"internal error: flags without a setting: {sorted(unknown)}")
-    return Settings(**values)
+    try:
+        return Settings(**values)
+    except ValueError as exc:  # a combination the backend table refuses, ...
+        parser.error(str(exc))
+        raise  # unreachable: parser.error exits
 
 
 def main(argv: Optional[List[str]] = None) -> None:

@@ -16,8 +16,8 @@ from pathlib import Path
 from typing import Callable, List, Optional
 
 import numpy as np
+from whisperlivekit.audio import SAMPLE_RATE
 
-SAMPLE_RATE = 16_000
 
 
 def load_pcm16(path: "str | Path") -> bytes:

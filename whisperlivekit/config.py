@@ -10,7 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass, replace
 from typing import Literal, Optional, Tuple
 
-BackendName = Literal["faster-whisper", "openai-whisper", "simulstreaming"]  # the last is an alias, see __post_init__
+BackendName = Literal["auto", "faster-whisper", "openai-whisper", "simulstreaming"]  # see asr/backends/__init__.py
 PolicyName = Literal["localagreement", "simulstreaming"]
 DeviceChoice = Literal["auto", "cpu", "cuda"]
 GpuPolicy = Literal["least-loaded", "round-robin"]
@@ -41,7 +41,7 @@ class Settings:
     # --- model --------------------------------------------------------------------
     model: str = "tiny.en"
     model_dir: Optional[str] = None
-    backend: BackendName = "faster-whisper"
+    backend: BackendName = "auto"  # auto: the first backend that runs the policy
     backend_policy: PolicyName = "localagreement"
     compute_type: str = "auto"
     language: str = "auto"
@@ -99,11 +99,18 @@ class Settings:
     cpu_threads: int = 0
 
     def __post_init__(self) -> None:
-        # `--backend simulstreaming` names the policy; AlignAtt reads the PyTorch model's attention,
-        # so that policy always runs on the openai-whisper weights.
-        if self.backend == "simulstreaming" or self.backend_policy == "simulstreaming":
-            object.__setattr__(self, "backend", "openai-whisper")
-            object.__setattr__(self, "backend_policy", "simulstreaming")
+        """Resolve `--backend auto` and the `simulstreaming` shorthand, then check the pair against the
+        backend table, so a policy a backend cannot run fails here with what to pass instead."""
+        from whisperlivekit.asr.backends import BACKEND_ALIASES, backend_for_policy, check_combination
+
+        backend, policy = self.backend, self.backend_policy
+        if backend in BACKEND_ALIASES:
+            backend, policy = BACKEND_ALIASES[backend]
+        elif backend == "auto":
+            backend = backend_for_policy(policy)
+        check_combination(backend, policy)
+        object.__setattr__(self, "backend", backend)
+        object.__setattr__(self, "backend_policy", policy)
 
     def with_changes(self, **changes: object) -> "Settings":
         """A copy with some fields changed (tests and the CLI use this)."""

@@ -1,1 +1,5 @@
-"""Speech recognition: Whisper backends behind one small interface, and streaming policies."""
+"""Speech recognition: streaming policies (`policies/`) over Whisper backends (`backends/`).
+
+`types.py` holds what crosses between them: requests, results, words, and the two protocols.
+Weights (names, formats, conversion) live in `whisperlivekit.weights`.
+"""

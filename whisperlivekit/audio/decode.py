@@ -15,8 +15,8 @@ from typing import AsyncIterator, Optional, Protocol
 import numpy as np
 
 from whisperlivekit.errors import DecodeError
+from whisperlivekit.audio import SAMPLE_RATE
 
-SAMPLE_RATE = 16_000
 _READ_BYTES = 3_200  # 100 ms of s16le at 16 kHz
 
 logger = logging.getLogger(__name__)

@@ -15,12 +15,12 @@ from importlib import resources
 from typing import List, Tuple
 
 import numpy as np
+from whisperlivekit.audio import SAMPLE_RATE
 
 logger = logging.getLogger(__name__)
 
 WINDOW = 512  # samples at 16 kHz (32 ms), what the model expects
 CONTEXT = 64
-SAMPLE_RATE = 16_000
 
 
 class SileroVadModel:

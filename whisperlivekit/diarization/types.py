@@ -11,8 +11,8 @@ from dataclasses import dataclass, field
 from typing import Dict, List, Protocol, Set
 
 import numpy as np
+from whisperlivekit.audio import SAMPLE_RATE
 
-SAMPLE_RATE = 16_000
 
 
 @dataclass(frozen=True)

@@ -22,6 +22,7 @@ from dataclasses import dataclass, field
 from typing import Any, Callable, Deque, List, Optional, Tuple
 
 from whisperlivekit.asr.types import TranscribeRequest, TranscribeResult, WhisperBackend
+from whisperlivekit.audio import SAMPLE_RATE
 from whisperlivekit.errors import DeviceError
 
 logger = logging.getLogger(__name__)
@@ -110,7 +111,7 @@ class DeviceWorker:
     # -- submitted from the event loop ---------------------------------------------
     async def transcribe(self, request: TranscribeRequest) -> TranscribeResult:
         loop = asyncio.get_running_loop()
-        job = _Job("transcribe", request, loop.create_future(), loop, audio_s=len(request.audio) / 16000.0)
+        job = _Job("transcribe", request, loop.create_future(), loop, audio_s=len(request.audio) / SAMPLE_RATE)
         self._queue.put(job)
         return await job.future
 

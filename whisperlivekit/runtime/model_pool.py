@@ -18,7 +18,8 @@ import time
 from pathlib import Path
 from typing import Callable, Dict, Optional
 
-from whisperlivekit.asr.models import resolve_model
+from whisperlivekit.weights.resolve import resolve_model
+from whisperlivekit.asr.backends import CHECKPOINT_BACKENDS
 from whisperlivekit.asr.types import WhisperBackend
 from whisperlivekit.config import Settings
 from whisperlivekit.runtime.device_worker import DeviceWorker
@@ -75,12 +76,12 @@ class ModelPool:
         if self._model_path is None:
             self._model_path = resolve_model(
                 self.settings.model, self.settings.model_dir,
-                checkpoints=self.settings.backend == "openai-whisper", allow_download=self.settings.allow_download,
+                checkpoints=self.settings.backend in CHECKPOINT_BACKENDS, allow_download=self.settings.allow_download,
             )
         return self._model_path
 
     def _default_factory(self, device: str, lanes: int) -> WhisperBackend:
-        from whisperlivekit.asr.registry import load_backend
+        from whisperlivekit.asr.backends import load_backend
 
         return load_backend(self.settings, self.model_path(), device, lanes=lanes)
 

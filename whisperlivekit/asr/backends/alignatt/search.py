@@ -36,7 +36,7 @@ from typing import Any, List, Optional, Sequence, Tuple
 import numpy as np
 import torch
 
-from whisperlivekit.asr.alignatt_decoder import ExplicitDecoder, KVCache
+from whisperlivekit.asr.backends.alignatt.decoder import ExplicitDecoder, KVCache
 
 PEAK_MARGIN_FRAMES = 25
 PAST_END_FRAMES = 10  # a token attending this far past the audio is made up, not heard

@@ -93,7 +93,7 @@ def join_parts(name: str, folders: List[Path], root: Optional[Path] = None) -> P
     Rejoined only when a part changes (size or mtime); the file appears atomically and is
     checked complete first, so a missing package is named instead of failing at load time.
     """
-    from whisperlivekit.asr.ctranslate2_file import missing_data
+    from whisperlivekit.weights.ctranslate2_file import missing_data
 
     parts = sorted((p for folder in folders for p in folder.glob("model.bin.part*")), key=_part_number)
     if not parts:

@@ -21,41 +21,24 @@ from __future__ import annotations
 
 import logging
 import os
-import zlib
-from collections import Counter
 from pathlib import Path
 from typing import Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 
+from whisperlivekit.asr.backends.degenerate import MAX_TOKENS_PER_S, looks_degenerate
 from whisperlivekit.asr.types import TranscribeRequest, TranscribeResult, Word
 from whisperlivekit.errors import ModelLoadError
+from whisperlivekit.audio import SAMPLE_RATE
 
 logger = logging.getLogger(__name__)
 
-SAMPLE_RATE = 16_000
 HOP = 160
 FULL_WINDOW_FRAMES = 3000
 PADDING_S = 1.0
 WINDOW_BUCKET_FRAMES = 200  # 2 s
-MAX_TOKENS_PER_S = 12.0
+
 MAX_PROMPT_TOKENS = 223
-
-
-def _compression_ratio(text: str) -> float:
-    data = text.encode("utf-8")
-    return len(data) / max(1, len(zlib.compress(data)))
-
-
-def looks_degenerate(text: str, n_tokens: int, duration_s: float) -> bool:
-    """Whisper's failure mode on short windows: a phrase repeated, or more tokens than speech allows."""
-    words = text.lower().split()
-    four_grams = Counter(tuple(words[i : i + 4]) for i in range(len(words) - 3))
-    return (
-        n_tokens > duration_s * MAX_TOKENS_PER_S + 8  # loops run until the token cap
-        or _compression_ratio(text) > 2.4
-        or max(four_grams.values(), default=0) >= 3  # twice is natural in dialogue; three times is a loop
-    )
 
 
 def _split_device(device: str) -> Tuple[str, int]:
@@ -66,6 +49,13 @@ def _split_device(device: str) -> Tuple[str, int]:
 
 class FasterWhisperBackend:
     name = "faster-whisper"
+
+    @classmethod
+    def from_settings(cls, settings, model_path: Path, device: str, lanes: int) -> "FasterWhisperBackend":
+        return cls(
+            model_path, device=device, compute_type=settings.compute_type, beam_size=settings.beam_size,
+            min_window_s=settings.min_encoder_window_s, cpu_threads=settings.cpu_threads, lanes=lanes,
+        )
 
     def __init__(
         self,

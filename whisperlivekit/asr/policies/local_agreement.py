@@ -16,8 +16,8 @@ from typing import List, Optional
 import numpy as np
 
 from whisperlivekit.asr.types import TranscribeRequest, TranscribeResult, Word
+from whisperlivekit.audio import SAMPLE_RATE
 
-SAMPLE_RATE = 16_000
 PROMPT_CHARS = 200
 _NORMALISE = re.compile(r"[^\w']+")
 
@@ -87,6 +87,10 @@ class HypothesisBuffer:
 
 class LocalAgreementPolicy:
     """Per-connection streaming state over a shared Whisper backend."""
+
+    @classmethod
+    def from_settings(cls, settings, language: Optional[str]) -> "LocalAgreementPolicy":
+        return cls(settings.buffer_trimming_s, language=language, task=settings.task)
 
     def __init__(self, buffer_trimming_s: float = 8.0, language: Optional[str] = None, task: str = "transcribe") -> None:
         self.buffer_trimming_s = buffer_trimming_s

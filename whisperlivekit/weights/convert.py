@@ -34,7 +34,7 @@ from typing import Callable, Dict, Optional, Sequence, Tuple
 
 import torch
 
-from whisperlivekit.asr.ctranslate2_file import read_ctranslate2_model
+from whisperlivekit.weights.ctranslate2_file import read_ctranslate2_model
 from whisperlivekit.errors import ModelLoadError, ModelNotFound, WhisperLiveKitError
 
 logger = logging.getLogger(__name__)

@@ -24,21 +24,21 @@ from typing import Any, List, Optional, Sequence, Tuple
 import numpy as np
 import torch
 
-from whisperlivekit.asr.alignatt_decoder import ExplicitDecoder, encode
-from whisperlivekit.asr.alignatt_search import SearchOutcome, SearchSetup, WordTrail, peak, search
-from whisperlivekit.asr.alignment_heads import choose_heads
-from whisperlivekit.asr.faster_whisper_backend import looks_degenerate
+from whisperlivekit.asr.backends.alignatt.decoder import ExplicitDecoder, encode
+from whisperlivekit.asr.backends.alignatt.search import SearchOutcome, SearchSetup, WordTrail, peak, search
+from whisperlivekit.asr.backends.alignatt.heads import choose_heads
+from whisperlivekit.asr.backends.degenerate import MAX_TOKENS_PER_S, looks_degenerate
 from whisperlivekit.asr.types import AlignAttRequest, AlignAttResult, TranscribeRequest, Word
+from whisperlivekit.audio import SAMPLE_RATE
 
 logger = logging.getLogger(__name__)
 
-SAMPLE_RATE = 16_000
 FRAME_S = 0.02  # one encoder frame
 SAMPLES_PER_FRAME = 320
 WINDOW_S = 30
 WINDOW_STEP_S = 5
 PADDING_S = 2.0  # audio-free frames after the buffer: where the heads look once the audio runs out
-MAX_TOKENS_PER_S = 12.0
+
 NO_SPEECH_PROB = 0.6
 NO_SPACE_LANGUAGES = {"zh", "ja", "th", "lo", "my", "yue"}
 
@@ -46,9 +46,16 @@ NO_SPACE_LANGUAGES = {"zh", "ja", "th", "lo", "my", "yue"}
 class AlignAttBackend:
     name = "alignatt"
 
+    @classmethod
+    def from_settings(cls, settings, model_path: Path, device: str, lanes: int) -> "AlignAttBackend":
+        return cls(
+            model_path, device=device, model_name=settings.model, lanes=lanes, cpu_threads=settings.cpu_threads,
+            min_window_s=settings.min_encoder_window_s,
+        )
+
     def __init__(self, model_path: Path, device: str = "cpu", model_name: Optional[str] = None,
                  lanes: int = 1, cpu_threads: int = 0, min_window_s: float = 10.0) -> None:
-        from whisperlivekit.asr.openai_whisper_backend import load_openai_model
+        from whisperlivekit.asr.backends.openai_whisper import load_openai_model
 
         model_path = Path(model_path)
         whisper, model, dump = load_openai_model(model_path, device)

@@ -21,10 +21,10 @@ import numpy as np
 
 from whisperlivekit.asr.types import TranscribeRequest, TranscribeResult, Word
 from whisperlivekit.errors import ModelLoadError, WhisperLiveKitError
+from whisperlivekit.audio import SAMPLE_RATE
 
 logger = logging.getLogger(__name__)
 
-SAMPLE_RATE = 16_000
 INSTALL_HINT = (
     "openai-whisper is not installed; on CPU machines: "
     "pip install --no-deps openai-whisper && pip install numba tiktoken more-itertools tqdm"
@@ -46,7 +46,7 @@ def load_openai_model(model_path: Path, device: str):
         import whisper  # type: ignore[import-not-found]
     except ImportError as exc:
         raise ModelLoadError(INSTALL_HINT) from exc
-    from whisperlivekit.asr.convert import ensure_openai_checkpoint, read_alignment_heads
+    from whisperlivekit.weights.convert import ensure_openai_checkpoint, read_alignment_heads
 
     model_path = Path(model_path)
     try:
@@ -67,6 +67,10 @@ def load_openai_model(model_path: Path, device: str):
 
 class OpenAIWhisperBackend:
     name = "openai-whisper"
+
+    @classmethod
+    def from_settings(cls, settings, model_path: Path, device: str, lanes: int) -> "OpenAIWhisperBackend":
+        return cls(model_path, device=device, beam_size=settings.beam_size)
 
     def __init__(self, model_path: Path, device: str = "cpu", beam_size: int = 1) -> None:
         model_path = Path(model_path)

@@ -31,8 +31,8 @@ from typing import List, Optional
 import numpy as np
 
 from whisperlivekit.asr.types import AlignAttRequest, AlignAttResult, TranscribeResult, Word
+from whisperlivekit.audio import SAMPLE_RATE
 
-SAMPLE_RATE = 16_000
 FRAME_S = 0.02
 SAMPLES_PER_FRAME = 320
 WHISPER_WINDOW_S = 30.0
@@ -73,6 +73,14 @@ class SimulStreamingState:
 
 class SimulStreamingPolicy:
     """Per-connection AlignAtt streaming over a shared `AlignAttBackend` (the StreamingPolicy interface)."""
+
+    @classmethod
+    def from_settings(cls, settings, language: Optional[str]) -> "SimulStreamingPolicy":
+        return cls(
+            frame_threshold=settings.frame_threshold, audio_max_len_s=settings.audio_max_len_s,
+            max_context_tokens=settings.max_context_tokens, beams=settings.beam_size, init_prompt=settings.init_prompt,
+            language=language, task=settings.task,
+        )
 
     def __init__(
         self,

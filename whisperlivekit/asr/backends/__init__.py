@@ -1,0 +1,65 @@
+"""Whisper inference backends, chosen by name the uvicorn way: a table of import paths.
+
+A backend is named by `--backend`; which class runs depends on the streaming policy,
+because AlignAtt needs the decoder's cross-attention and so its own inference path.
+The table below is the whole truth about which backend supports which policy;
+`Settings` checks a combination against it before anything is loaded.
+"""
+
+from __future__ import annotations
+
+import importlib
+from pathlib import Path
+from typing import TYPE_CHECKING, Dict, Tuple
+
+if TYPE_CHECKING:
+    from whisperlivekit.asr.types import WhisperBackend
+    from whisperlivekit.config import Settings
+
+# (backend name, policy name) -> "module:Class"; each class has `from_settings(settings, model_path, device, lanes)`.
+BACKENDS: Dict[Tuple[str, str], str] = {
+    ("faster-whisper", "localagreement"): "whisperlivekit.asr.backends.faster_whisper:FasterWhisperBackend",
+    ("openai-whisper", "localagreement"): "whisperlivekit.asr.backends.openai_whisper:OpenAIWhisperBackend",
+    ("openai-whisper", "simulstreaming"): "whisperlivekit.asr.backends.alignatt:AlignAttBackend",
+}
+
+# Backends that read openai-whisper checkpoints (a CTranslate2 model is converted once for them).
+CHECKPOINT_BACKENDS = frozenset({"openai-whisper"})
+
+# `--backend simulstreaming` names a policy, kept as the documented shorthand for this pair.
+BACKEND_ALIASES: Dict[str, Tuple[str, str]] = {"simulstreaming": ("openai-whisper", "simulstreaming")}
+
+
+def backend_names() -> Tuple[str, ...]:
+    return tuple(dict.fromkeys(name for name, _ in BACKENDS))
+
+
+def supported_policies(backend: str) -> Tuple[str, ...]:
+    return tuple(policy for name, policy in BACKENDS if name == backend)
+
+
+def backend_for_policy(policy: str) -> str:
+    """The first backend that supports `policy` (what `--backend auto` means)."""
+    for name, supported in BACKENDS:
+        if supported == policy:
+            return name
+    raise ValueError(f"no backend supports the streaming policy {policy!r}")
+
+
+def check_combination(backend: str, policy: str) -> None:
+    """Raise a ValueError that says what to pass instead when `backend` cannot run `policy`."""
+    if (backend, policy) in BACKENDS:
+        return
+    if backend not in backend_names():
+        raise ValueError(f"unknown backend {backend!r}: choose one of {', '.join(backend_names())}")
+    raise ValueError(
+        f"the {backend} backend cannot run the {policy} policy (it supports: {', '.join(supported_policies(backend))}); "
+        f"use --backend {backend_for_policy(policy)} --backend-policy {policy}"
+    )
+
+
+def load_backend(settings: "Settings", model_path: Path, device: str, lanes: int = 1) -> "WhisperBackend":
+    """Build the backend `settings` name on `device` (blocking: loads weights)."""
+    module_name, _, class_name = BACKENDS[(settings.backend, settings.backend_policy)].partition(":")
+    backend_class = getattr(importlib.import_module(module_name), class_name)
+    return backend_class.from_settings(settings, model_path, device, lanes)
