@@ -1,12 +1,12 @@
 """Graceful shutdown: on SIGTERM/SIGINT stop admitting, let active streams finish, then exit 0.
 
 1. The first signal sets `services.draining`: `/ready` answers 503 and new /asr connections are
-   closed with 1001 "Server is shutting down". The listening socket stays open meanwhile, so
+   refused as `ServerShuttingDown` (its close code is in `api/errors.py`). The listening socket stays open meanwhile, so
    probes and late clients get a clear answer rather than a refused connection.
 2. Active streams go on as usual for up to `--drain-timeout` seconds; a client that sends its end
    frame gets its final transcript and `ready_to_stop`.
 3. At the deadline every remaining stream is finished as if its audio had ended (final transcript,
-   `ready_to_stop`, close 1001); then uvicorn shuts down and the process exits 0.
+   `ready_to_stop`, then the close `api/errors.py` calls FINISHED_AT_SHUTDOWN); then uvicorn shuts down and the process exits 0.
 A second signal skips the wait (uvicorn's own shutdown closes what is left).
 """
 

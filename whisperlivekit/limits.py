@@ -1,9 +1,9 @@
-"""Per-connection and per-address limits, each ending a connection with a clear close code.
+"""Per-connection and per-address limits, each ending a connection with a typed error (`api/errors.py` picks its close code).
 
 - `AddressCounter`: at most `--max-connections-per-ip` concurrent /asr connections per client address.
 - `SessionGuard`: watches one connection for `--max-session-seconds`, `--idle-timeout` (no audio
   frame) and `--max-backlog-seconds` (received audio not yet transcribed: a client sending
-  faster than real time), raising `LimitExceeded` instead of letting memory grow.
+  faster than real time), raising a `LimitExceeded` subclass instead of letting memory grow.
 """
 
 from __future__ import annotations
@@ -15,10 +15,8 @@ from collections import Counter
 from typing import Callable, Optional
 
 from whisperlivekit.config import Settings
-from whisperlivekit.errors import LimitExceeded
+from whisperlivekit.errors import BacklogTooLarge, IdleTimeout, LimitExceeded, SessionTooLong
 
-CLOSE_GOING_AWAY = 1001
-CLOSE_POLICY = 1008
 CHECK_INTERVAL_S = 0.25
 
 
@@ -67,16 +65,16 @@ class SessionGuard:
     def check(self) -> Optional[LimitExceeded]:
         now = self._clock()
         if self.max_session_s and now - self.started_at >= self.max_session_s:
-            return LimitExceeded(f"Sessions last at most {self.max_session_s:g} s", CLOSE_POLICY, "Maximum session length reached")
+            return SessionTooLong(f"Sessions last at most {self.max_session_s:g} s")
         if self.input_ended:  # the client is done sending: only the session cap still applies
             return None
         if self.idle_timeout_s and now - self.last_frame_at >= self.idle_timeout_s:
-            return LimitExceeded(f"No audio for {self.idle_timeout_s:g} s", CLOSE_GOING_AWAY, "Idle timeout")
+            return IdleTimeout(f"No audio for {self.idle_timeout_s:g} s")
         backlog = self._backlog_s()
         if self.max_backlog_s and backlog > self.max_backlog_s:
-            return LimitExceeded(
+            return BacklogTooLarge(
                 f"{backlog:.1f} s of audio are waiting to be transcribed (limit {self.max_backlog_s:g} s): "
-                "send audio at real time", CLOSE_POLICY, "Client sends faster than real time")
+                "send audio at real time")
         return None
 
     async def watch(self) -> None:

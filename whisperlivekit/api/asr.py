@@ -1,7 +1,7 @@
 """`WS /asr`: check, admit, build the connection's engine, stream audio in and results out, release.
 
 Security checks live in `api/security.py`, limits in `limits.py`, drain in `lifecycle.py`,
-metrics in `metrics.py`; this module maps their outcomes to close codes.
+metrics in `metrics.py`; they raise typed errors, and `api/errors.py` says how each one closes.
 """
 
 from __future__ import annotations
@@ -11,14 +11,18 @@ import logging
 import re
 import time
 import uuid
-from typing import Optional, Tuple
+from typing import Optional
 
 from fastapi import APIRouter, Depends, WebSocket
 from starlette.websockets import WebSocketDisconnect, WebSocketState
 
 from whisperlivekit.api import security
 from whisperlivekit.engine import TranscriptionEngine
-from whisperlivekit.errors import DecodeError, DeviceError, LimitExceeded, ModelLoadError, NoCapacity, ProtocolViolation
+from whisperlivekit.api.errors import FINISHED_AT_SHUTDOWN, INTERNAL_ERROR, NORMAL_END, Ending, ending_for, is_device_fault
+from whisperlivekit.errors import (
+    BadParameters, DecodeError, FrameTooBig, NoCapacity, OriginNotAllowed, ServerShuttingDown, TextFrame,
+    TooManyConnectionsFromAddress, Unauthorized, WhisperLiveKitError,
+)
 from whisperlivekit.gpu.manager import Slot
 from whisperlivekit.limits import SessionGuard
 from whisperlivekit.protocol import READY_TO_STOP, config_message, error_message
@@ -27,21 +31,13 @@ from whisperlivekit.services import Services, get_ws_services
 logger = logging.getLogger(__name__)
 router = APIRouter()
 
-CLOSE_NORMAL = 1000
-CLOSE_GOING_AWAY = 1001
-CLOSE_UNSUPPORTED = 1003
-CLOSE_BAD_DATA = 1007
-CLOSE_POLICY = 1008
-CLOSE_TOO_BIG = 1009
-CLOSE_INTERNAL = 1011
-CLOSE_BAD_PARAMS = 4400
 _LANGUAGE = re.compile(r"^(auto|[a-z]{2,3}(-[A-Za-z]{2,4})?)$")
 
 
-async def _close(websocket: WebSocket, code: int, reason: str = "") -> None:
+async def _close(websocket: WebSocket, ending: Ending, exc: Optional[BaseException] = None) -> None:
     if websocket.application_state != WebSocketState.DISCONNECTED:
         try:
-            await websocket.close(code=code, reason=reason[:120])
+            await websocket.close(code=ending.code, reason=ending.reason_for(exc)[:120])
         except (RuntimeError, WebSocketDisconnect):
             pass
 
@@ -57,13 +53,13 @@ async def _send(websocket: WebSocket, message: dict) -> bool:
 def _language(services: Services, requested: Optional[str]) -> Optional[str]:
     language = requested or services.settings.language
     if not _LANGUAGE.match(language):
-        raise ValueError(f"invalid language {language!r}: use an ISO 639-1 code such as 'en', or 'auto'")
+        raise BadParameters(f"invalid language {language!r}: use an ISO 639-1 code such as 'en', or 'auto'")
     return None if language == "auto" else language
 
 
 async def _admit_and_build(services: Services, websocket: WebSocket, connection_id: str, language: Optional[str]):
-    """A slot and a running engine; a device that fails while building is marked unhealthy and the
-    connection is retried once on another GPU."""
+    """A slot and a running engine. A device fault while building marks the GPU unhealthy and the
+    connection is retried once on another GPU; any other failure (a bug) is raised as it is."""
     async def on_queued(position: int) -> None:
         await _send(websocket, {"type": "queued", "position": position})
 
@@ -72,9 +68,9 @@ async def _admit_and_build(services: Services, websocket: WebSocket, connection_
     for attempt in (1, 2):
         try:
             return slot, await services.engine_factory(services, slot, language)
-        except (DeviceError, ModelLoadError, RuntimeError) as exc:
+        except Exception as exc:
             manager.release(slot)
-            if slot.gpu_id is None or attempt == 2:
+            if not is_device_fault(exc) or slot.gpu_id is None or attempt == 2:
                 raise
             manager.mark_unhealthy(slot.gpu_id, f"engine build failed: {exc}")
             logger.warning("engine build failed on %s (%s); retrying on another GPU", slot.label, exc,
@@ -91,10 +87,10 @@ async def _receive_audio(websocket: WebSocket, engine: TranscriptionEngine, max_
             return False
         guard.frame_received()
         if message.get("text") is not None:
-            raise ProtocolViolation("Text frames are not supported: send audio as binary frames", CLOSE_UNSUPPORTED)
+            raise TextFrame("Text frames are not supported: send audio as binary frames")
         data = message.get("bytes") or b""
         if len(data) > max_frame_bytes:
-            raise ProtocolViolation(f"Frame of {len(data)} bytes exceeds the {max_frame_bytes}-byte limit", CLOSE_TOO_BIG)
+            raise FrameTooBig(f"Frame of {len(data)} bytes exceeds the {max_frame_bytes}-byte limit")
         if not data:
             guard.input_ended = True
             await engine.end_of_audio()
@@ -114,15 +110,15 @@ async def _cancel(*tasks: asyncio.Task) -> None:
     await asyncio.gather(*tasks, return_exceptions=True)
 
 
-def _gatekeeper(services: Services, websocket: WebSocket) -> Optional[Tuple[int, str, str]]:
-    """(close code, reason, metric label) for a connection refused before admission, else None."""
+def _gatekeeper(services: Services, websocket: WebSocket) -> Optional[WhisperLiveKitError]:
+    """Why a connection is refused before admission, else None."""
     settings = services.settings
     if not security.origin_ok(settings, websocket.headers):
-        return security.CLOSE_ORIGIN_NOT_ALLOWED, "Origin not allowed", "origin"
+        return OriginNotAllowed("Origin not allowed")
     if not security.token_ok(settings, websocket.headers, websocket.query_params):
-        return security.CLOSE_UNAUTHORIZED, "Unauthorized", "unauthorized"
+        return Unauthorized("Unauthorized")
     if services.draining:
-        return CLOSE_GOING_AWAY, "Server is shutting down", "draining"
+        return ServerShuttingDown("Server is shutting down")
     return None
 
 
@@ -147,8 +143,8 @@ async def _stream(websocket: WebSocket, services: Services, engine: Transcriptio
             if engine.error:
                 raise DecodeError(engine.error)
             await _send(websocket, READY_TO_STOP)
-            await _close(websocket, CLOSE_NORMAL)
-            return "completed"
+            await _close(websocket, NORMAL_END)
+            return NORMAL_END.label
         for task in (receiver, sender, watchdog):
             if task in done and task.exception() is not None:
                 raise task.exception()  # type: ignore[misc]
@@ -159,13 +155,41 @@ async def _stream(websocket: WebSocket, services: Services, engine: Transcriptio
             await engine.end_of_audio()
             await sender
             await _send(websocket, READY_TO_STOP)
-            await _close(websocket, CLOSE_GOING_AWAY, "Server is shutting down")
-            return "shutdown"
+            await _close(websocket, FINISHED_AT_SHUTDOWN)
+            return FINISHED_AT_SHUTDOWN.label
         log.info("client went away")
         return "client_gone"
     finally:
         await _cancel(*tasks)
         services.sessions.unregister(connection_id)
+
+
+async def _refuse(websocket: WebSocket, services: Services, refusal: WhisperLiveKitError, log, tell: bool = False) -> None:
+    """Close a connection that was never admitted; `tell` sends the error message first."""
+    ending = ending_for(refusal)
+    services.metrics.refused.labels(ending.label_for(refusal)).inc()
+    log.info("refused: %s", refusal)
+    if tell:
+        await _send(websocket, error_message(str(refusal)))
+    await _close(websocket, ending, refusal)
+
+
+async def _end_with_error(websocket: WebSocket, exc: BaseException, log) -> str:
+    """Tell the client what went wrong and close as the table says; returns the outcome label."""
+    ending = ending_for(exc)
+    if isinstance(exc, DecodeError):
+        await _send(websocket, {**error_message(str(exc)), "lines": [], "buffer_transcription": ""})
+    elif ending.code == INTERNAL_ERROR.code:
+        if isinstance(exc, WhisperLiveKitError):
+            log.error("failed: %s", exc)
+        else:
+            log.error("failed with an unexpected error", exc_info=exc)
+        await _send(websocket, error_message(f"Server error: {exc}"))
+    else:
+        log.info("closing: %s (%s)", ending.reason_for(exc), exc)
+        await _send(websocket, error_message(str(exc)))
+    await _close(websocket, ending, exc)
+    return ending.label_for(exc)
 
 
 @router.websocket("/asr")
@@ -176,23 +200,16 @@ async def asr(websocket: WebSocket, services: Services = Depends(get_ws_services
     await websocket.accept()
     refusal = _gatekeeper(services, websocket)
     if refusal is not None:
-        code, reason, label = refusal
-        metrics.refused.labels(label).inc()
-        log.info("refused: %s", reason)
-        await _close(websocket, code, reason)
+        await _refuse(websocket, services, refusal, log)
         return
     try:
         language = _language(services, websocket.query_params.get("language"))
-    except ValueError as exc:
-        metrics.refused.labels("bad_parameters").inc()
-        await _send(websocket, error_message(str(exc)))
-        await _close(websocket, CLOSE_BAD_PARAMS, "Bad parameters")
+    except BadParameters as exc:
+        await _refuse(websocket, services, exc, log, tell=True)
         return
     address = websocket.client.host if websocket.client else "unknown"
     if not services.addresses.try_add(address):
-        metrics.refused.labels("per_address").inc()
-        log.info("refused: too many connections from this address")
-        await _close(websocket, CLOSE_POLICY, "Too many connections from this address")
+        await _refuse(websocket, services, TooManyConnectionsFromAddress("Too many connections from this address"), log)
         return
     slot: Optional[Slot] = None
     engine: Optional[TranscriptionEngine] = None
@@ -202,9 +219,7 @@ async def asr(websocket: WebSocket, services: Services = Depends(get_ws_services
             waited_from = time.monotonic()
             slot, engine = await _admit_and_build(services, websocket, connection_id, language)
         except NoCapacity as exc:
-            metrics.refused.labels(str(exc)).inc()
-            log.info("refused: %s", exc)
-            await _close(websocket, CLOSE_POLICY, str(exc))
+            await _refuse(websocket, services, exc, log)
             return
         metrics.slot_wait.observe(time.monotonic() - waited_from)
         metrics.accepted.inc()
@@ -215,26 +230,11 @@ async def asr(websocket: WebSocket, services: Services = Depends(get_ws_services
             connection_id=connection_id, simulated=slot.simulated,
         ))
         outcome = await _stream(websocket, services, engine, connection_id, log)
-    except LimitExceeded as exc:
-        outcome = "limit"
-        log.info("closing: %s (%s)", exc.reason, exc)
-        await _send(websocket, error_message(str(exc)))
-        await _close(websocket, exc.close_code, exc.reason)
-    except ProtocolViolation as exc:
-        outcome = "protocol_error"
-        await _send(websocket, error_message(str(exc)))
-        await _close(websocket, exc.close_code, str(exc))
-    except DecodeError as exc:
-        outcome = "decode_error"
-        await _send(websocket, {**error_message(str(exc)), "lines": [], "buffer_transcription": ""})
-        await _close(websocket, CLOSE_BAD_DATA, "Could not decode audio")
-    except (DeviceError, ModelLoadError) as exc:
-        log.error("failed on the device: %s", exc)
-        await _send(websocket, error_message(f"Server error: {exc}"))
-        await _close(websocket, CLOSE_INTERNAL, "Inference failed")
     except WebSocketDisconnect:
         outcome = "client_gone"
         log.info("client disconnected")
+    except Exception as exc:  # typed errors and bugs alike: the table says how to close
+        outcome = await _end_with_error(websocket, exc, log)
     finally:
         services.addresses.remove(address)
         if engine is not None:

@@ -13,11 +13,10 @@ from fastapi import FastAPI, HTTPException, Request
 from starlette.datastructures import Headers, QueryParams
 from starlette.middleware.cors import CORSMiddleware
 
+from whisperlivekit.api.errors import ending_for
 from whisperlivekit.config import Settings
+from whisperlivekit.errors import Unauthorized
 from whisperlivekit.services import Services
-
-CLOSE_UNAUTHORIZED = 4401
-CLOSE_ORIGIN_NOT_ALLOWED = 4403
 
 
 def presented_token(headers: Headers, query: QueryParams) -> Optional[str]:
@@ -51,7 +50,8 @@ def require_status_token(request: Request) -> None:
     """Dependency for /gpu-status, /dashboard and /metrics: HTTP 401 under `--protect-status`."""
     services: Services = request.app.state.services
     if services.settings.protect_status and not token_ok(services.settings, request.headers, request.query_params):
-        raise HTTPException(status_code=401, detail="Unauthorized", headers={"WWW-Authenticate": "Bearer"})
+        refusal = Unauthorized("Unauthorized")
+        raise HTTPException(status_code=ending_for(refusal).http_status, detail=str(refusal), headers={"WWW-Authenticate": "Bearer"})
 
 
 def add_cors(app: FastAPI, settings: Settings) -> None:

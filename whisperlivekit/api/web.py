@@ -1,4 +1,7 @@
-"""The browser pages: `GET /` (live transcription), `GET /dashboard` (GPU slots), `/static/*` files.
+"""The browser pages: `GET /` (live transcription), `GET /dashboard` (GPU slots), `/static/*` files,
+and `GET /close-codes.json`: the close-code table of `api/errors.py`, which the live page reads
+to explain a close and to decide whether to reconnect (open like the page itself: a refused
+client needs it most).
 
 The pages are plain HTML, CSS and JavaScript modules shipped inside the package
 (`whisperlivekit/web/`): no build step, no CDN, so they work offline.
@@ -12,6 +15,7 @@ from fastapi import APIRouter, Depends
 from fastapi.responses import FileResponse
 from fastapi.staticfiles import StaticFiles
 
+from whisperlivekit.api.errors import page_table
 from whisperlivekit.api.security import require_status_token
 
 WEB_DIR = Path(__file__).resolve().parent.parent / "web"
@@ -27,6 +31,11 @@ def live_page() -> FileResponse:
 @router.get("/dashboard", include_in_schema=False, dependencies=[Depends(require_status_token)])
 def dashboard_page() -> FileResponse:
     return FileResponse(WEB_DIR / "dashboard.html", media_type="text/html")
+
+
+@router.get("/close-codes.json", include_in_schema=False)
+def close_codes() -> dict:
+    return page_table()
 
 
 def static_files() -> StaticFiles:

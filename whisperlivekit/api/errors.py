@@ -1,0 +1,110 @@
+"""The one table of how a connection ends: typed error (or deliberate close) → WebSocket close
+code and reason, HTTP status, whether a client should reconnect on its own, and the metric label.
+
+Close codes follow PROTOCOL.md and docs/protocol-additions.md. No other module names a close
+code: `api/asr.py` asks `ending_for(exc)`, and the web page reads the same table from
+`GET /close-codes.json` (`page_table()`), so the server and the browser cannot drift apart.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Dict, Optional, Type
+
+from whisperlivekit import errors
+
+
+@dataclass(frozen=True)
+class Ending:
+    """How one kind of ending looks to a client."""
+
+    code: int  # WebSocket close code
+    reason: str  # close reason; "" means the error's own message
+    http_status: int
+    retry: bool  # whether reconnecting by itself could help the client
+    label: str  # `connections_refused_total{reason}` or `connections_closed_total{outcome}`; "" means the message
+    hint: str = ""  # the page adds this after the reason (e.g. what to do about "No GPU available")
+
+    def reason_for(self, exc: Optional[BaseException] = None) -> str:
+        return self.reason or (str(exc) if exc is not None else "")
+
+    def label_for(self, exc: Optional[BaseException] = None) -> str:
+        return self.label or (str(exc) if exc is not None else "")
+
+
+NORMAL_END = Ending(1000, "", 200, False, "completed")
+FINISHED_AT_SHUTDOWN = Ending(1001, "Server is shutting down", 503, True, "shutdown")
+INTERNAL_ERROR = Ending(1011, "Internal server error", 500, True, "error")  # a bug: anything untyped
+
+ENDINGS: Dict[Type[errors.WhisperLiveKitError], Ending] = {
+    errors.NoCapacity: Ending(1008, "", 503, False, "", hint="All transcription slots are busy; try again in a moment."),
+    errors.ServerShuttingDown: Ending(1001, "Server is shutting down", 503, True, "draining"),
+    errors.ModelNotFound: Ending(1011, "Model not available", 500, True, "model_error"),
+    errors.ModelLoadError: Ending(1011, "Inference failed", 500, True, "model_error"),
+    errors.DeviceError: Ending(1011, "Inference failed", 500, True, "device_error"),
+    errors.DecodeError: Ending(1007, "Could not decode audio", 400, False, "decode_error"),
+    errors.TextFrame: Ending(1003, "", 400, False, "protocol_error"),
+    errors.FrameTooBig: Ending(1009, "", 413, False, "protocol_error"),
+    errors.BadParameters: Ending(4400, "Bad parameters", 400, False, "bad_parameters"),
+    errors.Unauthorized: Ending(4401, "Unauthorized", 401, False, "unauthorized"),
+    errors.OriginNotAllowed: Ending(4403, "Origin not allowed", 403, False, "origin"),
+    errors.SessionTooLong: Ending(1008, "Maximum session length reached", 429, False, "limit"),
+    errors.IdleTimeout: Ending(1001, "Idle timeout", 408, True, "limit"),
+    errors.BacklogTooLarge: Ending(1008, "Client sends faster than real time", 429, False, "limit"),
+    errors.TooManyConnectionsFromAddress: Ending(1008, "Too many connections from this address", 429, False, "per_address"),
+}
+
+
+def ending_for(exc: BaseException) -> Ending:
+    """The table's row for `exc` (its nearest typed ancestor); anything untyped is an internal error."""
+    for kind in type(exc).__mro__:
+        if kind in ENDINGS:
+            return ENDINGS[kind]
+    return INTERNAL_ERROR
+
+
+def is_device_fault(exc: BaseException) -> bool:
+    """Whether a failed engine build says the device is at fault (so the GPU leaves rotation)."""
+    return isinstance(exc, errors.DeviceError) or (
+        isinstance(exc, errors.ModelLoadError) and isinstance(exc.__cause__, errors.DeviceError)
+    )
+
+
+# What the page tells its user, per close code: "{reason}" is the close reason (or the row's
+# `default_reason`), "{: reason}" is ": <reason>" when there is one, "{code}" the code.
+PAGE_MESSAGES: Dict[int, str] = {
+    1000: "Connection closed by the server.",
+    1001: "Connection lost{: reason} (code {code}).",
+    1003: "The server could not use the audio{: reason}.",
+    1007: "The server could not use the audio{: reason}.",
+    1008: "The server refused the connection: {reason}.",
+    1009: "The server could not use the audio{: reason}.",
+    1011: "Server error{: reason}.",
+    4400: "The server rejected the connection parameters{: reason}.",
+    4401: "Access denied: the server needs a valid token (open this page with ?token=…).",
+    4403: "The server does not accept connections from this page's address{: reason}.",
+}
+PAGE_DEFAULT_REASONS: Dict[int, str] = {1008: "No GPU available"}  # older servers closed 1008 without a reason
+PAGE_UNKNOWN = {"retry": True, "message": "Connection lost{: reason} (code {code})."}  # e.g. 1006: the network dropped
+
+
+def all_endings() -> Dict[str, Ending]:
+    """Every row, named (error class name, or the deliberate close's name)."""
+    named = {kind.__name__: ending for kind, ending in ENDINGS.items()}
+    named.update(NORMAL_END=NORMAL_END, FINISHED_AT_SHUTDOWN=FINISHED_AT_SHUTDOWN, INTERNAL_ERROR=INTERNAL_ERROR)
+    return named
+
+
+def page_table() -> dict:
+    """The table as the page reads it (`GET /close-codes.json`): per code, retry or not, the message
+    template, and hints keyed by close reason; `default` covers codes the server never sends."""
+    codes: Dict[str, dict] = {}
+    for ending in all_endings().values():
+        entry = codes.setdefault(str(ending.code), {"retry": ending.retry, "message": PAGE_MESSAGES[ending.code], "hints": {}})
+        if entry["retry"] != ending.retry:
+            raise ValueError(f"close code {ending.code} is retryable for one ending and not for another")
+        if ending.hint:
+            entry["hints"][ending.reason or PAGE_DEFAULT_REASONS[ending.code]] = ending.hint
+        if ending.code in PAGE_DEFAULT_REASONS:
+            entry["default_reason"] = PAGE_DEFAULT_REASONS[ending.code]
+    return {"codes": codes, "default": PAGE_UNKNOWN}
