@@ -41,6 +41,7 @@ def test_pages_and_static_files_are_served_with_their_content_types():
         assert "<!doctype html>" in response.text.lower()
     assert 'src="static/app.js"' in client.get("/").text
     assert 'src="static/dashboard.js"' in client.get("/dashboard").text
+    assert "wlkDebug" not in client.get("/static/app.js").text  # no debug hook shipped
     for name in ("app.js", "recorder.js", "pcm-worklet.js", "connection.js", "transcript.js", "share.js", "dashboard.js"):
         response = client.get(f"/static/{name}")
         assert response.status_code == 200 and "javascript" in response.headers["content-type"], name
@@ -131,8 +132,9 @@ def test_live_page_transcribes_the_microphone_and_finishes_on_stop(tmp_path, fla
             finished = page.locator('[data-testid="status"][data-state="finished"]')
             await finished.wait_for(timeout=60_000)
             assert "finished" in (await finished.inner_text()).lower()
-            received = await page.evaluate("window.wlkDebug.received")
-            assert received[0] == "config" and received[-1] == "ready_to_stop", received
+            status = page.get_by_test_id("status")  # one accepted connection, ready_to_stop its last message
+            assert await status.get_attribute("data-sessions") == "1"
+            assert await status.get_attribute("data-last-message") == "ready_to_stop"
             assert await page.get_by_test_id("error").is_hidden()
             await _screenshot(page, tmp_path, "live.png", save_to_docs=capture == "MediaRecorder")
             async with page.expect_download() as download_info:
@@ -274,8 +276,39 @@ def test_live_page_reconnects_while_recording_when_the_server_comes_back(tmp_pat
 
             await page.get_by_test_id("record-button").click()
             await page.locator('[data-testid="status"][data-state="finished"]').wait_for(timeout=60_000)
-            assert (await page.evaluate("window.wlkDebug.received")).count("config") >= 2
+            assert int(await page.get_by_test_id("status").get_attribute("data-sessions")) >= 2
             await browser.close()
 
     with running_server() as server:
         run(scenario(server))
+
+
+@pytest.mark.browser
+def test_live_page_refused_for_its_origin_says_why_and_does_not_reconnect(tmp_path):
+    """4403 is final: one attempt, the reason on the page, no reconnect loop hammering the server."""
+    async_playwright = _async_playwright()
+
+    def refused_for_origin(server) -> float:
+        metrics = server.get("/metrics").text
+        found = re.search(r'^whisperlivekit_connections_refused_total\{reason="origin"\} ([0-9.]+)$', metrics, re.M)
+        return float(found.group(1)) if found else 0.0
+
+    async def scenario(server):
+        async with async_playwright() as playwright:
+            browser = await _launch(playwright, tmp_path, fake_audio=HARVARD_WAV if HARVARD_WAV.exists() else None)
+            page = browser.pages[0] if browser.pages else await browser.new_page()
+            await page.goto(server.base_url + "/")
+            await page.get_by_test_id("record-button").click()
+            await page.locator('[data-testid="status"][data-state="error"]').wait_for(timeout=15_000)
+            error = page.get_by_test_id("error")
+            assert await error.is_visible()
+            assert "Origin not allowed" in await error.inner_text()
+            await asyncio.sleep(20)  # long enough for several reconnects (back-off 1, 2, 4, 8 s)
+            assert await page.get_by_test_id("status").get_attribute("data-state") == "error"
+            assert await page.get_by_test_id("record-button").inner_text() == "Record"
+            await _screenshot(page, tmp_path, "refused-origin.png", save_to_docs=False)
+            await browser.close()
+
+    with running_server("--allowed-origins", "http://elsewhere.example") as server:
+        run(scenario(server))
+        assert refused_for_origin(server) == 1.0, "the page must make exactly one connection attempt"

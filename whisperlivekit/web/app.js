@@ -2,9 +2,10 @@
  * The live transcription page: wires the microphone picker, the Record/Stop button,
  * the `/asr` session, the audio capture and the transcript together.
  * #status shows the state in words and as data-state: idle, connecting, queued,
- * recording, reconnecting, finishing, finished or error.
+ * recording, reconnecting, finishing, finished or error; its data-sessions counts the
+ * connections the server accepted since Record, data-last-message names the last message type.
  */
-import { AsrSession, backoffMs, defaultAsrUrl, explainClose } from "./connection.js";
+import { AsrSession, backoffMs, defaultAsrUrl, explainClose, loadCloseCodes } from "./connection.js";
 import { closeMicrophone, listMicrophones, openMicrophone, startCapture } from "./recorder.js";
 import { copyText, downloadText, transcriptFilename } from "./share.js";
 import { Transcript, formatLag } from "./transcript.js";
@@ -18,9 +19,6 @@ const ui = {
 const transcript = new Transcript($("lines"), $("buffer"));
 const STREAMING = new Set(["connecting", "queued", "recording", "reconnecting"]);
 
-/** For tests and debugging: the type of every message received ("update" for transcripts). */
-window.wlkDebug = { received: [] };
-
 let state = "idle";
 let recording = false; // the user wants audio to flow: from Record until Stop or a refusal
 let microphone = null;
@@ -28,6 +26,15 @@ let session = null;
 let capture = null;
 let attempt = 0; // reconnect attempts since the last config message
 let retryTimer = null;
+let closeCodes = null; // the server's close-code table (GET /close-codes.json), fetched once
+
+/** When the server cannot even be asked, a close is a lost network: worth a retry. */
+const UNREACHABLE = { codes: {}, default: { retry: true, message: "Connection lost{: reason} (code {code})." } };
+
+async function closeCodeTable() {
+  if (!closeCodes) closeCodes = await loadCloseCodes().catch(() => null);
+  return closeCodes || UNREACHABLE;
+}
 
 function setState(next, text) {
   state = next;
@@ -97,6 +104,7 @@ async function start() {
   refreshTranscriptView();
   resetFacts();
   setState("connecting", "Opening the microphone…");
+  const table = closeCodeTable(); // fetched while the microphone opens
   try {
     microphone = await openMicrophone(ui.mic.value);
   } catch (error) {
@@ -105,8 +113,10 @@ async function start() {
     return;
   }
   refreshMicrophones(); // labels are readable once permission is granted
+  await table;
   recording = true;
   attempt = 0;
+  ui.status.dataset.sessions = "0";
   connect();
 }
 
@@ -118,7 +128,7 @@ function connect() {
   const mine = (handler) => (...args) => session === me && handler(me, ...args);
   try {
     me = new AsrSession(ui.url.value.trim(), {
-      onMessage: (message) => window.wlkDebug.received.push(message.type || "update"),
+      onMessage: mine((_, message) => (ui.status.dataset.lastMessage = message.type || "update")),
       onConfig: mine(onConfig),
       onQueued: mine((_, position) => setState("queued", `Waiting for a free GPU: position ${position} in the queue…`)),
       onUpdate: mine(onUpdate),
@@ -138,6 +148,7 @@ function connect() {
 
 async function onConfig(me, config) {
   attempt = 0;
+  ui.status.dataset.sessions = String(Number(ui.status.dataset.sessions || 0) + 1);
   showDevice(config);
   try {
     const started = await startCapture(microphone, config.useAudioWorklet, (chunk) => me.send(chunk));
@@ -164,7 +175,7 @@ function onUpdate(me, message) {
 
 function onClose(me, code, reason) {
   if (state === "finished" || state === "idle") return;
-  const { message, retry } = explainClose(code, reason);
+  const { message, retry } = explainClose(code, reason, closeCodes || UNREACHABLE);
   const detail = me.lastError ? `Server error: ${me.lastError}. ${message}` : message;
   stopCapture();
   if (recording && retry) {
@@ -211,6 +222,7 @@ window.addEventListener("pagehide", () => session && session.close());
 
 ui.url.value = defaultAsrUrl();
 refreshTranscriptView();
+closeCodeTable();
 if (navigator.mediaDevices) {
   refreshMicrophones();
   navigator.mediaDevices.addEventListener("devicechange", refreshMicrophones);

@@ -18,29 +18,24 @@ export function backoffMs(attempt) {
   return Math.min(30000, 1000 * 2 ** Math.max(0, attempt - 1));
 }
 
-/** { message, retry }: what to tell the user about a close, and whether to reconnect. */
-export function explainClose(code, reason) {
-  switch (code) {
-    case 1000:
-      return { message: "Connection closed by the server.", retry: false };
-    case 1008:
-      if (!reason || /no gpu available/i.test(reason)) {
-        return { message: "The server refused the connection: No GPU available. All transcription slots are busy; try again in a moment.", retry: false };
-      }
-      return { message: `The server refused the connection: ${reason}.`, retry: false };
-    case 4401:
-      return { message: "Access denied: the server needs a valid token (open this page with ?token=…).", retry: false };
-    case 4400:
-      return { message: `The server rejected the connection parameters${reason ? `: ${reason}` : ""}.`, retry: false };
-    case 1003:
-    case 1007:
-    case 1009:
-      return { message: `The server could not use the audio${reason ? `: ${reason}` : ""}.`, retry: false };
-    case 1011:
-      return { message: `Server error${reason ? `: ${reason}` : ""}.`, retry: true };
-    default:
-      return { message: `Connection lost${reason ? `: ${reason}` : ""} (code ${code}).`, retry: true };
-  }
+/** The server's close-code table (`GET /close-codes.json`, built from `api/errors.py`). */
+export async function loadCloseCodes(url = new URL("../close-codes.json", import.meta.url)) {
+  const response = await fetch(url);
+  if (!response.ok) throw new Error(`close codes: HTTP ${response.status}`);
+  return response.json();
+}
+
+/** { message, retry }: what to tell the user about a close, and whether to reconnect, as `table` says. */
+export function explainClose(code, reason, table) {
+  const entry = table.codes[String(code)] || table.default;
+  const said = reason || entry.default_reason || "";
+  let message = entry.message
+    .replace("{: reason}", said ? `: ${said}` : "")
+    .replace("{reason}", said)
+    .replace("{code}", String(code));
+  const hint = Object.entries(entry.hints || {}).find(([known]) => known.toLowerCase() === said.toLowerCase());
+  if (hint) message += ` ${hint[1]}`;
+  return { message, retry: entry.retry };
 }
 
 export class AsrSession {
