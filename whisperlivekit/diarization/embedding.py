@@ -39,7 +39,7 @@ from typing import List, Optional
 import numpy as np
 
 from whisperlivekit.diarization.types import SAMPLE_RATE, DiarizationState, SpeakerSegment
-from whisperlivekit.errors import ModelLoadError, ModelNotFound
+from whisperlivekit.errors import DeviceError, ModelLoadError, ModelNotFound, device_faults
 
 logger = logging.getLogger(__name__)
 
@@ -110,7 +110,10 @@ class EmbeddingDiarizer:
                 f"The embedding diarizer needs the Resemblyzer speaker encoder ({exc}): {INSTALL_HINT}"
             ) from exc
         try:
-            self._encoder = VoiceEncoder(device=device, verbose=False, weights_fpath=weights_path).eval()
+            with device_faults(device, "loading Resemblyzer"):
+                self._encoder = VoiceEncoder(device=device, verbose=False, weights_fpath=weights_path).eval()
+        except DeviceError:
+            raise
         except Exception as exc:
             raise ModelLoadError(f"Could not load the Resemblyzer speaker encoder on {device}: {exc}") from exc
         self._torch = torch
@@ -291,7 +294,8 @@ class EmbeddingDiarizer:
             self._measure_frames(state)
             cut = self._cut_windows(state)
             voiced = [i for i, (_, clip) in enumerate(cut) if clip is not None]
-            embeddings = self._embed([cut[i][1] for i in voiced]) if voiced else []
+            with device_faults(self.device, "diarization"):
+                embeddings = self._embed([cut[i][1] for i in voiced]) if voiced else []
             by_window = dict(zip(voiced, embeddings))
             for i, (center_s, _) in enumerate(cut):
                 self._advance(state, _Window(center_s, by_window.get(i)))

@@ -30,7 +30,7 @@ from typing import Any, List, Optional
 import numpy as np
 
 from whisperlivekit.diarization.types import SAMPLE_RATE, DiarizationState, SpeakerSegment
-from whisperlivekit.errors import ModelLoadError, ModelNotFound
+from whisperlivekit.errors import DeviceError, ModelLoadError, ModelNotFound, device_faults
 
 logger = logging.getLogger(__name__)
 
@@ -110,7 +110,10 @@ def _load(model: str, device: str):
                 f"https://{HUB_HOST}/{model}) and pass its path as the diarization model."
             )
     try:
-        return cls.restore_from(source, map_location=location)
+        with device_faults(device, "loading Sortformer"):
+            return cls.restore_from(source, map_location=location)
+    except DeviceError:
+        raise
     except Exception as exc:
         raise ModelLoadError(f"Could not load Sortformer model from {source} on {device}: {exc}") from exc
 
@@ -232,7 +235,7 @@ class SortformerDiarizer:
         if len(audio):
             state.audio = np.concatenate([state.audio, audio])
             state.received += len(audio)
-            with self._torch.inference_mode():
+            with device_faults(self.device, "diarization"), self._torch.inference_mode():
                 while self._step(state):
                     pass
         return state.take_changes()

@@ -73,11 +73,6 @@ def single_threaded_blas() -> None:
         logger.warning("threadpoolctl missing: set OPENBLAS_NUM_THREADS=1 to avoid fork-time BLAS hangs")
 
 
-def _is_device_failure(exc: BaseException) -> bool:
-    text = f"{type(exc).__name__}: {exc}".lower()
-    return any(marker in text for marker in ("cuda", "out of memory", "cublas", "cudnn", "device-side"))
-
-
 class DeviceWorker:
     def __init__(
         self,
@@ -170,8 +165,8 @@ class DeviceWorker:
         try:
             results = self.backend.transcribe_batch([job.payload for job in batch])
         except BaseException as exc:  # noqa: BLE001
-            failure = DeviceError(f"inference failed on {self.device}: {exc}")
-            if _is_device_failure(exc) and self._on_device_failure is not None:
+            failure = exc if isinstance(exc, DeviceError) else DeviceError(f"inference failed on {self.device}: {exc}")
+            if isinstance(exc, DeviceError) and self._on_device_failure is not None:  # the backend typed it a device fault
                 self._on_device_failure(self.device, str(exc))
             logger.exception("inference failed on %s for a batch of %d", self.device, len(batch))
             for job in batch:

@@ -28,7 +28,7 @@ import numpy as np
 
 from whisperlivekit.asr.backends.degenerate import MAX_TOKENS_PER_S, looks_degenerate
 from whisperlivekit.asr.types import TranscribeRequest, TranscribeResult, Word
-from whisperlivekit.errors import ModelLoadError
+from whisperlivekit.errors import DeviceError, ModelLoadError, device_faults
 from whisperlivekit.audio import SAMPLE_RATE
 
 logger = logging.getLogger(__name__)
@@ -73,10 +73,13 @@ class FasterWhisperBackend:
         if compute_type == "auto":
             compute_type = "int8" if kind == "cpu" else "float16"
         try:
-            self._model = WhisperModel(
-                str(model_path), device=kind, device_index=index, compute_type=compute_type,
-                cpu_threads=cpu_threads or max(1, (os.cpu_count() or 1) // lanes), num_workers=lanes,
-            )
+            with device_faults(device, "loading faster-whisper"):
+                self._model = WhisperModel(
+                    str(model_path), device=kind, device_index=index, compute_type=compute_type,
+                    cpu_threads=cpu_threads or max(1, (os.cpu_count() or 1) // lanes), num_workers=lanes,
+                )
+        except DeviceError:
+            raise
         except Exception as exc:  # CTranslate2 raises RuntimeError/ValueError subclasses
             raise ModelLoadError(f"Could not load faster-whisper model from {model_path} on {device}: {exc}") from exc
         self.device = device
@@ -128,7 +131,13 @@ class FasterWhisperBackend:
         return min(FULL_WINDOW_FRAMES, max(self.min_window_frames, bucketed))
 
     def transcribe_batch(self, requests: Sequence[TranscribeRequest]) -> List[TranscribeResult]:
-        """Requests sharing an encoder window run as one batch; others as separate batches."""
+        """Requests sharing an encoder window run as one batch; others as separate batches.
+
+        A CTranslate2 device failure (CUDA, cuBLAS, out of memory) comes out as `DeviceError`."""
+        with device_faults(self.device, "inference"):
+            return self._transcribe_batch(requests)
+
+    def _transcribe_batch(self, requests: Sequence[TranscribeRequest]) -> List[TranscribeResult]:
         results: List[Optional[TranscribeResult]] = [None] * len(requests)
         groups: Dict[int, List[int]] = {}
         for i, request in enumerate(requests):

@@ -20,7 +20,7 @@ from typing import Any, Dict, List, Optional, Sequence
 import numpy as np
 
 from whisperlivekit.asr.types import TranscribeRequest, TranscribeResult, Word
-from whisperlivekit.errors import ModelLoadError, WhisperLiveKitError
+from whisperlivekit.errors import DeviceError, ModelLoadError, WhisperLiveKitError, device_faults
 from whisperlivekit.audio import SAMPLE_RATE
 
 logger = logging.getLogger(__name__)
@@ -40,7 +40,7 @@ def load_openai_model(model_path: Path, device: str):
     """(whisper module, model on `device`, the checkpoint's own alignment heads or None).
 
     Shared by the openai-whisper and AlignAtt backends: a CTranslate2 directory is
-    converted once (cached); every failure becomes a one-line ModelLoadError.
+    converted once (cached); a device failure becomes DeviceError, every other one a one-line ModelLoadError.
     """
     try:
         import whisper  # type: ignore[import-not-found]
@@ -51,7 +51,10 @@ def load_openai_model(model_path: Path, device: str):
     model_path = Path(model_path)
     try:
         checkpoint = ensure_openai_checkpoint(model_path)
-        model = whisper.load_model(str(checkpoint), device=device)
+        with device_faults(device, "loading openai-whisper"):
+            model = whisper.load_model(str(checkpoint), device=device)
+    except DeviceError:
+        raise
     except WhisperLiveKitError as exc:
         raise ModelLoadError(f"Could not load openai-whisper model from {model_path}: {exc}") from exc
     except Exception as exc:  # torch raises RuntimeError/UnpicklingError/KeyError for bad files and devices
@@ -118,7 +121,9 @@ class OpenAIWhisperBackend:
         return TranscribeResult(words=words, language=language)
 
     def transcribe_batch(self, requests: Sequence[TranscribeRequest]) -> List[TranscribeResult]:
-        return [self._transcribe_one(request) for request in requests]
+        """A torch device failure (CUDA error, out of memory) comes out as `DeviceError`."""
+        with device_faults(self.device, "inference"):
+            return [self._transcribe_one(request) for request in requests]
 
     def close(self) -> None:
         model = getattr(self, "_model", None)

@@ -30,6 +30,7 @@ from whisperlivekit.asr.backends.alignatt.heads import choose_heads
 from whisperlivekit.asr.backends.degenerate import MAX_TOKENS_PER_S, looks_degenerate
 from whisperlivekit.asr.types import AlignAttRequest, AlignAttResult, TranscribeRequest, Word
 from whisperlivekit.audio import SAMPLE_RATE
+from whisperlivekit.errors import device_faults
 
 logger = logging.getLogger(__name__)
 
@@ -100,6 +101,11 @@ class AlignAttBackend:
 
     # -- the backend interface -------------------------------------------------------
     def transcribe_batch(self, requests: Sequence[TranscribeRequest]) -> List[AlignAttResult]:
+        """A torch device failure (CUDA error, out of memory) comes out as `DeviceError`."""
+        with device_faults(self.device, "inference"):
+            return self._transcribe_batch(requests)
+
+    def _transcribe_batch(self, requests: Sequence[TranscribeRequest]) -> List[AlignAttResult]:
         if not requests:
             return []
         windows = [self._window(len(r.audio)) for r in requests]
