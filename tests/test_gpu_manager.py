@@ -70,7 +70,7 @@ def test_unhealthy_simulated_gpu_is_skipped_and_reprobed_after_backoff():
     assert manager.acquire("after-backoff").gpu_id == 1
 
 
-def test_engine_build_failure_marks_gpu_unhealthy():
+def test_an_unhealthy_gpu_gets_no_new_connections():
     _, manager = simulated_host()
     manager.mark_unhealthy(0, "CUDA error: out of memory")
     assert all(manager.acquire(f"c{i}").gpu_id != 0 for i in range(12))

@@ -3,12 +3,17 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 import time
 
 import httpx
 
-from conftest import run, running_server
+from conftest import in_process_server, run, running_server
 from helpers import close_code_after, drop_tcp, eventually, ffmpeg_children, open_session
+from whisperlivekit.app import create_app
+from whisperlivekit.config import Settings
+from whisperlivekit.errors import DeviceError
+from whisperlivekit.services import build_engine
 
 
 def test_16_simulated_gpu_slots_fill_then_17th_is_refused_with_1008_and_all_are_released():
@@ -102,3 +107,53 @@ def test_no_cpu_fallback_refuses_when_every_gpu_is_excluded():
         first, code = run(scenario())
         assert first is None and code == 1008
         assert server.get("/ready").status_code == 503
+
+
+def _engine_factory_failing_on_gpu_1(error: Exception):
+    """The real engine everywhere but simulated GPU 1, whose engine build raises `error`."""
+    async def factory(services, slot, language):
+        if slot.gpu_id == 1:
+            raise error
+        return await build_engine(services, slot, language)
+    return factory
+
+
+def _two_sessions_on_two_gpus(error: Exception):
+    """Two connections to a 2-GPU host whose GPU 1 fails engine builds; (first messages, close codes, /gpu-status)."""
+    app = create_app(Settings(simulate_gpus=2, max_connections_per_gpu=4), engine_factory=_engine_factory_failing_on_gpu_1(error))
+    with in_process_server(app) as base:
+        async def scenario():
+            firsts, codes, sockets = [], [], []
+            for _ in range(2):
+                ws, first, code = await open_session(base.replace("http", "ws") + "/asr")
+                if code is None and first["type"] != "config":  # an error message, then the close
+                    code = await close_code_after(ws)
+                firsts.append(first), codes.append(code), sockets.append(ws)
+            status = httpx.get(base + "/gpu-status").json()
+            for ws in sockets:
+                await ws.close()
+            return firsts, codes, status
+        return run(scenario())
+
+
+def test_a_device_error_building_an_engine_takes_the_gpu_out_of_rotation_and_the_client_is_served_elsewhere():
+    firsts, codes, status = _two_sessions_on_two_gpus(DeviceError("CUDA failed with error out of memory"))
+    assert codes == [None, None]
+    assert [first["type"] for first in firsts] == ["config", "config"]
+    assert [first["gpu_id"] for first in firsts] == [0, 0]
+    gpu1 = status["gpus"][1]
+    assert gpu1["gpu_id"] == 1 and gpu1["healthy"] is False and gpu1["active_connections"] == 0
+    assert status["gpus"][0]["healthy"] is True
+
+
+def test_a_plain_bug_building_an_engine_closes_1011_logs_its_traceback_and_leaves_the_gpu_healthy(caplog):
+    caplog.set_level(logging.ERROR, logger="whisperlivekit.api.asr")
+    firsts, codes, status = _two_sessions_on_two_gpus(RuntimeError("a plain bug in the engine factory"))
+    assert sorted(codes, key=str) == [1011, None]  # one served on GPU 0, the one sent to GPU 1 gets 1011
+    served, refused = [first for first, code in zip(firsts, codes) if code is None], [first for first, code in zip(firsts, codes) if code]
+    assert served[0]["type"] == "config" and served[0]["gpu_id"] == 0
+    assert refused[0]["type"] == "error" and "internal error" in refused[0]["error"]
+    assert [gpu["healthy"] for gpu in status["gpus"]] == [True, True]
+    assert status["gpus"][1]["active_connections"] == 0
+    logged = [record for record in caplog.records if record.exc_info and "a plain bug" in str(record.exc_info[1])]
+    assert logged, "the bug must be logged with its traceback"

@@ -182,9 +182,10 @@ async def _end_with_error(websocket: WebSocket, exc: BaseException, log) -> str:
     elif ending.code == INTERNAL_ERROR.code:
         if isinstance(exc, WhisperLiveKitError):
             log.error("failed: %s", exc)
-        else:
+            await _send(websocket, error_message(f"Server error: {exc}"))
+        else:  # a bug: the traceback goes to the log, not to the client
             log.error("failed with an unexpected error", exc_info=exc)
-        await _send(websocket, error_message(f"Server error: {exc}"))
+            await _send(websocket, error_message("Server error: an internal error (see the server log)"))
     else:
         log.info("closing: %s (%s)", ending.reason_for(exc), exc)
         await _send(websocket, error_message(str(exc)))
