@@ -28,6 +28,16 @@ def backend():
     return FasterWhisperBackend(resolve_model("tiny.en"), device="cpu", cpu_threads=1, lanes=2)
 
 
+async def until(check, timeout_s: float = 30.0) -> bool:
+    """Poll `check` on the event loop until it holds (True) or the time is up (False)."""
+    deadline = asyncio.get_running_loop().time() + timeout_s
+    while not check():
+        if asyncio.get_running_loop().time() > deadline:
+            return False
+        await asyncio.sleep(0.05)
+    return True
+
+
 def _engines_of_two_open_connections(app) -> list:
     """Open two connections to a real server running `app`; return their engines."""
     services = app.state.services
@@ -88,8 +98,7 @@ class GatedBackend:
 
 def test_event_loop_keeps_serving_while_inference_is_held_in_the_device_worker(backend, speech_pcm):
     gated = GatedBackend(backend)
-    pool = ModelPool(Settings(pcm_input=True), backend_factory=lambda device, lanes: gated)
-    app = create_app(Settings(pcm_input=True, max_cpu_connections=4), pool=pool)
+    app = create_app(Settings(pcm_input=True, max_cpu_connections=4), backend_factory=lambda device, lanes: gated)
     pcm, _ = speech_pcm("harvard")
     with in_process_server(app) as base:
         ws_url = base.replace("http", "ws") + "/asr"
@@ -141,7 +150,7 @@ def test_connection_state_is_freed_at_close(speech_pcm):
         async def scenario():
             ws, _, _ = await open_session(base.replace("http", "ws") + "/asr")
             await ws.send(pcm)
-            await asyncio.sleep(1.0)
+            assert await until(lambda: any(e.vad is not None and e.vad.samples_seen for e in services.active_engines))
             engine = next(iter(services.active_engines))
             refs.extend([weakref.ref(engine), weakref.ref(engine.policy), weakref.ref(engine.vad)])
             del engine
