@@ -4,7 +4,10 @@ Measures, on tiny.en on the CPU: the compute of VAD on one 100 ms chunk, one
 Whisper step (what a VAD job queued behind it would wait), and the round trip of
 `await worker.vad(...)` while every transcription lane is kept busy.
 
-    python scripts/bench_vad_lane.py
+    PYTHONPATH=. python scripts/bench_vad_lane.py
+
+Measured on a shared 2-core machine: VAD 0.39 ms median per chunk; a 4 s Whisper step 586 ms
+median; `await worker.vad` on its own lane with both Whisper lanes busy 2.8 ms median (28 ms p95).
 """
 
 from __future__ import annotations

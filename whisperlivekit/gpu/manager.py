@@ -12,6 +12,10 @@ The admission rule is written once (`_admit`) and used by both `acquire` and
 would be refused. The manager is given the devices' real-time load at
 construction (`DeviceLoad`) and is the pool's `DeviceHealth` (`report_fault`).
 
+Longer than ~300 lines because one lock guards four things that must change
+together: readings applied, the admission decision, holders, and the FIFO wait
+woken on release; splitting them would split that lock.
+
 CPU fallback: a host with no usable GPU (none found, all unhealthy) serves on
 the CPU unless `cpu_fallback` is off. A host whose healthy GPUs are merely full
 refuses (close 1008): overflowing onto the CPU would make every overflow stream

@@ -9,9 +9,10 @@ Scheduling (measured): on a GPU one lane batches transcription requests that
 arrive within `batch_window_ms` (up to `max_batch_size`); on a CPU several
 single-threaded lanes run side by side, which beats batching there. Diarization
 runs on the same lanes (it is device work of the same weight). VAD has a lane of
-its own: a 100 ms chunk costs ~1 ms, and queued behind a Whisper step it would
-wait hundreds of milliseconds (see `scripts/bench_vad_lane.py`). The VAD session
-is only ever run from that one lane thread.
+its own: a 100 ms chunk costs ~0.4 ms, and queued behind a Whisper step it would
+wait that step out (~590 ms for 4 s of audio on tiny.en, CPU); on its own lane
+the round trip stays ~3 ms with every Whisper lane busy (`scripts/bench_vad_lane.py`).
+The VAD session is only ever run from that one lane thread.
 
 Cancellation: a job whose awaiting connection is cancelled is skipped if it has
 not started; if it is running, the cancelled await waits for it to finish before
