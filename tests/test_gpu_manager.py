@@ -120,13 +120,110 @@ def test_no_nvidia_driver_means_zero_gpus_not_a_crash():
     assert NvmlProbe().count() >= 0  # here: 0, and no exception
 
 
+class FakeLoad:
+    """A `DeviceLoad` whose readings the test sets."""
+
+    def __init__(self, **loads: float) -> None:
+        self.loads = dict(loads)
+
+    def realtime_load(self, device: str) -> float:
+        return self.loads.get(device.replace(":", "_"), 0.0)
+
+
 def test_realtime_load_cap_refuses_a_saturated_device():
-    load = {"cpu": 0.5}
-    manager = GpuManager(SimulatedProbe(2), max_connections_per_gpu=8, max_realtime_load=0.8, load_of=lambda d: load[d])
+    load = FakeLoad(cpu=0.5)
+    manager = GpuManager(SimulatedProbe(2), max_connections_per_gpu=8, max_realtime_load=0.8, load=load)
     assert manager.acquire("a").gpu_id == 0
-    load["cpu"] = 0.9
+    load.loads["cpu"] = 0.9
     with pytest.raises(NoCapacity):
         manager.acquire("b")
+
+
+def _admits(manager: GpuManager, connection_id: str) -> bool:
+    try:
+        manager.acquire(connection_id)
+        return True
+    except NoCapacity:
+        return False
+
+
+@pytest.mark.parametrize("gpus", [0, 2])
+def test_has_free_slot_answers_exactly_what_acquire_does_under_the_realtime_load_cap(gpus):
+    load = FakeLoad()
+    manager = GpuManager(SimulatedProbe(gpus), max_connections_per_gpu=2, max_cpu_connections=3, max_realtime_load=0.8, load=load)
+    if gpus:  # simulated GPUs execute on the CPU: its load counts for them
+        assert manager.execution_devices() == ["cpu"]
+    seen = set()
+    for step, cpu_load in enumerate([0.0, 0.5, 0.8, 0.95, 0.3, 0.0, 0.79, 0.81, 0.0, 0.0, 0.0, 0.0]):
+        load.loads["cpu"] = cpu_load
+        free = manager.has_free_slot()
+        assert free == _admits(manager, f"c{step}"), (step, cpu_load, manager.snapshot())
+        seen.add(free)
+    assert seen == {True, False}
+    assert not manager.has_free_slot() and not _admits(manager, "last")  # slots all taken now, load or not
+
+
+def test_cpu_load_cap_applies_to_cpu_fallback_and_to_ready_alike():
+    """Bug 1: `/ready` said 200 while the CPU's load cap refused every connection."""
+    load = FakeLoad(cpu=0.9)
+    manager = GpuManager(SimulatedProbe(0), max_cpu_connections=8, max_realtime_load=0.5, load=load)
+    assert manager.has_free_slot() is False
+    with pytest.raises(NoCapacity):
+        manager.acquire("a")
+    load.loads["cpu"] = 0.1
+    assert manager.has_free_slot() is True
+    assert manager.acquire("a").device == "cpu"
+
+
+def test_a_real_gpu_over_its_load_cap_is_skipped_and_ready_agrees():
+    load = FakeLoad()
+    probe = SimulatedProbe(2)
+    manager = GpuManager(probe, max_connections_per_gpu=4, max_realtime_load=0.5, load=load, cpu_fallback=False)
+    # simulated GPUs run on "cpu"; pretend they were real by reading loads per GPU device
+    manager._execution_device = lambda gpu: f"cuda:{gpu.index}"  # type: ignore[method-assign]
+    load.loads["cuda_0"] = 0.7
+    assert manager.has_free_slot() and manager.acquire("a").gpu_id == 1
+    load.loads["cuda_1"] = 0.6
+    assert manager.has_free_slot() is False
+    with pytest.raises(NoCapacity):
+        manager.acquire("b")
+
+
+def test_reading_status_does_not_change_health_before_the_backoff_ends():
+    clock = [0.0]
+    probe, manager = simulated_host(unhealthy_backoff_s=10.0, clock=lambda: clock[0])
+    manager.mark_unhealthy(2, "CUDA error: device-side assert")
+    clock[0] = 5.0
+    assert manager.has_free_slot()
+    assert manager.snapshot()["gpus"][2]["healthy"] is False
+    clock[0] = 10.5
+    assert manager.snapshot()["gpus"][2]["healthy"] is True
+
+
+def test_a_device_fault_takes_the_gpu_executing_on_that_device_out_of_rotation():
+    _, manager = simulated_host()
+    manager._execution_device = lambda gpu: f"cuda:{gpu.index}"  # type: ignore[method-assign]
+    manager.report_fault("cuda:3", "CUDA error: an illegal memory access was encountered")
+    assert [g["healthy"] for g in manager.snapshot()["gpus"]] == [True, True, True, False]
+    assert all(manager.acquire(f"c{i}").gpu_id != 3 for i in range(12))
+
+
+def test_nvml_is_read_without_holding_the_managers_lock():
+    class LockCheckingProbe(SimulatedProbe):
+        manager = None
+
+        def read(self, index: int):
+            assert self.manager is None or not self.manager._lock.locked(), "NVML read while holding the manager's lock"
+            self.reads = getattr(self, "reads", 0) + 1
+            return super().read(index)
+
+    probe = LockCheckingProbe(4)
+    manager = probe.manager = GpuManager(probe, max_connections_per_gpu=2)
+    manager.acquire("a"), manager.has_free_slot(), manager.snapshot()
+    probe.fail(1)
+    manager.acquire("b")
+    assert manager.snapshot()["gpus"][1]["healthy"] is False
+    assert probe.reads > 4
 
 
 def test_acquire_and_release_are_thread_safe():

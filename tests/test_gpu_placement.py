@@ -28,7 +28,10 @@ def test_model_and_connection_run_on_the_slot_gpu_and_memory_grows_there_only(sp
         async def scenario():
             ws, config, _ = await open_session(base.replace("http", "ws") + "/asr")
             await ws.send(pcm[: 16000 * 2 * 4])
-            await asyncio.sleep(3)
+            deadline = asyncio.get_running_loop().time() + 60
+            while not any(e.worker.requests for e in services.active_engines):  # a transcription ran on the device
+                assert asyncio.get_running_loop().time() < deadline, "no transcription within 60 s"
+                await asyncio.sleep(0.05)
             engine = next(iter(services.active_engines))
             placement = (engine.slot.device, engine.worker.device, engine.worker.backend.device,
                          engine.worker.backend._model.model.device, engine.worker.backend._model.model.device_index)

@@ -28,6 +28,16 @@ def backend():
     return FasterWhisperBackend(resolve_model("tiny.en"), device="cpu", cpu_threads=1, lanes=2)
 
 
+async def until(check, timeout_s: float = 30.0) -> bool:
+    """Poll `check` on the event loop until it holds (True) or the time is up (False)."""
+    deadline = asyncio.get_running_loop().time() + timeout_s
+    while not check():
+        if asyncio.get_running_loop().time() > deadline:
+            return False
+        await asyncio.sleep(0.05)
+    return True
+
+
 def _engines_of_two_open_connections(app) -> list:
     """Open two connections to a real server running `app`; return their engines."""
     services = app.state.services
@@ -88,8 +98,7 @@ class GatedBackend:
 
 def test_event_loop_keeps_serving_while_inference_is_held_in_the_device_worker(backend, speech_pcm):
     gated = GatedBackend(backend)
-    pool = ModelPool(Settings(pcm_input=True), backend_factory=lambda device, lanes: gated)
-    app = create_app(Settings(pcm_input=True, max_cpu_connections=4), pool=pool)
+    app = create_app(Settings(pcm_input=True, max_cpu_connections=4), backend_factory=lambda device, lanes: gated)
     pcm, _ = speech_pcm("harvard")
     with in_process_server(app) as base:
         ws_url = base.replace("http", "ws") + "/asr"
@@ -141,7 +150,7 @@ def test_connection_state_is_freed_at_close(speech_pcm):
         async def scenario():
             ws, _, _ = await open_session(base.replace("http", "ws") + "/asr")
             await ws.send(pcm)
-            await asyncio.sleep(1.0)
+            assert await until(lambda: any(e.vad is not None and e.vad.samples_seen for e in services.active_engines))
             engine = next(iter(services.active_engines))
             refs.extend([weakref.ref(engine), weakref.ref(engine.policy), weakref.ref(engine.vad)])
             del engine
@@ -166,3 +175,93 @@ def test_model_per_connection_baseline_gives_each_connection_its_own_model():
     engines = _engines_of_two_open_connections(create_app(Settings(pcm_input=True, model_per_connection=True, preload=False)))
     assert engines[0].worker is not engines[1].worker
     assert engines[0].worker.backend is not engines[1].worker.backend
+
+
+# -- the device worker's jobs ---------------------------------------------------------------------
+
+
+class HeldDiarizer:
+    """A diarizer whose `process` waits for the test: it records what ran and when it finished."""
+
+    latency_s = 0.0
+
+    def __init__(self) -> None:
+        self.entered, self.release = threading.Event(), threading.Event()
+        self.ran, self.finished = [], []
+
+    def new_stream(self):
+        return {"id": len(self.ran)}
+
+    def process(self, state, audio):
+        self.ran.append(state["id"])
+        self.entered.set()
+        self.release.wait(timeout=60)
+        self.finished.append(state["id"])
+        return []
+
+    def close(self) -> None:
+        self.release.set()
+
+
+class NoBackend:
+    name, device, model_label = "none", "cpu", "none"
+
+    def transcribe_batch(self, requests):
+        raise AssertionError("no transcription in this test")
+
+    def close(self) -> None:
+        pass
+
+
+def test_cancelling_a_connection_waits_for_its_running_job_and_skips_its_queued_one():
+    diarizer = HeldDiarizer()
+    worker = DeviceWorker("cpu", NoBackend(), lanes=1, diarizer=diarizer)
+    audio = np.zeros(1600, np.float32)
+
+    async def scenario():
+        running = asyncio.create_task(worker.diarize({"id": "running"}, audio))
+        assert await asyncio.to_thread(diarizer.entered.wait, 10)
+        queued = asyncio.create_task(worker.diarize({"id": "queued"}, audio))
+        await asyncio.sleep(0)  # let it reach the queue
+        queued.cancel()
+        running.cancel()
+        threading.Timer(0.2, diarizer.release.set).start()
+        await asyncio.gather(running, queued, return_exceptions=True)
+        finished_when_cancel_returned = list(diarizer.finished)
+        after = await worker.diarize({"id": "after"}, audio)  # the lane moved past the skipped job
+        return finished_when_cancel_returned, after
+
+    try:
+        finished, after = asyncio.run(scenario())
+    finally:
+        worker.close()
+    assert finished == ["running"], "the cancelled await returned while its job still ran on the state"
+    assert diarizer.ran == ["running", "after"], "a job cancelled while queued must never run"
+    assert after == []
+
+
+def test_vad_never_waits_behind_a_transcription_step(backend, speech_pcm):
+    from whisperlivekit.audio.vad import SileroVadModel, VadStream
+
+    gated = GatedBackend(backend)
+    worker = DeviceWorker("cpu", gated, lanes=1, vad_model=SileroVadModel())
+    speech = pcm_to_float(speech_pcm("harvard")[0])
+
+    async def scenario():
+        step = asyncio.create_task(worker.transcribe(TranscribeRequest(speech[: 16000 * 2])))
+        assert await asyncio.to_thread(gated.entered.wait, 30)
+        stream = VadStream()
+        events = []
+        for start in range(0, 16000 * 3, 1600):  # 3 s in 100 ms chunks while the only lane is held
+            events += await worker.vad(stream, speech[start : start + 1600])
+        held_throughout = not gated.release.is_set()
+        gated.release.set()
+        await step
+        return events, held_throughout, stream
+
+    try:
+        events, held_throughout, stream = asyncio.run(scenario())
+    finally:
+        worker.close()
+    assert held_throughout
+    assert events and events[0][0] == "start" and stream.speech_seen, "VAD heard the speech while Whisper was held"

@@ -1,7 +1,8 @@
 """`create_app(settings)`: builds the GPU manager, the model pool and the routes from one Settings.
 
-Tests build isolated apps by passing their own `probe`, `manager` or `pool`; the
-CLI passes nothing and gets NVML (or simulated GPUs) and the real models.
+Tests build isolated apps by passing their own `probe` or `backend_factory`; the
+CLI builds the manager and the pool with `build_runtime` (to fail before serving
+if the model is missing) and passes both.
 """
 
 from __future__ import annotations
@@ -9,14 +10,16 @@ from __future__ import annotations
 import asyncio
 import logging
 from contextlib import asynccontextmanager
-from typing import List, Optional
+from typing import Optional, Tuple
 
 from fastapi import FastAPI
 
 from whisperlivekit.config import Settings
-from whisperlivekit.gpu.manager import GpuManager
+from whisperlivekit.gpu.manager import DeviceLoad, GpuManager
 from whisperlivekit.gpu.nvml import GpuProbe, NvmlProbe, SimulatedProbe
-from whisperlivekit.runtime.model_pool import ModelPool
+from whisperlivekit.gpu.report import startup_lines
+from whisperlivekit.runtime.load import DeviceLoads
+from whisperlivekit.runtime.model_pool import BackendFactory, ModelPool
 from whisperlivekit.services import EngineFactory, Services
 
 logger = logging.getLogger(__name__)
@@ -33,7 +36,7 @@ def make_probe(settings: Settings) -> GpuProbe:
     return probe
 
 
-def make_manager(settings: Settings, probe: GpuProbe, pool: Optional[ModelPool] = None) -> GpuManager:
+def make_manager(settings: Settings, probe: GpuProbe, load: Optional[DeviceLoad] = None) -> GpuManager:
     return GpuManager(
         probe,
         gpu_ids=settings.gpus,
@@ -44,17 +47,25 @@ def make_manager(settings: Settings, probe: GpuProbe, pool: Optional[ModelPool] 
         cpu_fallback=settings.cpu_fallback,
         unhealthy_backoff_s=settings.unhealthy_backoff_s,
         max_realtime_load=settings.max_realtime_load,
-        load_of=pool.realtime_load if pool is not None else None,
+        load=load,
     )
 
 
-def execution_devices(manager: GpuManager) -> List[str]:
-    """Devices engines will run on: each real GPU, or the CPU (no GPUs, or simulated ones)."""
-    snapshot = manager.snapshot()
-    devices = sorted({"cpu" if g["simulated"] else f"cuda:{g['gpu_id']}" for g in snapshot["gpus"]})
-    if not devices or manager.cpu_fallback and not any(d.startswith("cuda") for d in devices):
-        devices = sorted(set(devices) | {"cpu"})
-    return devices
+def build_runtime(
+    settings: Settings, probe: Optional[GpuProbe] = None, backend_factory: Optional[BackendFactory] = None
+) -> Tuple[GpuManager, ModelPool]:
+    """The manager and the pool, wired once: the manager reads the devices' load, the pool's workers
+    report device faults to the manager."""
+    loads = DeviceLoads()
+    manager = make_manager(settings, probe or make_probe(settings), loads)
+    pool = ModelPool(settings, backend_factory, health=manager, loads=loads)
+    return manager, pool
+
+
+def preload(settings: Settings, manager: GpuManager, pool: ModelPool) -> None:
+    """Load every model of every execution device now (blocking), when `--preload` asks for it."""
+    if settings.preload:
+        pool.preload(manager.execution_devices())
 
 
 def create_app(
@@ -63,29 +74,23 @@ def create_app(
     probe: Optional[GpuProbe] = None,
     manager: Optional[GpuManager] = None,
     pool: Optional[ModelPool] = None,
+    backend_factory: Optional[BackendFactory] = None,
     engine_factory: Optional[EngineFactory] = None,
 ) -> FastAPI:
-    if pool is None:
-        pool = ModelPool(settings)
-    if manager is None:
-        manager = make_manager(settings, probe or make_probe(settings), pool)
-    if pool.on_device_failure is None:  # a device that fails inference is taken out of rotation
-        pool.on_device_failure = lambda device, reason: device.startswith("cuda") and manager.mark_unhealthy(int(device.split(":")[1]), reason)
+    """Pass `manager` and `pool` together (built by `build_runtime`), or neither."""
+    if (manager is None) != (pool is None):
+        raise TypeError("create_app: pass both manager and pool (see build_runtime), or neither")
+    if manager is None or pool is None:
+        manager, pool = build_runtime(settings, probe, backend_factory)
     services = Services(settings=settings, manager=manager, pool=pool)
     if engine_factory is not None:
         services.engine_factory = engine_factory
 
     @asynccontextmanager
     async def lifespan(app: FastAPI):
-        for line in manager.table() or ["no GPUs: engines run on the CPU"]:
+        for line in startup_lines(manager.view()):
             logger.info(line)
-        if settings.preload:
-            for device in execution_devices(manager):
-                await asyncio.to_thread(pool.worker_sync, device)
-                if settings.diarization:
-                    await asyncio.to_thread(pool.diarizer_sync, device)
-            if settings.vac:
-                await asyncio.to_thread(pool.vad_model)
+        await asyncio.to_thread(preload, settings, manager, pool)
         yield
         await asyncio.to_thread(pool.close)
 

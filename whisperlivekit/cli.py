@@ -193,20 +193,14 @@ def main(argv: Optional[List[str]] = None) -> None:
 
     import uvicorn
 
-    from whisperlivekit.app import create_app, execution_devices, make_manager, make_probe
+    from whisperlivekit.app import build_runtime, create_app, preload
     from whisperlivekit.errors import WhisperLiveKitError
-    from whisperlivekit.runtime.model_pool import ModelPool
 
     try:
-        pool = ModelPool(settings)
+        manager, pool = build_runtime(settings)
         path = pool.model_path()
         logger.info("Model %s resolved to %s (backend %s)", settings.model, path, settings.backend)
-        manager = make_manager(settings, make_probe(settings), pool)
-        if settings.preload:
-            for device in execution_devices(manager):
-                pool.worker_sync(device)
-                if settings.diarization:
-                    pool.diarizer_sync(device)
+        preload(settings, manager, pool)
     except (WhisperLiveKitError, RuntimeError, ValueError, OSError) as exc:
         print(f"whisperlivekit-server: error: {exc}", file=sys.stderr)
         raise SystemExit(2)

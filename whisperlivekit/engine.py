@@ -1,17 +1,20 @@
-"""One connection's pipeline: decode → VAD → streaming ASR policy → lines.
+"""One connection's pipeline: decode → VAD → streaming ASR policy (→ diarization) → updates.
 
-Cheap to build (no model loading: inference goes to the device's shared
-`DeviceWorker`), holds no global state, and frees everything in `close()`.
+Wiring only. Every model job (transcription, VAD, diarization) goes to the
+device's `DeviceWorker`; the update message is built by `protocol.py`, commit
+lags are measured by `metrics.CommitLagMeter`, and diarization pieces come from
+`diarization.feed.DiarizationFeed`. Cheap to build (no model loading), holds no
+global state, and frees everything in `close()`, which returns only once no
+job of this connection is still running on its state.
 Results are coalesced: a slow client gets the newest snapshot, never a backlog.
 """
 
 from __future__ import annotations
 
 import asyncio
-import bisect
 import logging
 import time
-from typing import AsyncIterator, List, Optional, Tuple
+from typing import AsyncIterator, List, Optional
 
 import numpy as np
 
@@ -19,9 +22,11 @@ from whisperlivekit.asr.policies import make_policy
 from whisperlivekit.audio.decode import SAMPLE_RATE, make_decoder
 from whisperlivekit.audio.vad import VadStream
 from whisperlivekit.config import Settings
+from whisperlivekit.diarization.feed import DiarizationFeed
 from whisperlivekit.errors import DecodeError, WhisperLiveKitError
 from whisperlivekit.gpu.manager import Slot
-from whisperlivekit.protocol import build_lines, update_message
+from whisperlivekit.metrics import CommitLagMeter
+from whisperlivekit.protocol import PipelineView, transcript_update
 from whisperlivekit.runtime.device_worker import DeviceWorker
 
 logger = logging.getLogger(__name__)
@@ -30,17 +35,14 @@ PREROLL_S = 0.4
 
 
 class TranscriptionEngine:
-    def __init__(
-        self, settings: Settings, slot: Slot, worker: DeviceWorker, vad_model=None, language: Optional[str] = None, diarizer=None,
-    ) -> None:
+    def __init__(self, settings: Settings, slot: Slot, worker: DeviceWorker, language: Optional[str] = None) -> None:
         self.settings = settings
         self.slot = slot
         self.worker = worker
         self.log = logging.LoggerAdapter(logger, {"connection_id": slot.connection_id, "device": slot.label})
         self.decoder = make_decoder(settings.pcm_input, label=f"[{slot.connection_id[:8]}]")
         self.policy = make_policy(settings, language)
-        self.vad_model = vad_model if settings.vac else None
-        self.vad = VadStream(threshold=settings.vad_threshold) if self.vad_model is not None else None
+        self.vad = VadStream(threshold=settings.vad_threshold) if settings.vac else None
         self.received_samples = 0
         self.fed_bytes = 0
         self.segment_end_pending = False
@@ -52,19 +54,17 @@ class TranscriptionEngine:
         self._latest: Optional[dict] = None
         self._last_sent: Optional[dict] = None
         self._tasks: List[asyncio.Task] = []
-        self._arrivals: List[Tuple[float, float]] = []  # (stream time, monotonic) for lag measurement
-        self.commit_lags_s: List[float] = []
+        self.commit_lag = CommitLagMeter()
         self.compute_s = 0.0
-        self.diarizer = diarizer
-        self.diarization = diarizer.new_stream() if diarizer is not None else None
-        self._diar_queue: "asyncio.Queue[Optional[np.ndarray]]" = asyncio.Queue()
-        self._diar_done = diarizer is None
+        self.diarization = worker.new_diarization_state() if settings.diarization else None
+        self._diar_feed = DiarizationFeed(getattr(worker.diarizer, "latency_s", 1.0)) if self.diarization is not None else None
+        self._diar_done = self.diarization is None
 
     # -- lifecycle -------------------------------------------------------------------
     async def start(self) -> None:
         await self.decoder.start()
         self._tasks = [asyncio.create_task(self._read_audio()), asyncio.create_task(self._process())]
-        if self.diarizer is not None:
+        if self._diar_feed is not None:
             self._diar_task = asyncio.create_task(self._diarize())
             self._tasks.append(self._diar_task)
 
@@ -78,11 +78,16 @@ class TranscriptionEngine:
         await self.decoder.finish()
 
     async def close(self) -> None:
+        """Cancel this connection's work; returns after its running device jobs have finished."""
         for task in self._tasks:
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
         await self.decoder.close()
         self._tasks = []
+
+    @property
+    def commit_lags_s(self) -> List[float]:
+        return self.commit_lag.lags_s
 
     # -- results out -----------------------------------------------------------------
     async def updates(self) -> AsyncIterator[dict]:
@@ -102,6 +107,22 @@ class TranscriptionEngine:
     def _publish(self) -> None:
         self._latest = self.snapshot()
         self._changed.set()
+
+    def snapshot(self) -> dict:
+        view = PipelineView(
+            committed=self.policy.committed,
+            tentative=self.policy.tentative,
+            received_s=self.received_s,
+            transcribed_until_s=self.policy.transcribed_until_s,
+            speech_pending=self._speech_pending(),
+            vad_silent=self.vad is not None and not self.vad.in_speech and not self.policy.tentative,
+            vad_heard_speech=self.vad is not None and self.vad.speech_seen,
+            finished=self.finished,
+            error=self.error,
+            diarization=self.diarization,
+            diarization_done=self._diar_done,
+        )
+        return transcript_update(view, self.settings.pause_segmentation_s, self.settings.no_audio_timeout_s)
 
     # -- audio in --------------------------------------------------------------------
     @property
@@ -133,19 +154,19 @@ class TranscriptionEngine:
             self.error = str(exc)
         finally:
             self.input_done = True
-            self._diar_queue.put_nowait(None)
+            if self._diar_feed is not None:
+                self._diar_feed.end()
             self._wake.set()
             self._changed.set()
 
     async def _on_audio(self, chunk: np.ndarray) -> None:
         self.received_samples += len(chunk)
-        self._arrivals.append((self.received_s, time.monotonic()))
+        self.commit_lag.audio_arrived(self.received_s)
         self.policy.append_audio(chunk)
-        if self.diarizer is not None:
-            self._diar_queue.put_nowait(chunk)
+        if self._diar_feed is not None:
+            self._diar_feed.push(chunk)
         if self.vad is not None:
-            events = await asyncio.to_thread(self.vad.process, self.vad_model, chunk)
-            for kind, _ in events:
+            for kind, _ in await self.worker.vad(self.vad, chunk):
                 if kind == "end":
                     self.segment_end_pending = True
             if not self.vad.in_speech and not self.segment_end_pending and not self.policy.tentative:
@@ -160,6 +181,9 @@ class TranscriptionEngine:
     # -- the transcription loop ------------------------------------------------------
     def _speech_pending(self) -> bool:
         return self.vad is None or self.vad.in_speech or self.segment_end_pending
+
+    def _has_speech(self) -> bool:
+        return self.vad is None or self.vad.speech_seen
 
     async def _process(self) -> None:
         try:
@@ -184,7 +208,7 @@ class TranscriptionEngine:
                 if self.policy.unprocessed_s > 0.05 and self._has_speech():
                     await self._step()
                 self._commit(self.policy.finish())
-                if self.diarizer is not None:
+                if self._diar_feed is not None:
                     await self._diar_task
         except WhisperLiveKitError as exc:
             self.error = str(exc)
@@ -194,33 +218,12 @@ class TranscriptionEngine:
             self._publish()
 
     async def _diarize(self) -> None:
-        """Feed the connection's diarization state on the device worker, ~0.5 s at a time.
-
-        At the end, a little silence lets the diarizer settle the last labels.
-        """
-        pending: List[np.ndarray] = []
-        ended = False
-        while not ended:
-            chunk = await self._diar_queue.get()
-            if chunk is None:
-                ended = True
-                pending.append(np.zeros(int((getattr(self.diarizer, "latency_s", 1.0) + 0.2) * SAMPLE_RATE), np.float32))
-            else:
-                pending.append(chunk)
-            while not self._diar_queue.empty() and not ended:
-                nxt = self._diar_queue.get_nowait()
-                if nxt is None:
-                    self._diar_queue.put_nowait(None)
-                    break
-                pending.append(nxt)
-            if ended or sum(len(c) for c in pending) >= SAMPLE_RATE // 2:
-                audio, pending = np.concatenate(pending), []
-                await self.worker.call(self.diarizer.process, self.diarization, audio)
-                self._publish()
+        """Feed the connection's diarization state on the device worker, piece by piece."""
+        assert self._diar_feed is not None
+        async for piece in self._diar_feed.pieces():
+            await self.worker.diarize(self.diarization, piece)
+            self._publish()
         self._diar_done = True
-
-    def _has_speech(self) -> bool:
-        return self.vad is None or self.vad.speech_seen
 
     async def _step(self) -> None:
         request = self.policy.next_request()
@@ -237,49 +240,4 @@ class TranscriptionEngine:
         self._publish()
 
     def _commit(self, words) -> None:
-        now = time.monotonic()
-        for word in words:
-            i = bisect.bisect_left(self._arrivals, (word.end, 0.0))
-            if i < len(self._arrivals):
-                self.commit_lags_s.append(now - self._arrivals[i][1])
-        del self._arrivals[: max(0, bisect.bisect_left(self._arrivals, (self.policy.offset_s - 5.0, 0.0)))]
-
-    # -- snapshot --------------------------------------------------------------------
-    def snapshot(self) -> dict:
-        words = self.policy.committed
-        buffer_diarization = ""
-        diarization_lag_s = 0.0
-        if self.diarization is None:
-            speakers = [1] * len(words)
-        else:
-            from whisperlivekit.diarization import assign_speakers
-
-            settled_s = float("inf") if self._diar_done else self.diarization.processed_s
-            labelled = [w for w in words if w.end <= settled_s]
-            buffer_diarization = "".join(w.text for w in words[len(labelled):]).strip()
-            words = labelled
-            speakers = assign_speakers(words, list(self.diarization.segments))
-            diarization_lag_s = 0.0 if self._diar_done else self.received_s - self.diarization.processed_s
-        silent_since = None
-        if self.vad is not None and not self.vad.in_speech and not self.policy.tentative:
-            silent_since = words[-1].end if words else 0.0
-        lines = build_lines(words, speakers, self.settings.pause_segmentation_s, silent_since, float(int(self.received_s)))
-        status = "active_transcription"
-        if self.error:
-            status = "error"
-        elif not words and not self.policy.tentative and self.received_s >= self.settings.no_audio_timeout_s and (
-            self.vad is None or not self.vad.speech_seen
-        ):
-            status = "no_audio_detected"
-        transcription_lag_s = 0.0
-        if not self.finished and self._speech_pending():
-            transcription_lag_s = self.received_s - self.policy.transcribed_until_s
-        return update_message(
-            status=status,
-            lines=lines,
-            buffer_transcription="".join(w.text for w in self.policy.tentative).strip(),
-            buffer_diarization=buffer_diarization,
-            remaining_time_transcription=transcription_lag_s,
-            remaining_time_diarization=diarization_lag_s,
-            error=self.error,
-        )
+        self.commit_lag.committed([w.end for w in words], self.policy.offset_s)

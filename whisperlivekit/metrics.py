@@ -1,19 +1,47 @@
 """Prometheus metrics at `GET /metrics`, in a registry per app (tests build isolated apps).
 
 Event counters (accepted, refused, audio seconds, slot waits, commit lags) are updated by
-`api/asr.py`; live values (connections per device, inference stats, NVML readings, model
+`api/asr.py`; each engine measures its commit lags with a `CommitLagMeter`; live values (connections per device, inference stats, NVML readings, model
 load times) are read at scrape time by a custom collector, so they are never stale.
 """
 
 from __future__ import annotations
 
-from typing import Iterable
+import bisect
+import time
+from typing import Callable, Iterable, List, Sequence, Tuple
 
 from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.registry import Collector
 
 PREFIX = "whisperlivekit"
+
+
+class CommitLagMeter:
+    """Per committed word: wall seconds from the arrival of the audio at its end to its commit.
+
+    Arrivals older than a few seconds before the policy's offset can no longer be matched by a
+    new commit and are forgotten, so memory stays flat on long sessions.
+    """
+
+    KEEP_S = 5.0
+
+    def __init__(self, clock: Callable[[], float] = time.monotonic) -> None:
+        self._clock = clock
+        self._arrivals: List[Tuple[float, float]] = []  # (stream time of the chunk's end, wall time)
+        self.lags_s: List[float] = []
+
+    def audio_arrived(self, stream_s: float) -> None:
+        self._arrivals.append((stream_s, self._clock()))
+
+    def committed(self, word_ends_s: Sequence[float], offset_s: float) -> None:
+        now = self._clock()
+        for end_s in word_ends_s:
+            i = bisect.bisect_left(self._arrivals, (end_s, 0.0))
+            if i < len(self._arrivals):
+                self.lags_s.append(now - self._arrivals[i][1])
+        del self._arrivals[: max(0, bisect.bisect_left(self._arrivals, (offset_s - self.KEEP_S, 0.0)))]
 
 
 class _LiveCollector(Collector):

@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import List, Optional, Sequence
+from typing import TYPE_CHECKING, List, Optional, Sequence
 
 from whisperlivekit.asr.types import Word
+
+if TYPE_CHECKING:
+    from whisperlivekit.diarization.types import DiarizationState
 
 SILENCE_SPEAKER = -2
 UNKNOWN_SPEAKER = 0
@@ -80,6 +83,64 @@ def update_message(
     if error is not None:
         message["error"] = error
     return message
+
+
+@dataclass(frozen=True)
+class PipelineView:
+    """What one connection's pipeline knows at one moment: the input of `transcript_update`."""
+
+    committed: Sequence[Word]
+    tentative: Sequence[Word]
+    received_s: float
+    transcribed_until_s: float
+    speech_pending: bool  # audio waits to be transcribed (VAD off, in speech, or a segment end pending)
+    vad_silent: bool  # VAD is on, hears no speech, and nothing is tentative
+    vad_heard_speech: bool  # VAD is on and has heard speech at some point
+    finished: bool
+    error: Optional[str]
+    diarization: Optional["DiarizationState"] = None
+    diarization_done: bool = True
+
+
+def transcript_update(view: PipelineView, pause_s: float, no_audio_timeout_s: float) -> dict:
+    """The full-mode update message for a connection's current state.
+
+    With diarization, only words whose speaker is settled go into `lines`; the rest wait in
+    `buffer_diarization`.
+    """
+    words = list(view.committed)
+    buffer_diarization = ""
+    diarization_lag_s = 0.0
+    if view.diarization is None:
+        speakers = [1] * len(words)
+    else:
+        from whisperlivekit.diarization import assign_speakers
+
+        settled_s = float("inf") if view.diarization_done else view.diarization.processed_s
+        labelled = [w for w in words if w.end <= settled_s]
+        buffer_diarization = "".join(w.text for w in words[len(labelled):]).strip()
+        words = labelled
+        speakers = assign_speakers(words, list(view.diarization.segments))
+        diarization_lag_s = 0.0 if view.diarization_done else view.received_s - view.diarization.processed_s
+    silent_since = (words[-1].end if words else 0.0) if view.vad_silent else None
+    lines = build_lines(words, speakers, pause_s, silent_since, float(int(view.received_s)))
+    status = "active_transcription"
+    if view.error:
+        status = "error"
+    elif not words and not view.tentative and view.received_s >= no_audio_timeout_s and not view.vad_heard_speech:
+        status = "no_audio_detected"
+    transcription_lag_s = 0.0
+    if not view.finished and view.speech_pending:
+        transcription_lag_s = view.received_s - view.transcribed_until_s
+    return update_message(
+        status=status,
+        lines=lines,
+        buffer_transcription="".join(w.text for w in view.tentative).strip(),
+        buffer_diarization=buffer_diarization,
+        remaining_time_transcription=transcription_lag_s,
+        remaining_time_diarization=diarization_lag_s,
+        error=view.error,
+    )
 
 
 def error_message(error: str) -> dict:

@@ -23,9 +23,7 @@ async def build_engine(services: "Services", slot: Slot, language: Optional[str]
     """A started engine for `slot`, on its device's shared worker (or a private one in the baseline mode)."""
     pool = services.pool
     worker = (await pool.private_worker(slot.device)) if services.settings.model_per_connection else await pool.worker(slot.device)
-    diarizer = await pool.diarizer(slot.device) if services.settings.diarization else None
-    engine = TranscriptionEngine(services.settings, slot, worker, vad_model=pool.vad_model() if services.settings.vac else None,
-                                 language=language, diarizer=diarizer)
+    engine = TranscriptionEngine(services.settings, slot, worker, language=language)
     await engine.start()
     return engine
 

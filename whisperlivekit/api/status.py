@@ -7,6 +7,7 @@ from fastapi.responses import JSONResponse, Response
 from prometheus_client import CONTENT_TYPE_LATEST
 
 from whisperlivekit.api.security import require_status_token
+from whisperlivekit.gpu import report
 
 from whisperlivekit.services import Services, get_services
 
@@ -23,14 +24,14 @@ def health(services: Services = Depends(get_services)) -> dict:
 def ready(services: Services = Depends(get_services)) -> JSONResponse:
     if services.draining:
         return JSONResponse({"ready": False, "reason": "draining"}, status_code=503)
-    if not services.manager.has_free_slot():
+    if not services.manager.has_free_slot():  # the same rule `acquire` applies
         return JSONResponse({"ready": False, "reason": "no free slot"}, status_code=503)
     return JSONResponse({"ready": True})
 
 
 @router.get("/gpu-status", dependencies=[Depends(require_status_token)])
 def gpu_status(services: Services = Depends(get_services)) -> dict:
-    snapshot = services.manager.snapshot()
+    snapshot = report.gpu_status(services.manager.view())
     snapshot["devices"] = {
         device: {"realtime_load": round(worker.realtime_load(), 3), "queue_depth": worker.queue_depth(),
                  "batches": worker.batches, "requests": worker.requests}

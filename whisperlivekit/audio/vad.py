@@ -1,9 +1,11 @@
 """Silero voice activity detection with per-connection state.
 
-The ONNX model ships inside the `silero-vad` package. One onnxruntime session is
-shared by every connection; the recurrent state and the 64-sample context live
-in each connection's `VadStream`, so streams never mix (the package's own
-wrapper keeps state on the model object, which would).
+The ONNX model ships inside the `silero-vad` package. One onnxruntime session per
+device worker is shared by that worker's connections; the recurrent state and the
+64-sample context live in each connection's `VadStream`, so streams never mix (the
+package's own wrapper keeps state on the model object, which would). The worker
+runs VAD jobs on one lane thread, and the session is also only run under its own
+lock, so no two threads ever run it at once whoever calls it.
 """
 
 from __future__ import annotations
@@ -37,7 +39,8 @@ class SileroVadModel:
 
     def window_probability(self, stream: "VadStream", window: np.ndarray) -> float:
         x = np.concatenate([stream.context, window])[None, :].astype(np.float32)
-        out, state = self._session.run(None, {"input": x, "state": stream.state, "sr": self._sr})
+        with self._lock:
+            out, state = self._session.run(None, {"input": x, "state": stream.state, "sr": self._sr})
         stream.state = state
         stream.context = x[0, -CONTEXT:]
         return float(out[0, 0])

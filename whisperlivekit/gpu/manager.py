@@ -2,9 +2,19 @@
 
 Every `/asr` connection asks for a `Slot` before any audio is accepted and gives
 it back in `finally`. The manager knows devices, capacity and holders; it never
-touches models. It is guarded by one `threading.Lock` (device workers call
-`mark_unhealthy` from their threads) and offers an async FIFO wait for
-`--queue-timeout`.
+touches models and never formats responses (`gpu/report.py` does). It is guarded
+by one `threading.Lock` (device workers call `report_fault` from their threads),
+never held while reading NVML or the device load, and offers an async FIFO wait
+for `--queue-timeout`.
+
+The admission rule is written once (`_admit`) and used by both `acquire` and
+`has_free_slot` (`/ready`), so `/ready` answers 503 exactly when a new connection
+would be refused. The manager is given the devices' real-time load at
+construction (`DeviceLoad`) and is the pool's `DeviceHealth` (`report_fault`).
+
+Longer than ~300 lines because one lock guards four things that must change
+together: readings applied, the admission decision, holders, and the FIFO wait
+woken on release; splitting them would split that lock.
 
 CPU fallback: a host with no usable GPU (none found, all unhealthy) serves on
 the CPU unless `cpu_fallback` is off. A host whose healthy GPUs are merely full
@@ -19,7 +29,7 @@ import logging
 import threading
 import time
 from dataclasses import dataclass, field
-from typing import Callable, Dict, Iterable, List, Optional, Sequence
+from typing import Callable, Dict, Iterable, List, Optional, Protocol, Sequence, Tuple, Union
 
 from whisperlivekit.errors import NoCapacity
 from whisperlivekit.gpu.nvml import GpuInfo, GpuProbe, ProbeError
@@ -27,6 +37,12 @@ from whisperlivekit.gpu.nvml import GpuInfo, GpuProbe, ProbeError
 logger = logging.getLogger(__name__)
 
 CPU_DEVICE = "cpu"
+
+
+class DeviceLoad(Protocol):
+    """Compute seconds per wall second per lane on an execution device ("cpu", "cuda:N")."""
+
+    def realtime_load(self, device: str) -> float: ...
 
 
 @dataclass(frozen=True)
@@ -60,6 +76,34 @@ class _Gpu:
     retry_at: float = 0.0
 
 
+@dataclass(frozen=True)
+class GpuView:
+    """One GPU as the manager sees it at one moment (what reports format)."""
+
+    index: int
+    info: Optional[GpuInfo]
+    holders: Tuple[str, ...]
+    healthy: bool
+    unhealthy_reason: str
+
+
+@dataclass(frozen=True)
+class ManagerView:
+    """A consistent copy of the manager's state, taken under its lock."""
+
+    gpus: Tuple[GpuView, ...]
+    cpu_holders: Tuple[str, ...]
+    held: int
+    queued: int
+    max_connections_per_gpu: int
+    max_cpu_connections: int
+    cpu_fallback: bool
+
+
+_CPU = "cpu"  # what `_admit` returns when the CPU takes the connection
+Reading = Union[GpuInfo, ProbeError]
+
+
 class GpuManager:
     def __init__(
         self,
@@ -73,7 +117,7 @@ class GpuManager:
         cpu_fallback: bool = True,
         unhealthy_backoff_s: float = 30.0,
         max_realtime_load: float = 0.0,
-        load_of: Optional[Callable[[str], float]] = None,
+        load: Optional[DeviceLoad] = None,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         if policy not in ("least-loaded", "round-robin"):
@@ -96,22 +140,52 @@ class GpuManager:
         self.cpu_fallback = cpu_fallback
         self.unhealthy_backoff_s = unhealthy_backoff_s
         self.max_realtime_load = max_realtime_load
-        self.load_of = load_of
-        self.simulated = bool(chosen) and all(self._read(g) is None or self._gpus[g].info.simulated for g in chosen)  # type: ignore[union-attr]
+        self._load = load
         self._rr_cursor = 0
         self._waiters: List[asyncio.Future] = []
         self.refusals: Dict[str, int] = {}
+        self.refresh()
+        self.simulated = bool(chosen) and all(g.info is None or g.info.simulated for g in self._gpus.values())
 
-    # -- reading devices -----------------------------------------------------------
-    def _read(self, index: int) -> Optional[GpuInfo]:
-        """Fresh NVML facts; an error marks the GPU unhealthy (caller holds no lock or the lock)."""
-        gpu = self._gpus[index]
-        try:
-            gpu.info = self._probe.read(index)
-        except ProbeError as exc:
-            self._set_unhealthy(gpu, str(exc))
-            return None
-        return gpu.info
+    # -- device facts, read outside the lock -------------------------------------------
+    def _read_devices(self) -> Dict[int, Reading]:
+        """Fresh NVML facts for every GPU in rotation or due for a re-probe (no lock held)."""
+        now = self._clock()
+        with self._lock:
+            due = [g.index for g in self._gpus.values() if g.healthy or now >= g.retry_at]
+        readings: Dict[int, Reading] = {}
+        for index in due:
+            try:
+                readings[index] = self._probe.read(index)
+            except ProbeError as exc:
+                readings[index] = exc
+        return readings
+
+    def _apply(self, readings: Dict[int, Reading]) -> None:
+        """Record readings (caller holds the lock): a failed read marks the GPU unhealthy; a good read after
+        the back-off puts it back in rotation."""
+        now = self._clock()
+        for index, reading in readings.items():
+            gpu = self._gpus[index]
+            if isinstance(reading, ProbeError):
+                self._set_unhealthy(gpu, str(reading))
+                continue
+            gpu.info = reading
+            if not gpu.healthy and now >= gpu.retry_at:
+                gpu.healthy = True
+                logger.info("GPU %d back in rotation after its back-off", gpu.index)
+
+    def refresh(self) -> None:
+        """Re-read every GPU's facts and update health."""
+        readings = self._read_devices()
+        with self._lock:
+            self._apply(readings)
+
+    def _read_loads(self) -> Dict[str, float]:
+        """Real-time load per execution device, when a cap applies (no lock held)."""
+        if not self.max_realtime_load or self._load is None:
+            return {}
+        return {device: self._load.realtime_load(device) for device in self.execution_devices()}
 
     def _set_unhealthy(self, gpu: _Gpu, reason: str) -> None:
         if gpu.healthy:
@@ -123,40 +197,45 @@ class GpuManager:
     def _execution_device(self, gpu: _Gpu) -> str:
         return CPU_DEVICE if gpu.info is not None and gpu.info.simulated else f"cuda:{gpu.index}"
 
-    def _usable(self, gpu: _Gpu, exclude: Iterable[int]) -> bool:
-        if gpu.index in exclude or len(gpu.holders) >= self.max_connections_per_gpu:
-            return False
-        if not gpu.healthy:
-            if self._clock() < gpu.retry_at:
-                return False
-            gpu.healthy = True  # back-off over: re-probe below
-            logger.info("GPU %d: re-probing after back-off", gpu.index)
-        info = self._read(gpu.index)
-        if info is None:
-            return False
-        if self.min_free_memory_gb and info.free_memory_gb < self.min_free_memory_gb:
-            return False
-        if self.max_realtime_load and self.load_of is not None:
-            if self.load_of(self._execution_device(gpu)) >= self.max_realtime_load:
-                return False
-        return True
+    # -- the admission rule (caller holds the lock; pure: changes nothing) ------------
+    def _overloaded(self, device: str, loads: Dict[str, float]) -> bool:
+        return bool(self.max_realtime_load) and loads.get(device, 0.0) >= self.max_realtime_load
 
-    def _pick(self, exclude: Iterable[int]) -> Optional[_Gpu]:
+    def _usable(self, gpu: _Gpu, exclude: Iterable[int], loads: Dict[str, float]) -> bool:
+        if gpu.index in exclude or not gpu.healthy or gpu.info is None:
+            return False
+        if len(gpu.holders) >= self.max_connections_per_gpu:
+            return False
+        if self.min_free_memory_gb and gpu.info.free_memory_gb < self.min_free_memory_gb:
+            return False
+        return not self._overloaded(self._execution_device(gpu), loads)
+
+    def _pick(self, exclude: Iterable[int], loads: Dict[str, float]) -> Optional[_Gpu]:
         exclude = set(exclude)
-        candidates = [g for g in self._gpus.values() if self._usable(g, exclude)]
+        candidates = [g for g in self._gpus.values() if self._usable(g, exclude, loads)]
         if not candidates:
             return None
         n = max(self._gpus) + 1
         rr_rank = lambda g: (g.index - self._rr_cursor) % n  # noqa: E731
         if self.policy == "round-robin":
-            chosen = min(candidates, key=rr_rank)
-        else:
-            chosen = min(
-                candidates,
-                key=lambda g: (len(g.holders), -round((g.info.free_memory_gb if g.info else 0) * 2) / 2, rr_rank(g)),
-            )
-        self._rr_cursor = chosen.index + 1
-        return chosen
+            return min(candidates, key=rr_rank)
+        return min(
+            candidates,
+            key=lambda g: (len(g.holders), -round((g.info.free_memory_gb if g.info else 0) * 2) / 2, rr_rank(g)),
+        )
+
+    def _cpu_admits(self, loads: Dict[str, float]) -> bool:
+        """CPU fallback: only on a host with no healthy GPU, within the CPU's slots and load cap."""
+        if not self.cpu_fallback or any(g.healthy for g in self._gpus.values()):
+            return False
+        return len(self._cpu_holders) < self.max_cpu_connections and not self._overloaded(CPU_DEVICE, loads)
+
+    def _admit(self, exclude: Iterable[int], loads: Dict[str, float]) -> "Optional[_Gpu | str]":
+        """THE admission rule: the GPU a new connection gets, `_CPU`, or None (refused)."""
+        gpu = self._pick(exclude, loads)
+        if gpu is not None:
+            return gpu
+        return _CPU if self._cpu_admits(loads) else None
 
     # -- the public API ------------------------------------------------------------
     @property
@@ -165,36 +244,44 @@ class GpuManager:
 
     def acquire(self, connection_id: str, exclude: Iterable[int] = ()) -> Slot:
         """A slot now, or NoCapacity. `exclude` skips GPUs (a retry after a failed engine build)."""
+        readings, loads = self._read_devices(), self._read_loads()
         with self._lock:
+            self._apply(readings)
             if connection_id in self._slots:
                 return self._slots[connection_id]
-            gpu = self._pick(exclude)
-            if gpu is not None:
-                gpu.holders.append(connection_id)
-                slot = Slot(connection_id, gpu.index, self._execution_device(gpu), simulated=bool(gpu.info and gpu.info.simulated))
+            choice = self._admit(exclude, loads)
+            if choice is None:
+                reason = "No GPU available"
+                self.refusals[reason] = self.refusals.get(reason, 0) + 1
+                raise NoCapacity(reason)
+            if choice == _CPU:
+                self._cpu_holders.append(connection_id)
+                slot = Slot(connection_id, None, CPU_DEVICE)
                 self._slots[connection_id] = slot
-                info = gpu.info
-                logger.info(
-                    "Allocated %s to connection %s (load %d/%d, memory %.1f/%.2f GB)",
-                    slot.label, connection_id, len(gpu.holders), self.max_connections_per_gpu,
-                    info.used_memory_gb if info else 0.0, info.total_memory_gb if info else 0.0,
-                    extra={"connection_id": connection_id, "device": slot.label},
-                )
+                logger.info("Allocated CPU to connection %s (load %d/%d)", connection_id, len(self._cpu_holders), self.max_cpu_connections,
+                            extra={"connection_id": connection_id, "device": slot.label})
                 return slot
-            healthy = [g for g in self._gpus.values() if g.healthy]
-            if self.cpu_fallback and not healthy:
-                if len(self._cpu_holders) < self.max_cpu_connections and not (
-                    self.max_realtime_load and self.load_of and self.load_of(CPU_DEVICE) >= self.max_realtime_load
-                ):
-                    self._cpu_holders.append(connection_id)
-                    slot = Slot(connection_id, None, CPU_DEVICE)
-                    self._slots[connection_id] = slot
-                    logger.info("Allocated CPU to connection %s (load %d/%d)", connection_id, len(self._cpu_holders), self.max_cpu_connections,
-                                extra={"connection_id": connection_id, "device": slot.label})
-                    return slot
-            reason = "No GPU available"
-            self.refusals[reason] = self.refusals.get(reason, 0) + 1
-            raise NoCapacity(reason)
+            gpu = choice
+            assert isinstance(gpu, _Gpu)
+            self._rr_cursor = gpu.index + 1
+            gpu.holders.append(connection_id)
+            slot = Slot(connection_id, gpu.index, self._execution_device(gpu), simulated=bool(gpu.info and gpu.info.simulated))
+            self._slots[connection_id] = slot
+            info = gpu.info
+            logger.info(
+                "Allocated %s to connection %s (load %d/%d, memory %.1f/%.2f GB)",
+                slot.label, connection_id, len(gpu.holders), self.max_connections_per_gpu,
+                info.used_memory_gb if info else 0.0, info.total_memory_gb if info else 0.0,
+                extra={"connection_id": connection_id, "device": slot.label},
+            )
+            return slot
+
+    def has_free_slot(self) -> bool:
+        """Whether `acquire` would give a new connection a slot now (what `/ready` answers)."""
+        readings, loads = self._read_devices(), self._read_loads()
+        with self._lock:
+            self._apply(readings)
+            return self._admit((), loads) is not None
 
     async def acquire_waiting(
         self, connection_id: str, timeout_s: float, on_queued: Optional[Callable[[int], object]] = None
@@ -272,63 +359,44 @@ class GpuManager:
             if gpu_id in self._gpus:
                 self._set_unhealthy(self._gpus[gpu_id], reason)
 
+    def report_fault(self, device: str, reason: str) -> None:
+        """`DeviceHealth`: inference on `device` failed in a way that means the device is broken.
+
+        Takes every GPU that executes on `device` out of rotation (simulated GPUs execute on the CPU,
+        which is never taken out)."""
+        if device == CPU_DEVICE:
+            logger.error("device fault reported on the CPU (not taken out of rotation): %s", reason)
+            return
+        with self._lock:
+            for gpu in self._gpus.values():
+                if self._execution_device(gpu) == device:
+                    self._set_unhealthy(gpu, reason)
+
     def held(self) -> int:
         with self._lock:
             return len(self._slots)
 
-    def has_free_slot(self) -> bool:
+    def execution_devices(self) -> List[str]:
+        """Devices engines run on: each real GPU, plus the CPU (no GPUs, simulated ones, or CPU fallback)."""
         with self._lock:
-            if any(self._usable(g, ()) for g in self._gpus.values()):
-                return True
-            healthy = [g for g in self._gpus.values() if g.healthy]
-            return self.cpu_fallback and not healthy and len(self._cpu_holders) < self.max_cpu_connections
+            devices = {self._execution_device(g) for g in self._gpus.values()}
+        if not devices or self.cpu_fallback and not any(d.startswith("cuda") for d in devices):
+            devices.add(CPU_DEVICE)
+        return sorted(devices)
+
+    def view(self) -> ManagerView:
+        """A consistent copy of the state, with fresh NVML readings (formatted by `gpu/report.py`)."""
+        self.refresh()
+        with self._lock:
+            return ManagerView(
+                gpus=tuple(GpuView(g.index, g.info, tuple(g.holders), g.healthy, g.unhealthy_reason) for g in self._gpus.values()),
+                cpu_holders=tuple(self._cpu_holders), held=len(self._slots), queued=len(self._waiters),
+                max_connections_per_gpu=self.max_connections_per_gpu, max_cpu_connections=self.max_cpu_connections,
+                cpu_fallback=self.cpu_fallback,
+            )
 
     def snapshot(self) -> dict:
-        """`/gpu-status` body (PROTOCOL.md), with fresh NVML readings."""
-        with self._lock:
-            gpus = []
-            for gpu in self._gpus.values():
-                if gpu.healthy or self._clock() >= gpu.retry_at:
-                    if self._read(gpu.index) is not None and not gpu.healthy and self._clock() >= gpu.retry_at:
-                        gpu.healthy = True
-                info = gpu.info
-                entry = {
-                    "gpu_id": gpu.index,
-                    "name": info.name if info else "unknown",
-                    "healthy": gpu.healthy,
-                    "simulated": bool(info and info.simulated),
-                    "active_connections": len(gpu.holders),
-                    "max_connections": self.max_connections_per_gpu,
-                    "connection_ids": list(gpu.holders),
-                    "total_memory_gb": info.total_memory_gb if info else None,
-                    "used_memory_gb": info.used_memory_gb if info else None,
-                    "free_memory_gb": info.free_memory_gb if info else None,
-                    "memory_used_percent": round(100 * info.used_memory_gb / info.total_memory_gb, 1) if info and info.total_memory_gb else None,
-                    "utilization_percent": info.utilization_percent if info else None,
-                    "temperature_c": info.temperature_c if info else None,
-                }
-                if not gpu.healthy:
-                    entry["unhealthy_reason"] = gpu.unhealthy_reason
-                gpus.append(entry)
-            return {
-                "total_gpus": len(self._gpus),
-                "healthy_gpus": sum(1 for g in self._gpus.values() if g.healthy),
-                "total_connections": len(self._slots),
-                "max_connections_per_gpu": self.max_connections_per_gpu,
-                "cpu": {"active_connections": len(self._cpu_holders), "max_connections": self.max_cpu_connections,
-                        "connection_ids": list(self._cpu_holders), "fallback": self.cpu_fallback},
-                "queued": len(self._waiters),
-                "gpus": gpus,
-            }
+        """`/gpu-status` body (PROTOCOL.md); the formatting lives in `gpu/report.py`."""
+        from whisperlivekit.gpu.report import gpu_status
 
-    def table(self) -> List[str]:
-        """One start-up log line per GPU."""
-        lines = []
-        for entry in self.snapshot()["gpus"]:
-            lines.append(
-                f"GPU {entry['gpu_id']}: {entry['name']}{' (simulated)' if entry['simulated'] else ''} "
-                f"connections {entry['active_connections']}/{entry['max_connections']}, "
-                f"memory {entry['used_memory_gb']}/{entry['total_memory_gb']} GB used, {entry['free_memory_gb']} GB free"
-                + ("" if entry["healthy"] else f", UNHEALTHY: {entry.get('unhealthy_reason')}")
-            )
-        return lines
+        return gpu_status(self.view())

@@ -1,13 +1,26 @@
-"""One worker per device runs all of that device's inference off the event loop.
+"""One worker per device runs every model job of that device off the event loop.
 
-Engines `await worker.transcribe(request)`; the worker's lane threads take
-requests from a queue and call the shared backend. On a GPU one lane batches
-requests that arrive within `batch_window_ms` (up to `max_batch_size`); on a CPU
-several single-threaded lanes run side by side, which beats batching there.
+The worker owns the device's models: the Whisper backend, the diarizer and the
+Silero VAD session. Engines submit typed jobs and await them:
+`await worker.transcribe(request)`, `await worker.vad(stream, audio)`,
+`await worker.diarize(state, audio)`.
 
-The worker also keeps the device's real-time load: compute seconds spent per
-second of audio received over a sliding window. Admission can refuse a device
-whose streams would start to lag.
+Scheduling (measured): on a GPU one lane batches transcription requests that
+arrive within `batch_window_ms` (up to `max_batch_size`); on a CPU several
+single-threaded lanes run side by side, which beats batching there. Diarization
+runs on the same lanes (it is device work of the same weight). VAD has a lane of
+its own: a 100 ms chunk costs ~0.4 ms, and queued behind a Whisper step it would
+wait that step out (~590 ms for 4 s of audio on tiny.en, CPU); on its own lane
+the round trip stays ~3 ms with every Whisper lane busy (`scripts/bench_vad_lane.py`).
+The VAD session is only ever run from that one lane thread.
+
+Cancellation: a job whose awaiting connection is cancelled is skipped if it has
+not started; if it is running, the cancelled await waits for it to finish before
+re-raising. So once an engine's tasks are cancelled and gathered, no job of that
+connection still touches its state (VAD stream, diarization state, decoder state).
+
+The worker records its compute time into a `LoadMeter`: the device's real-time
+load, which admission reads to refuse a device whose streams would start to lag.
 """
 
 from __future__ import annotations
@@ -19,33 +32,45 @@ import threading
 import time
 from collections import deque
 from dataclasses import dataclass, field
-from typing import Any, Callable, Deque, List, Optional, Tuple
+from typing import Any, Deque, List, Optional, Protocol, Tuple
+
+import numpy as np
 
 from whisperlivekit.asr.types import TranscribeRequest, TranscribeResult, WhisperBackend
 from whisperlivekit.audio import SAMPLE_RATE
 from whisperlivekit.errors import DeviceError
+from whisperlivekit.runtime.load import LoadMeter
 
 logger = logging.getLogger(__name__)
 
 _STOP = object()
-LOAD_WINDOW_S = 10.0
 
 
-@dataclass
+class DeviceHealth(Protocol):
+    """Told when inference fails in a way that means the device itself is broken."""
+
+    def report_fault(self, device: str, reason: str) -> None: ...
+
+
+@dataclass(eq=False)
 class _Job:
-    kind: str  # "transcribe" or "call"
+    kind: str  # "transcribe", "diarize" or "vad"
     payload: Any
     future: asyncio.Future
     loop: asyncio.AbstractEventLoop
     audio_s: float = 0.0
     enqueued_at: float = field(default_factory=time.monotonic)
+    started: bool = False  # set by a lane, under the worker's claim lock
+    cancelled: bool = False  # set by the awaiting connection, under the same lock
 
 
 def _deliver(job: _Job, result: Any = None, error: Optional[BaseException] = None) -> None:
     def settle() -> None:
-        if job.future.done():  # the connection went away meanwhile
+        if job.future.done():
             return
-        if error is not None:
+        if job.cancelled:  # nobody wants the result: only say the job is over
+            job.future.set_result(None)
+        elif error is not None:
             job.future.set_exception(error)
         else:
             job.future.set_result(result)
@@ -54,6 +79,17 @@ def _deliver(job: _Job, result: Any = None, error: Optional[BaseException] = Non
         job.loop.call_soon_threadsafe(settle)
     except RuntimeError:  # loop closed: nobody is waiting any more
         pass
+
+
+async def _until_done(future: asyncio.Future) -> None:
+    """Wait for a running job to end, even if the waiting task is cancelled again meanwhile."""
+    while not future.done():
+        try:
+            await asyncio.wait([future])
+        except asyncio.CancelledError:
+            continue
+    if not future.cancelled():
+        future.exception()  # mark retrieved: the result belongs to nobody now
 
 
 def single_threaded_blas() -> None:
@@ -82,17 +118,24 @@ class DeviceWorker:
         lanes: int = 1,
         max_batch_size: int = 1,
         batch_window_ms: float = 0.0,
-        on_device_failure: Optional[Callable[[str, str], None]] = None,
+        vad_model: Any = None,
+        diarizer: Any = None,
+        health: Optional[DeviceHealth] = None,
+        load: Optional[LoadMeter] = None,
     ) -> None:
         single_threaded_blas()
         self.device = device
         self.backend = backend
+        self.vad_model = vad_model
+        self.diarizer = diarizer
         self.max_batch_size = max(1, max_batch_size)
         self.batch_window_s = batch_window_ms / 1000.0
-        self._on_device_failure = on_device_failure
+        self._health = health
+        self.load = load or LoadMeter(max(1, lanes))
         self._queue: "queue.Queue[Any]" = queue.Queue()
+        self._vad_queue: "queue.Queue[Any]" = queue.Queue()
+        self._claim_lock = threading.Lock()
         self._stats_lock = threading.Lock()
-        self._compute: Deque[Tuple[float, float, float]] = deque()  # (finished_at, compute_s, audio_s)
         self.batches = 0
         self.requests = 0
         self.batch_sizes: Deque[int] = deque(maxlen=1000)
@@ -100,22 +143,54 @@ class DeviceWorker:
         self._threads = [
             threading.Thread(target=self._lane, name=f"device-worker-{device}-{i}", daemon=True) for i in range(max(1, lanes))
         ]
+        if vad_model is not None:
+            self._threads.append(threading.Thread(target=self._vad_lane, name=f"device-worker-{device}-vad", daemon=True))
         for thread in self._threads:
             thread.start()
 
-    # -- submitted from the event loop ---------------------------------------------
+    # -- jobs, submitted from the event loop -------------------------------------------
     async def transcribe(self, request: TranscribeRequest) -> TranscribeResult:
-        loop = asyncio.get_running_loop()
-        job = _Job("transcribe", request, loop.create_future(), loop, audio_s=len(request.audio) / SAMPLE_RATE)
-        self._queue.put(job)
-        return await job.future
+        return await self._submit(self._queue, "transcribe", request, audio_s=len(request.audio) / SAMPLE_RATE)
 
-    async def call(self, fn: Callable[..., Any], *args: Any) -> Any:
-        """Run other device work (diarization, VAD) on this device's lanes, in order."""
+    async def vad(self, stream: Any, audio: np.ndarray) -> List[Tuple[str, float]]:
+        """Run one connection's `VadStream` over `audio` on this device's VAD session; its events."""
+        if self.vad_model is None:
+            raise RuntimeError(f"no VAD model on {self.device}: the worker was built without one")
+        return await self._submit(self._vad_queue, "vad", (stream, audio))
+
+    async def diarize(self, state: Any, audio: np.ndarray) -> list:
+        """Feed one connection's diarization state with `audio`; the segments it changed."""
+        if self.diarizer is None:
+            raise RuntimeError(f"no diarizer on {self.device}: the worker was built without one")
+        return await self._submit(self._queue, "diarize", (state, audio))
+
+    def new_diarization_state(self) -> Any:
+        """Fresh per-connection diarization state (no model work)."""
+        if self.diarizer is None:
+            raise RuntimeError(f"no diarizer on {self.device}")
+        return self.diarizer.new_stream()
+
+    async def _submit(self, lane_queue: "queue.Queue[Any]", kind: str, payload: Any, audio_s: float = 0.0) -> Any:
         loop = asyncio.get_running_loop()
-        job = _Job("call", (fn, args), loop.create_future(), loop)
-        self._queue.put(job)
-        return await job.future
+        job = _Job(kind, payload, loop.create_future(), loop, audio_s=audio_s)
+        lane_queue.put(job)
+        try:
+            return await asyncio.shield(job.future)
+        except asyncio.CancelledError:
+            with self._claim_lock:
+                job.cancelled = True
+                running = job.started
+            if running:  # its state is being used right now: let the job finish first
+                await _until_done(job.future)
+            raise
+
+    def _claim(self, jobs: List[_Job]) -> List[_Job]:
+        """The jobs still wanted, now marked started (a cancelled one is dropped)."""
+        with self._claim_lock:
+            wanted = [job for job in jobs if not job.cancelled]
+            for job in wanted:
+                job.started = True
+        return wanted
 
     # -- lane threads ----------------------------------------------------------------
     def _collect(self, first: _Job) -> Tuple[List[_Job], List[Any]]:
@@ -141,24 +216,42 @@ class DeviceWorker:
             job = pending.pop(0) if pending else self._queue.get()
             if job is _STOP:
                 return
-            if job.kind == "call":
-                self._run_call(job)
+            if job.kind == "diarize":
+                self._run_diarize(job)
                 continue
             batch, others = self._collect(job)
             pending.extend(others)
             self._run_batch(batch)
 
-    def _run_call(self, job: _Job) -> None:
-        fn, args = job.payload
-        if job.future.done():
+    def _vad_lane(self) -> None:
+        while True:
+            job = self._vad_queue.get()
+            if job is _STOP:
+                return
+            if not self._claim([job]):
+                continue
+            stream, audio = job.payload
+            try:
+                _deliver(job, stream.process(self.vad_model, audio))
+            except BaseException as exc:  # noqa: BLE001 - handed to the awaiting connection
+                _deliver(job, error=exc)
+
+    def _run_diarize(self, job: _Job) -> None:
+        if not self._claim([job]):
             return
+        state, audio = job.payload
+        started = time.monotonic()
         try:
-            _deliver(job, fn(*args))
-        except BaseException as exc:  # noqa: BLE001 - handed to the awaiting connection
-            _deliver(job, error=exc)
+            result = self.diarizer.process(state, audio)
+        except BaseException as exc:  # noqa: BLE001
+            self._fault(exc, "diarization")
+            _deliver(job, error=exc if isinstance(exc, DeviceError) else DeviceError(f"diarization failed on {self.device}: {exc}"))
+            return
+        self.load.record(time.monotonic() - started)
+        _deliver(job, result)
 
     def _run_batch(self, batch: List[_Job]) -> None:
-        batch = [job for job in batch if not job.future.done()]  # cancelled while queued
+        batch = self._claim(batch)
         if not batch:
             return
         started = time.monotonic()
@@ -166,38 +259,40 @@ class DeviceWorker:
             results = self.backend.transcribe_batch([job.payload for job in batch])
         except BaseException as exc:  # noqa: BLE001
             failure = exc if isinstance(exc, DeviceError) else DeviceError(f"inference failed on {self.device}: {exc}")
-            if isinstance(exc, DeviceError) and self._on_device_failure is not None:  # the backend typed it a device fault
-                self._on_device_failure(self.device, str(exc))
-            logger.exception("inference failed on %s for a batch of %d", self.device, len(batch))
+            self._fault(exc, f"a batch of {len(batch)}")
             for job in batch:
                 _deliver(job, error=failure)
             return
-        finished = time.monotonic()
+        compute_s = time.monotonic() - started
+        self.load.record(compute_s)
         with self._stats_lock:
             self.batches += 1
             self.requests += len(batch)
             self.batch_sizes.append(len(batch))
-            self.compute_s_total += finished - started
-            self._compute.append((finished, finished - started, sum(job.audio_s for job in batch)))
+            self.compute_s_total += compute_s
         for job, result in zip(batch, results):
             _deliver(job, result)
 
-    # -- load accounting -------------------------------------------------------------
+    def _fault(self, exc: BaseException, what: str) -> None:
+        logger.error("inference failed on %s for %s: %s", self.device, what, exc, exc_info=exc)
+        if isinstance(exc, DeviceError) and self._health is not None:  # typed a device fault by the backend
+            self._health.report_fault(self.device, str(exc))
+
+    # -- load and introspection ------------------------------------------------------
     def realtime_load(self) -> float:
         """Compute seconds per wall second over the last window, per lane: ≥ 1.0 means saturated."""
-        now = time.monotonic()
-        with self._stats_lock:
-            while self._compute and now - self._compute[0][0] > LOAD_WINDOW_S:
-                self._compute.popleft()
-            busy = sum(c for _, c, _ in self._compute)
-        return busy / (LOAD_WINDOW_S * len(self._threads))
+        return self.load.realtime_load()
 
     def queue_depth(self) -> int:
         return self._queue.qsize()
 
     def close(self) -> None:
-        for _ in self._threads:
+        lanes = [t for t in self._threads if not t.name.endswith("-vad")]
+        for _ in lanes:
             self._queue.put(_STOP)
+        self._vad_queue.put(_STOP)
         for thread in self._threads:
             thread.join(timeout=10)
         self.backend.close()
+        if self.diarizer is not None:
+            self.diarizer.close()

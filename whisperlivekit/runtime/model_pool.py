@@ -1,9 +1,11 @@
 """Each model is loaded once per device and shared by that device's connections.
 
 Connections never load weights: they ask the pool for their device's
-`DeviceWorker`, which owns the shared backend. Loading happens at start-up
+`DeviceWorker`, which owns that device's models (the Whisper backend, the VAD
+session and, with `--diarization`, the diarizer), all loaded together once. Loading happens at start-up
 (`--preload`) or on the first connection of a device, off the event loop, once
 (a per-device lock makes concurrent first connections wait for one load).
+`preload(devices)` is the one start-up path, called by the CLI and the app.
 `--model-per-connection` keeps the old design (a private model per connection)
 only as a benchmark baseline.
 """
@@ -16,13 +18,14 @@ import os
 import threading
 import time
 from pathlib import Path
-from typing import Callable, Dict, Optional
+from typing import Any, Callable, Dict, Iterable, Optional
 
 from whisperlivekit.weights.resolve import resolve_model
 from whisperlivekit.asr.backends import CHECKPOINT_BACKENDS
 from whisperlivekit.asr.types import WhisperBackend
 from whisperlivekit.config import Settings
-from whisperlivekit.runtime.device_worker import DeviceWorker
+from whisperlivekit.runtime.device_worker import DeviceHealth, DeviceWorker
+from whisperlivekit.runtime.load import DeviceLoads, LoadMeter
 
 logger = logging.getLogger(__name__)
 
@@ -58,18 +61,19 @@ class ModelPool:
         self,
         settings: Settings,
         backend_factory: Optional[BackendFactory] = None,
-        on_device_failure: Optional[Callable[[str, str], None]] = None,
+        *,
+        health: Optional[DeviceHealth] = None,
+        loads: Optional[DeviceLoads] = None,
     ) -> None:
         self.settings = settings
         self._backend_factory = backend_factory or self._default_factory
-        self.on_device_failure = on_device_failure
+        self._health = health
+        self.loads = loads or DeviceLoads()
         self._workers: Dict[str, DeviceWorker] = {}
         self._locks: Dict[str, threading.Lock] = {}
         self._guard = threading.Lock()
         self.load_times_s: Dict[str, float] = {}
         self._model_path: Optional[Path] = None
-        self._vad_model = None
-        self._diarizers: Dict[str, object] = {}
 
     # -- loading -------------------------------------------------------------------
     def model_path(self) -> Path:
@@ -90,7 +94,22 @@ class ModelPool:
             return self.settings.max_batch_size
         return 1 if device == "cpu" else 8
 
-    def _build_worker(self, device: str) -> DeviceWorker:
+    def _load_diarizer(self, device: str) -> Any:
+        from whisperlivekit.diarization import load_diarizer
+
+        s = self.settings
+        backend = s.diarization_backend if s.diarization_backend != "auto" else ("sortformer" if device.startswith("cuda") else "embedding")
+        opts = {}
+        if backend == "sortformer":
+            opts = dict(chunk_len=s.sortformer_chunk_len, chunk_right_context=s.sortformer_right_context,
+                        fifo_len=s.sortformer_fifo_len, spkcache_len=s.sortformer_spkcache_len)
+        started = time.perf_counter()
+        diarizer = load_diarizer(backend, device, s.diarization_model, s.max_speakers, **opts)
+        self.load_times_s[f"diarizer:{device}"] = time.perf_counter() - started
+        logger.info("Loaded %s diarizer on %s in %.2f s", backend, device, time.perf_counter() - started)
+        return diarizer
+
+    def _build_worker(self, device: str, shared: bool = True) -> DeviceWorker:
         lanes = lanes_for(device)
         rss_before, gpu_before = _rss_mb(), _gpu_allocated_mb(device)
         started = time.perf_counter()
@@ -103,17 +122,20 @@ class ModelPool:
             f", +{_gpu_allocated_mb(device) - gpu_before:.0f} MB GPU" if device.startswith("cuda") else "",
             lanes, self._batch_size(device),
         )
+        vad_model = None
+        if self.settings.vac:
+            from whisperlivekit.audio.vad import SileroVadModel
+
+            vad_model = SileroVadModel()
+        diarizer = self._load_diarizer(device) if self.settings.diarization else None
         return DeviceWorker(
             device, backend, lanes=lanes, max_batch_size=self._batch_size(device),
-            batch_window_ms=self.settings.batch_window_ms, on_device_failure=self._report_failure,
+            batch_window_ms=self.settings.batch_window_ms, vad_model=vad_model, diarizer=diarizer,
+            health=self._health, load=self.loads.meter(device, lanes) if shared else LoadMeter(lanes),
         )
 
-    def _report_failure(self, device: str, reason: str) -> None:
-        if self.on_device_failure is not None:
-            self.on_device_failure(device, reason)
-
     def worker_sync(self, device: str) -> DeviceWorker:
-        """The device's shared worker, loading the model on first use (blocking; call off the loop)."""
+        """The device's shared worker, loading its models on first use (blocking; call off the loop)."""
         with self._guard:
             if device in self._workers:
                 return self._workers[device]
@@ -132,41 +154,13 @@ class ModelPool:
         return await asyncio.to_thread(self.worker_sync, device)
 
     async def private_worker(self, device: str) -> DeviceWorker:
-        """`--model-per-connection` baseline: a fresh model for one connection; the caller closes it."""
-        return await asyncio.to_thread(self._build_worker, device)
+        """`--model-per-connection` baseline: fresh models for one connection; the caller closes the worker."""
+        return await asyncio.to_thread(self._build_worker, device, False)
 
-    def diarizer_sync(self, device: str):
-        """The device's shared diarization model (state lives per connection)."""
-        with self._guard:
-            lock = self._locks.setdefault(f"diarizer:{device}", threading.Lock())
-        with lock:
-            if device not in self._diarizers:
-                from whisperlivekit.diarization import load_diarizer
-
-                s = self.settings
-                backend = s.diarization_backend if s.diarization_backend != "auto" else ("sortformer" if device.startswith("cuda") else "embedding")
-                opts = {}
-                if backend == "sortformer":
-                    opts = dict(chunk_len=s.sortformer_chunk_len, chunk_right_context=s.sortformer_right_context,
-                                fifo_len=s.sortformer_fifo_len, spkcache_len=s.sortformer_spkcache_len)
-                started = time.perf_counter()
-                self._diarizers[device] = load_diarizer(backend, device, s.diarization_model, s.max_speakers, **opts)
-                self.load_times_s[f"diarizer:{device}"] = time.perf_counter() - started
-                logger.info("Loaded %s diarizer on %s in %.2f s", backend, device, time.perf_counter() - started)
-            return self._diarizers[device]
-
-    async def diarizer(self, device: str):
-        existing = self._diarizers.get(device)
-        return existing if existing is not None else await asyncio.to_thread(self.diarizer_sync, device)
-
-    def vad_model(self):
-        """Silero VAD: one CPU session for the process; state lives per connection."""
-        with self._guard:
-            if self._vad_model is None:
-                from whisperlivekit.audio.vad import SileroVadModel
-
-                self._vad_model = SileroVadModel()
-            return self._vad_model
+    def preload(self, devices: Iterable[str]) -> None:
+        """Load every model of each device now (blocking): the one start-up path for the CLI and the app."""
+        for device in devices:
+            self.worker_sync(device)
 
     # -- introspection ---------------------------------------------------------------
     def workers(self) -> Dict[str, DeviceWorker]:
@@ -174,14 +168,10 @@ class ModelPool:
             return dict(self._workers)
 
     def realtime_load(self, device: str) -> float:
-        worker = self._workers.get(device)
-        return worker.realtime_load() if worker else 0.0
+        return self.loads.realtime_load(device)
 
     def close(self) -> None:
         with self._guard:
             workers, self._workers = list(self._workers.values()), {}
         for worker in workers:
             worker.close()
-        for diarizer in list(self._diarizers.values()):
-            diarizer.close()
-        self._diarizers.clear()

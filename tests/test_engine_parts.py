@@ -1,0 +1,82 @@
+"""The pieces the engine wires together, without a server: diarization feed, commit lags, the update message."""
+
+from __future__ import annotations
+
+import asyncio
+
+import numpy as np
+
+from whisperlivekit.asr.types import Word
+from whisperlivekit.diarization.feed import DiarizationFeed
+from whisperlivekit.metrics import CommitLagMeter
+from whisperlivekit.protocol import PipelineView, transcript_update
+
+
+def test_diarization_feed_groups_100ms_chunks_into_half_second_pieces_and_ends_with_settling_silence():
+    async def scenario():
+        feed = DiarizationFeed(latency_s=1.0)
+        for _ in range(12):  # 1.2 s of audio, all queued before the diarizer looks
+            feed.push(np.ones(1600, np.float32))
+        feed.end()
+        return [piece async for piece in feed.pieces()]
+
+    pieces = asyncio.run(scenario())
+    assert sum(int(p.sum()) for p in pieces) == 12 * 1600, "every sample reaches the diarizer once"
+    assert len(pieces[-1]) - int(pieces[-1].sum()) == int(1.2 * 16000), "1.0 s latency + 0.2 s of silence at the end"
+
+
+def test_diarization_feed_waits_for_half_a_second_before_a_piece():
+    async def scenario():
+        feed = DiarizationFeed(latency_s=0.0)
+        pieces = feed.pieces()
+        feed.push(np.ones(1600, np.float32))
+        first = asyncio.ensure_future(pieces.__anext__())
+        await asyncio.sleep(0.05)
+        early = first.done()
+        for _ in range(4):
+            feed.push(np.ones(1600, np.float32))
+        piece = await asyncio.wait_for(first, 5)
+        return early, len(piece)
+
+    early, size = asyncio.run(scenario())
+    assert early is False and size == 8000
+
+
+def test_commit_lag_is_wall_time_from_the_arrival_of_a_words_end_to_its_commit():
+    now = [100.0]
+    meter = CommitLagMeter(clock=lambda: now[0])
+    for i in range(1, 11):  # 100 ms chunks arriving once per 100 ms
+        meter.audio_arrived(i / 10)
+        now[0] += 0.1
+    now[0] = 102.0
+    meter.committed([0.25, 0.95], offset_s=0.0)
+    assert [round(x, 2) for x in meter.lags_s] == [round(102.0 - 100.2, 2), round(102.0 - 100.9, 2)]
+
+
+def test_commit_lag_forgets_arrivals_long_before_the_offset():
+    meter = CommitLagMeter(clock=lambda: 0.0)
+    for i in range(1000):
+        meter.audio_arrived(i / 10)
+    meter.committed([], offset_s=90.0)
+    assert len(meter._arrivals) == 1000 - 850
+
+
+def _view(**overrides) -> PipelineView:
+    base = dict(committed=[Word(0.0, 0.5, " Hello"), Word(0.5, 1.0, " world")], tentative=[], received_s=2.0,
+                transcribed_until_s=1.0, speech_pending=True, vad_silent=False, vad_heard_speech=True,
+                finished=False, error=None)
+    return PipelineView(**{**base, **overrides})
+
+
+def test_update_carries_lines_buffer_and_lag():
+    update = transcript_update(_view(tentative=[Word(1.0, 1.2, " again")]), pause_s=2.0, no_audio_timeout_s=5.0)
+    assert update["status"] == "active_transcription"
+    assert [line["text"] for line in update["lines"]] == ["Hello world"]
+    assert update["buffer_transcription"] == "again"
+    assert update["remaining_time_transcription"] == 1.0
+
+
+def test_update_says_no_audio_detected_only_when_nothing_was_heard_for_the_timeout():
+    quiet = _view(committed=[], received_s=6.0, vad_heard_speech=False, speech_pending=False)
+    assert transcript_update(quiet, 2.0, 5.0)["status"] == "no_audio_detected"
+    assert transcript_update(_view(committed=[], received_s=6.0), 2.0, 5.0)["status"] == "active_transcription"
