@@ -49,7 +49,12 @@ class _FailingBackend:
 def _transcribe_with(error: BaseException):
     """(what the connection got, the device failures reported) for one request on a backend that fails."""
     reported = []
-    worker = DeviceWorker("cuda:0", _FailingBackend(error), on_device_failure=lambda device, reason: reported.append(device))
+
+    class Health:  # the DeviceHealth interface the pool gives each worker
+        def report_fault(self, device: str, reason: str) -> None:
+            reported.append(device)
+
+    worker = DeviceWorker("cuda:0", _FailingBackend(error), health=Health())
 
     async def one() -> BaseException:
         try:
