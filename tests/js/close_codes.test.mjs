@@ -18,10 +18,12 @@ test("every code the server sends is retried exactly when the table says so", ()
   }
 });
 
-test("the page follows the table, not a copy of it: flipped retry flags flip the page's decisions", () => {
-  const flipped = structuredClone(table);
-  for (const entry of Object.values(flipped.codes)) entry.retry = !entry.retry;
-  for (const code of codes) assert.equal(explainClose(code, "", flipped).retry, !table.codes[code].retry, `code ${code}`);
+test("the page follows the table, not a copy of it: a changed table changes every decision and message", () => {
+  const changed = structuredClone(table);
+  for (const [code, entry] of Object.entries(changed.codes)) Object.assign(entry, { retry: !entry.retry, message: `M${code}`, hints: {} });
+  for (const code of codes) {
+    assert.deepEqual(explainClose(code, "", changed), { message: `M${code}`, retry: !table.codes[code].retry }, `code ${code}`);
+  }
 });
 
 test("a forbidden Origin (4403) is final and says why", () => {
