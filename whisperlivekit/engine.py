@@ -47,7 +47,7 @@ class TranscriptionEngine:
         self.fed_bytes = 0
         self.segment_end_pending = False
         self.input_done = False
-        self.error: Optional[str] = None
+        self.failure: Optional[WhisperLiveKitError] = None  # typed, so api/errors.py closes with the right code
         self.finished = False
         self._wake = asyncio.Event()
         self._changed = asyncio.Event()
@@ -69,8 +69,8 @@ class TranscriptionEngine:
             self._tasks.append(self._diar_task)
 
     async def feed(self, data: bytes) -> None:
-        if self.error:
-            raise DecodeError(self.error)
+        if self.failure is not None:
+            raise self.failure
         self.fed_bytes += len(data)
         await self.decoder.feed(data)
 
@@ -89,9 +89,14 @@ class TranscriptionEngine:
     def commit_lags_s(self) -> List[float]:
         return self.commit_lag.lags_s
 
+    @property
+    def error(self) -> Optional[str]:
+        """The failure as the client is told it (the update's `error` field)."""
+        return str(self.failure) if self.failure is not None else None
+
     # -- results out -----------------------------------------------------------------
     async def updates(self) -> AsyncIterator[dict]:
-        """Snapshots as they change; ends after the final one (or raises on a decode error)."""
+        """Snapshots as they change; ends after the final one (or raises the pipeline's typed failure)."""
         while True:
             await self._changed.wait()
             self._changed.clear()
@@ -99,8 +104,8 @@ class TranscriptionEngine:
             if latest is not None and latest != self._last_sent:
                 self._last_sent = latest
                 yield latest
-            if self.error:
-                raise DecodeError(self.error)
+            if self.failure is not None:
+                raise self.failure
             if self.finished:
                 return
 
@@ -148,10 +153,10 @@ class TranscriptionEngine:
             async for chunk in self.decoder.chunks():
                 await self._on_audio(chunk)
         except DecodeError as exc:
-            self.error = str(exc)
+            self.failure = exc
             self.log.warning("decode error: %s", exc)
         except WhisperLiveKitError as exc:
-            self.error = str(exc)
+            self.failure = exc
         finally:
             self.input_done = True
             if self._diar_feed is not None:
@@ -204,14 +209,14 @@ class TranscriptionEngine:
                     self._publish()
                 if self.input_done:
                     break
-            if not self.error:
+            if self.failure is None:
                 if self.policy.unprocessed_s > 0.05 and self._has_speech():
                     await self._step()
                 self._commit(self.policy.finish())
                 if self._diar_feed is not None:
                     await self._diar_task
         except WhisperLiveKitError as exc:
-            self.error = str(exc)
+            self.failure = exc
             self.log.error("transcription failed: %s", exc)
         finally:
             self.finished = True

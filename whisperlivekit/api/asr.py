@@ -140,8 +140,8 @@ async def _stream(websocket: WebSocket, services: Services, engine: Transcriptio
             if watchdog in done:
                 raise watchdog.exception()  # type: ignore[misc]
             sender.result()
-            if engine.error:
-                raise DecodeError(engine.error)
+            if engine.failure is not None:
+                raise engine.failure
             await _send(websocket, READY_TO_STOP)
             await _close(websocket, NORMAL_END)
             return NORMAL_END.label
