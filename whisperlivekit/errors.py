@@ -42,3 +42,7 @@ class LimitExceeded(ProtocolViolation):
     def __init__(self, message: str, close_code: int, reason: str) -> None:
         super().__init__(message, close_code)
         self.reason = reason
+
+
+class InvalidParameter(WhisperLiveKitError):
+    """A request parameter (query string) has a value the server cannot use; the message says what is allowed."""

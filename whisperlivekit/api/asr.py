@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import re
 import time
 import uuid
 from typing import Optional, Tuple
@@ -17,8 +16,11 @@ from fastapi import APIRouter, Depends, WebSocket
 from starlette.websockets import WebSocketDisconnect, WebSocketState
 
 from whisperlivekit.api import security
+from whisperlivekit.api.params import parse_language
 from whisperlivekit.engine import TranscriptionEngine
-from whisperlivekit.errors import DecodeError, DeviceError, LimitExceeded, ModelLoadError, NoCapacity, ProtocolViolation
+from whisperlivekit.errors import (
+    DecodeError, DeviceError, InvalidParameter, LimitExceeded, ModelLoadError, NoCapacity, ProtocolViolation,
+)
 from whisperlivekit.gpu.manager import Slot
 from whisperlivekit.limits import SessionGuard
 from whisperlivekit.protocol import READY_TO_STOP, config_message, error_message
@@ -35,7 +37,6 @@ CLOSE_POLICY = 1008
 CLOSE_TOO_BIG = 1009
 CLOSE_INTERNAL = 1011
 CLOSE_BAD_PARAMS = 4400
-_LANGUAGE = re.compile(r"^(auto|[a-z]{2,3}(-[A-Za-z]{2,4})?)$")
 
 
 async def _close(websocket: WebSocket, code: int, reason: str = "") -> None:
@@ -52,13 +53,6 @@ async def _send(websocket: WebSocket, message: dict) -> bool:
         return True
     except (WebSocketDisconnect, RuntimeError, ConnectionError):
         return False
-
-
-def _language(services: Services, requested: Optional[str]) -> Optional[str]:
-    language = requested or services.settings.language
-    if not _LANGUAGE.match(language):
-        raise ValueError(f"invalid language {language!r}: use an ISO 639-1 code such as 'en', or 'auto'")
-    return None if language == "auto" else language
 
 
 async def _admit_and_build(services: Services, websocket: WebSocket, connection_id: str, language: Optional[str]):
@@ -182,8 +176,10 @@ async def asr(websocket: WebSocket, services: Services = Depends(get_ws_services
         await _close(websocket, code, reason)
         return
     try:
-        language = _language(services, websocket.query_params.get("language"))
-    except ValueError as exc:
+        settings = services.settings
+        language = parse_language(websocket.query_params.get("language"), settings.language,
+                                  services.pool.languages(), settings.model)
+    except InvalidParameter as exc:
         metrics.refused.labels("bad_parameters").inc()
         await _send(websocket, error_message(str(exc)))
         await _close(websocket, CLOSE_BAD_PARAMS, "Bad parameters")
