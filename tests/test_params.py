@@ -35,11 +35,13 @@ def test_an_english_only_model_refuses_french_and_says_why():
     assert parse_language("en", "auto", ENGLISH_ONLY, "tiny.en") == "en"
 
 
-@pytest.mark.parametrize("entries, multilingual", [(51_864, False), (51_865, True), (51_866, True)])
-def test_a_ctranslate2_folder_is_multilingual_from_its_vocabulary_size(tmp_path, entries, multilingual):
+@pytest.mark.parametrize("entries, multilingual, languages", [(51_864, False, 1), (51_865, True, 99), (51_866, True, 100)])
+def test_a_ctranslate2_folder_is_multilingual_from_its_vocabulary_size(tmp_path, entries, multilingual, languages):
     (tmp_path / "vocabulary.txt").write_text("tok\n" * entries)
     assert is_multilingual(tmp_path, "any-name") is multilingual
-    assert model_languages(tmp_path) == (WHISPER_LANGUAGES if multilingual else ENGLISH_ONLY)
+    allowed = model_languages(tmp_path)
+    assert len(allowed) == languages and "en" in allowed
+    assert ("yue" in allowed) is (languages == 100)  # Cantonese only from large-v3 on
 
 
 def test_a_checkpoint_file_is_english_only_when_named_dot_en(tmp_path):

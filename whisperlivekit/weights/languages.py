@@ -1,8 +1,9 @@
 """Which languages a Whisper model accepts, known before any connection loads it.
 
 English-only checkpoints (`tiny.en`, ...) have a 51,864-token vocabulary, multilingual
-ones 51,865 or more (CTranslate2's own `is_multilingual` rule); a CTranslate2 model
-folder lists its vocabulary, so the answer costs one file read, not a model load.
+ones 51,865 (99 languages) or 51,866 (large-v3: Cantonese, `yue`, added), CTranslate2's
+own rule; a CTranslate2 model folder lists its vocabulary, so the answer costs one file
+read, not a model load.
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ from faster_whisper.tokenizer import _LANGUAGE_CODES  # Whisper's language token
 WHISPER_LANGUAGES: FrozenSet[str] = frozenset(_LANGUAGE_CODES)
 ENGLISH_ONLY: FrozenSet[str] = frozenset({"en"})
 _MULTILINGUAL_VOCABULARY = 51_865
+_CANTONESE_VOCABULARY = 51_866  # the 100th language token
 
 
 def _vocabulary_size(folder: Path) -> Optional[int]:
@@ -39,4 +41,8 @@ def is_multilingual(model_path: Path, model_name: str = "") -> bool:
 
 
 def model_languages(model_path: Path, model_name: str = "") -> FrozenSet[str]:
-    return WHISPER_LANGUAGES if is_multilingual(model_path, model_name) else ENGLISH_ONLY
+    """The codes the model has language tokens for (all of Whisper's when its vocabulary is unknown)."""
+    if not is_multilingual(model_path, model_name):
+        return ENGLISH_ONLY
+    size = _vocabulary_size(model_path) if model_path.is_dir() else None
+    return WHISPER_LANGUAGES - {"yue"} if size is not None and size < _CANTONESE_VOCABULARY else WHISPER_LANGUAGES
