@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import re
 import subprocess
 import sys
 
@@ -132,9 +133,10 @@ def test_mp3_is_transcribed_from_its_first_word(server, speech_pcm, tmp_path):
     mp3 = tmp_path / "harvard.mp3"
     subprocess.run(["ffmpeg", "-loglevel", "error", "-f", "s16le", "-ar", "16000", "-ac", "1", "-i", "-",
                     "-c:a", "libmp3lame", "-b:a", "32k", str(mp3)], input=pcm, check=True)
-    result = run(stream(server.ws_url, mp3.read_bytes(), pcm=False, speed=4.0))
-    assert result.ended_with_ready_to_stop
-    assert result.text.lower().startswith("the birch canoe"), result.text
+    result = run(stream(server.ws_url, mp3.read_bytes(), pcm=False, speed=2.0))
+    assert result.ended_with_ready_to_stop, (result.close_code, result.close_reason)
+    first_words = re.sub(r"[^a-z ]", "", result.text.lower()).split()[:3]
+    assert first_words == ["the", "birch", "canoe"], result.text  # the decoder used to lose the first 1.26 s
     assert wer(reference, result.text) <= 0.10, result.text
 
 
