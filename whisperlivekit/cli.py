@@ -188,8 +188,9 @@ def settings_from_args(argv: Optional[Sequence[str]] = None, environ: Optional[M
 def transport_frame_cap(max_frame_bytes: int) -> int:
     """uvicorn's `ws_max_size`: far above `--max-frame-bytes`, so that our own check answers oversized
     frames (JSON error, then 1009 naming the limit); frames past this cap are refused by the WebSocket
-    layer from their header (1009, "frame with N bytes exceeds limit of ..."). uvicorn holds at most one
-    unread message per connection, so the cap also bounds what one connection can make us buffer."""
+    layer from their header (1009, "frame with N bytes exceeds limit of ..."). uvicorn stops reading a
+    connection while a received message waits for us, so the cap also bounds what one client can make us
+    buffer: keep it a small multiple of the frame limit."""
     return max(8 * max_frame_bytes, 8 * 1024 * 1024)
 
 
