@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import re
 import subprocess
 import sys
 
@@ -11,7 +12,7 @@ import pytest
 import websockets
 
 from conftest import run, running_server, wer
-from helpers import close_code_after, drop_tcp, eventually, ffmpeg_children, messages_until_close, open_session
+from helpers import drop_tcp, eventually, ffmpeg_children, messages_until_close, open_session
 from whisperlivekit.client import stream
 
 
@@ -47,25 +48,96 @@ def test_text_frame_is_a_protocol_error_closed_with_1003(server):
     assert messages[-1]["type"] == "error"
 
 
-def test_oversized_frame_is_closed_with_1009(server):
+MAX_FRAME_BYTES = 100_000  # the module server's --max-frame-bytes
+
+
+async def _send_one_frame(url: str, size: int):
+    ws, _, _ = await open_session(url)
+    await ws.send(b"\0" * size)
+    messages = await messages_until_close(ws)
+    return messages, ws.close_code, ws.close_reason
+
+
+@pytest.mark.parametrize("size", [MAX_FRAME_BYTES + 1, 2 * MAX_FRAME_BYTES, 5 * 1024 * 1024],
+                         ids=["just-over", "twice", "5-MiB"])
+def test_oversized_frame_gets_a_json_error_naming_the_limit_then_1009(server, size):
+    messages, code, reason = run(_send_one_frame(server.ws_url, size))
+    assert code == 1009 and str(MAX_FRAME_BYTES) in reason
+    errors = [m for m in messages if m.get("type") == "error"]
+    assert errors and f"{size} bytes exceeds the {MAX_FRAME_BYTES}-byte limit" in errors[-1]["error"]
+
+
+def test_frame_past_the_transport_cap_is_closed_with_1009_and_a_reason():
+    from whisperlivekit.cli import transport_frame_cap
+
+    cap = transport_frame_cap(MAX_FRAME_BYTES)
+    assert cap >= 8 * MAX_FRAME_BYTES  # the server's own limit answers everything below
+    with running_server("--max-frame-bytes", str(MAX_FRAME_BYTES)) as small:
+        messages, code, reason = run(_send_one_frame(small.ws_url, cap + 1))
+        assert code == 1009 and f"exceeds limit of {cap} bytes" in reason
+        assert small.get("/health").status_code == 200
+
+
+async def _language_refusal(url: str, query: str):
+    ws = await websockets.connect(url + "?language=" + query)
+    messages = await messages_until_close(ws)
+    return messages, ws.close_code
+
+
+@pytest.mark.parametrize("query", ["english!!", "en%0A", "xx", "zzz-ABCD", "en-US", "fr"])
+def test_a_language_the_model_does_not_know_gets_an_error_then_4400(server, query):
+    messages, code = run(_language_refusal(server.ws_url, query))
+    assert code == 4400
+    assert messages and messages[0]["type"] == "error"
+    assert "invalid language" in messages[0]["error"]
+    assert "tiny.en is English-only; use 'en' or 'auto'" in messages[0]["error"]  # the test model is tiny.en
+
+
+@pytest.mark.parametrize("query", ["en", "auto"])
+def test_english_and_auto_are_accepted_by_an_english_only_model(server, query):
     async def scenario():
-        ws, _, _ = await open_session(server.ws_url)
-        await ws.send(b"\0" * 200_000)
-        messages = await messages_until_close(ws)
-        return messages, ws.close_code, ws.close_reason
+        ws, first, _ = await open_session(f"{server.ws_url}?language={query}")
+        await ws.close()
+        return first
 
-    messages, code, reason = run(scenario())
-    assert code == 1009 and "100000" in reason
+    assert run(scenario())["type"] == "config"
 
 
-def test_bad_language_parameter_gets_an_error_then_4400(server):
+def _empty_stream_then_end(url: str, payload: bytes):
     async def scenario():
-        ws = await websockets.connect(server.ws_url + "?language=english!!")
-        messages = await messages_until_close(ws)
-        return messages, ws.close_code
+        ws, config, _ = await open_session(url)
+        if payload:
+            await ws.send(payload)
+        await ws.send(b"")
+        return config, await messages_until_close(ws), ws.close_code
 
-    messages, code = run(scenario())
-    assert code == 4400 and "invalid language" in messages[0]["error"]
+    return run(scenario())
+
+
+@pytest.mark.parametrize("header", [False, True], ids=["end-frame-only", "header-and-end-frame"])
+def test_webm_stream_that_ends_before_any_audio_gets_a_final_update_and_ready_to_stop(server, header, speech_pcm, webm):
+    payload = b""
+    if header:
+        recording = webm(speech_pcm("arctic_a0007")[0])
+        payload = recording[: recording.find(b"\x1f\x43\xb6\x75")]  # everything before the first Cluster
+        assert payload.startswith(b"\x1a\x45\xdf\xa3")
+    config, messages, code = _empty_stream_then_end(server.ws_url, payload)
+    assert config["type"] == "config"
+    assert messages[-1] == {"type": "ready_to_stop"} and code == 1000
+    final = [m for m in messages if "lines" in m][-1]
+    assert final.get("status") != "error" and not any(line.get("text") for line in final["lines"])
+
+
+def test_mp3_is_transcribed_from_its_first_word(server, speech_pcm, tmp_path):
+    pcm, reference = speech_pcm("harvard")
+    mp3 = tmp_path / "harvard.mp3"
+    subprocess.run(["ffmpeg", "-loglevel", "error", "-f", "s16le", "-ar", "16000", "-ac", "1", "-i", "-",
+                    "-c:a", "libmp3lame", "-b:a", "32k", str(mp3)], input=pcm, check=True)
+    result = run(stream(server.ws_url, mp3.read_bytes(), pcm=False, speed=2.0))
+    assert result.ended_with_ready_to_stop, (result.close_code, result.close_reason)
+    first_words = re.sub(r"[^a-z ]", "", result.text.lower()).split()[:3]
+    assert first_words == ["the", "birch", "canoe"], result.text  # the decoder used to lose the first 1.26 s
+    assert wer(reference, result.text) <= 0.10, result.text
 
 
 def test_any_sample_rate_and_container_is_resampled_by_ffmpeg(server, speech_pcm, tmp_path):

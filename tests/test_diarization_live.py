@@ -5,7 +5,6 @@ from __future__ import annotations
 import itertools
 import subprocess
 
-import numpy as np
 import pytest
 
 from conftest import run, running_server, wer

@@ -185,6 +185,15 @@ def settings_from_args(argv: Optional[Sequence[str]] = None, environ: Optional[M
         raise  # unreachable: parser.error exits
 
 
+def transport_frame_cap(max_frame_bytes: int) -> int:
+    """uvicorn's `ws_max_size`: far above `--max-frame-bytes`, so that our own check answers oversized
+    frames (JSON error, then 1009 naming the limit); frames past this cap are refused by the WebSocket
+    layer from their header (1009, "frame with N bytes exceeds limit of ..."). uvicorn stops reading a
+    connection while a received message waits for us, so the cap also bounds what one client can make us
+    buffer: keep it a small multiple of the frame limit."""
+    return max(8 * max_frame_bytes, 8 * 1024 * 1024)
+
+
 def main(argv: Optional[List[str]] = None) -> None:
     settings = settings_from_args(argv)
     from whisperlivekit.logging_setup import configure_logging
@@ -211,7 +220,7 @@ def main(argv: Optional[List[str]] = None) -> None:
 
     config = uvicorn.Config(
         app, host=settings.host, port=settings.port, ssl_certfile=settings.ssl_certfile, ssl_keyfile=settings.ssl_keyfile,
-        log_config=None, ws_max_size=max(settings.max_frame_bytes * 2, 65536), ws_ping_interval=20, ws_ping_timeout=20,
+        log_config=None, ws_max_size=transport_frame_cap(settings.max_frame_bytes), ws_ping_interval=20, ws_ping_timeout=20,
     )
     DrainingServer(config, app.state.services, settings.drain_timeout_s).run()
     logger.info("Server stopped")

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import re
 import time
 import uuid
 from typing import Optional
@@ -17,6 +16,7 @@ from fastapi import APIRouter, Depends, WebSocket
 from starlette.websockets import WebSocketDisconnect, WebSocketState
 
 from whisperlivekit.api import security
+from whisperlivekit.api.params import parse_language
 from whisperlivekit.engine import TranscriptionEngine
 from whisperlivekit.api.errors import FINISHED_AT_SHUTDOWN, INTERNAL_ERROR, NORMAL_END, Ending, ending_for, is_device_fault
 from whisperlivekit.errors import (
@@ -31,7 +31,6 @@ from whisperlivekit.services import Services, get_ws_services
 logger = logging.getLogger(__name__)
 router = APIRouter()
 
-_LANGUAGE = re.compile(r"^(auto|[a-z]{2,3}(-[A-Za-z]{2,4})?)$")
 
 
 async def _close(websocket: WebSocket, ending: Ending, exc: Optional[BaseException] = None) -> None:
@@ -48,13 +47,6 @@ async def _send(websocket: WebSocket, message: dict) -> bool:
         return True
     except (WebSocketDisconnect, RuntimeError, ConnectionError):
         return False
-
-
-def _language(services: Services, requested: Optional[str]) -> Optional[str]:
-    language = requested or services.settings.language
-    if not _LANGUAGE.match(language):
-        raise BadParameters(f"invalid language {language!r}: use an ISO 639-1 code such as 'en', or 'auto'")
-    return None if language == "auto" else language
 
 
 async def _admit_and_build(services: Services, websocket: WebSocket, connection_id: str, language: Optional[str]):
@@ -204,7 +196,9 @@ async def asr(websocket: WebSocket, services: Services = Depends(get_ws_services
         await _refuse(websocket, services, refusal, log)
         return
     try:
-        language = _language(services, websocket.query_params.get("language"))
+        settings = services.settings
+        language = parse_language(websocket.query_params.get("language"), settings.language,
+                                  services.pool.languages(), settings.model)
     except BadParameters as exc:
         await _refuse(websocket, services, exc, log, tell=True)
         return

@@ -18,6 +18,8 @@ from whisperlivekit.errors import DecodeError
 from whisperlivekit.audio import SAMPLE_RATE
 
 _READ_BYTES = 3_200  # 100 ms of s16le at 16 kHz
+# ffmpeg's words for "the input ended while reading the container header" (AVERROR_EOF, truncated Matroska)
+_END_BEFORE_AUDIO = ("End of file", "File ended prematurely")
 
 logger = logging.getLogger(__name__)
 
@@ -70,8 +72,16 @@ class PCMPassthrough:
 class FFmpegDecoder:
     """One ffmpeg process decoding a byte stream from its stdin, incrementally.
 
-    Low-latency flags make ffmpeg emit PCM as soon as a container slice is
-    complete instead of buffering seconds of input for probing.
+    A small probe (`-probesize 4096 -analyzeduration 0`) makes ffmpeg start
+    decoding after the first few KB instead of buffering seconds of input.
+    `-fflags nobuffer` is deliberately absent: it makes ffmpeg drop the packets
+    it read while probing, so MP3 lost its first ~0.5-1.3 s, WAV and FLAC their
+    first 70-130 ms and Opus its first 20 ms. Without it every format starts at
+    sample 0, and WebM's decode delay is no worse (tests/test_input_formats.py).
+
+    A stream that ends before any audio (only the empty end frame, or a
+    container header and the end frame) is an empty recording, not a decode
+    error: `chunks()` then ends without PCM and without raising.
     """
 
     def __init__(self, ffmpeg: str = "ffmpeg", label: str = "") -> None:
@@ -81,6 +91,7 @@ class FFmpegDecoder:
         self._stderr_tail = b""
         self._stderr_task: Optional[asyncio.Task] = None
         self._closed = False
+        self._fed_bytes = 0
 
     @property
     def pid(self) -> Optional[int]:
@@ -94,7 +105,7 @@ class FFmpegDecoder:
             )
         self._proc = await asyncio.create_subprocess_exec(
             self._ffmpeg, "-hide_banner", "-loglevel", "error", "-nostdin",
-            "-fflags", "nobuffer", "-probesize", "4096", "-analyzeduration", "0",
+            "-probesize", "4096", "-analyzeduration", "0",
             "-i", "pipe:0",
             "-f", "s16le", "-acodec", "pcm_s16le", "-ac", "1", "-ar", str(SAMPLE_RATE), "pipe:1",
             stdin=asyncio.subprocess.PIPE,
@@ -117,10 +128,20 @@ class FFmpegDecoder:
         reason = detail[-1] if detail else "ffmpeg stopped"
         return DecodeError(f"Could not decode audio: {reason}")
 
+    def _ended_before_audio(self) -> bool:
+        """True when the input held no audio at all: nothing was fed, or ffmpeg hit the end of the
+        input while still reading the container header (it says "End of file" / "ended prematurely");
+        bytes it cannot read at all say "Invalid data" instead and stay a decode error."""
+        if self._fed_bytes == 0:
+            return True
+        tail = self._stderr_tail.decode(errors="replace")
+        return any(marker in tail for marker in _END_BEFORE_AUDIO)
+
     async def feed(self, data: bytes) -> None:
         assert self._proc and self._proc.stdin
         if self._proc.returncode is not None:
             raise self._failure()
+        self._fed_bytes += len(data)
         try:
             self._proc.stdin.write(data)
             await self._proc.stdin.drain()
@@ -152,6 +173,9 @@ class FFmpegDecoder:
         returncode = await self._proc.wait()
         if self._stderr_task:
             await asyncio.wait([self._stderr_task], timeout=1.0)
+        if not produced and self._ended_before_audio():
+            logger.debug("%s input ended before any audio (%d bytes)", self._label, self._fed_bytes)
+            return
         if returncode != 0 or (not produced and self._stderr_tail):
             raise self._failure()
 

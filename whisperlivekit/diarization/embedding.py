@@ -38,7 +38,8 @@ from typing import List, Optional
 
 import numpy as np
 
-from whisperlivekit.diarization.types import SAMPLE_RATE, DiarizationState, SpeakerSegment
+from whisperlivekit.audio import SAMPLE_RATE
+from whisperlivekit.diarization.types import DiarizationState, SpeakerSegment
 from whisperlivekit.errors import DeviceError, ModelLoadError, ModelNotFound, device_faults
 
 logger = logging.getLogger(__name__)

@@ -25,11 +25,12 @@ import socket
 import threading
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, List, Optional
+from typing import Any, List
 
 import numpy as np
 
-from whisperlivekit.diarization.types import SAMPLE_RATE, DiarizationState, SpeakerSegment
+from whisperlivekit.audio import SAMPLE_RATE
+from whisperlivekit.diarization.types import DiarizationState, SpeakerSegment
 from whisperlivekit.errors import DeviceError, ModelLoadError, ModelNotFound, device_faults
 
 logger = logging.getLogger(__name__)

@@ -11,7 +11,6 @@ from dataclasses import dataclass, field
 from typing import Dict, List, Protocol, Set
 
 import numpy as np
-from whisperlivekit.audio import SAMPLE_RATE
 
 
 

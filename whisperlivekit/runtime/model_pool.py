@@ -18,8 +18,9 @@ import os
 import threading
 import time
 from pathlib import Path
-from typing import Any, Callable, Dict, Iterable, Optional
+from typing import Any, Callable, Dict, FrozenSet, Iterable, Optional
 
+from whisperlivekit.weights.languages import model_languages
 from whisperlivekit.weights.resolve import resolve_model
 from whisperlivekit.asr.backends import CHECKPOINT_BACKENDS
 from whisperlivekit.asr.types import WhisperBackend
@@ -74,6 +75,7 @@ class ModelPool:
         self._guard = threading.Lock()
         self.load_times_s: Dict[str, float] = {}
         self._model_path: Optional[Path] = None
+        self._languages: Optional[FrozenSet[str]] = None
 
     # -- loading -------------------------------------------------------------------
     def model_path(self) -> Path:
@@ -83,6 +85,12 @@ class ModelPool:
                 checkpoints=self.settings.backend in CHECKPOINT_BACKENDS, allow_download=self.settings.allow_download,
             )
         return self._model_path
+
+    def languages(self) -> FrozenSet[str]:
+        """Language codes the model accepts (read from its files once, without loading it)."""
+        if self._languages is None:
+            self._languages = model_languages(self.model_path(), self.settings.model)
+        return self._languages
 
     def _default_factory(self, device: str, lanes: int) -> WhisperBackend:
         from whisperlivekit.asr.backends import load_backend

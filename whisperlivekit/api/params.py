@@ -1,0 +1,32 @@
+"""Query parameters of `/asr`, parsed and checked before a connection is admitted.
+
+Each parser returns a clean value or raises `BadParameters` with a message that says
+what is allowed; `api/` turns that into an error message and close 4400.
+"""
+
+from __future__ import annotations
+
+from typing import FrozenSet, Optional
+
+from whisperlivekit.errors import BadParameters
+
+AUTO = "auto"
+
+
+def parse_language(requested: Optional[str], default: str, allowed: FrozenSet[str], model: str) -> Optional[str]:
+    """The language to force, or None for detection (`auto`).
+
+    Looked up whole in the model's set, so `"en\\n"` is not `"en"` (a `^...$` pattern let it through).
+    """
+    language = default if requested is None or requested == "" else requested
+    if language == AUTO:
+        return None
+    if language in allowed:
+        return language
+    shown = repr(language)
+    if allowed == frozenset({"en"}):
+        raise BadParameters(f"invalid language {shown}: model {model} is English-only; use 'en' or 'auto'")
+    raise BadParameters(
+        f"invalid language {shown}: use 'auto' or one of the {len(allowed)} languages of model {model}: "
+        + ", ".join(sorted(allowed))
+    )
