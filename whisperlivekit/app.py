@@ -16,6 +16,7 @@ from fastapi import FastAPI
 from whisperlivekit.config import Settings
 from whisperlivekit.gpu.manager import GpuManager
 from whisperlivekit.gpu.nvml import GpuProbe, NvmlProbe, SimulatedProbe
+from whisperlivekit.history import History
 from whisperlivekit.runtime.model_pool import ModelPool
 from whisperlivekit.services import EngineFactory, Services
 
@@ -77,6 +78,7 @@ def create_app(
 
     @asynccontextmanager
     async def lifespan(app: FastAPI):
+        history.start()  # the dashboard's charts: sampled from start-up, preload included
         for line in manager.table() or ["no GPUs: engines run on the CPU"]:
             logger.info(line)
         if settings.preload:
@@ -87,10 +89,13 @@ def create_app(
             if settings.vac:
                 await asyncio.to_thread(pool.vad_model)
         yield
+        await history.stop()
         await asyncio.to_thread(pool.close)
 
+    history = History(services)
     app = FastAPI(title="whisperlivekit", lifespan=lifespan)
     app.state.services = services
+    app.state.history = history
 
     from whisperlivekit.api import asr, security, status, web
 
