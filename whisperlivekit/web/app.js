@@ -5,6 +5,7 @@
  * recording, reconnecting, finishing, finished or error.
  */
 import { AsrSession, backoffMs, defaultAsrUrl, explainClose } from "./connection.js";
+import { RecordingMeter } from "./meter.js";
 import { closeMicrophone, listMicrophones, openMicrophone, startCapture } from "./recorder.js";
 import { copyText, downloadText, transcriptFilename } from "./share.js";
 import { Transcript, formatLag } from "./transcript.js";
@@ -16,6 +17,7 @@ const ui = {
   lagDiarization: $("lag-diarization"), copy: $("copy"), download: $("download"), empty: $("empty"),
 };
 const transcript = new Transcript($("lines"), $("buffer"));
+const meter = new RecordingMeter({ row: $("meter-row"), meter: $("level"), fill: $("level-fill"), elapsed: $("elapsed") });
 const STREAMING = new Set(["connecting", "queued", "recording", "reconnecting"]);
 
 /** For tests and debugging: the type of every message received ("update" for transcripts). */
@@ -80,6 +82,7 @@ async function refreshMicrophones() {
 async function stopCapture() {
   const current = capture;
   capture = null;
+  meter.pause();
   if (current) await current.stop();
 }
 
@@ -87,6 +90,7 @@ function release() {
   clearTimeout(retryTimer);
   retryTimer = null;
   stopCapture();
+  meter.stop();
   closeMicrophone(microphone);
   microphone = null;
 }
@@ -96,6 +100,7 @@ async function start() {
   transcript.clear();
   refreshTranscriptView();
   resetFacts();
+  meter.reset();
   setState("connecting", "Opening the microphone…");
   try {
     microphone = await openMicrophone(ui.mic.value);
@@ -143,6 +148,7 @@ async function onConfig(me, config) {
     const started = await startCapture(microphone, config.useAudioWorklet, (chunk) => me.send(chunk));
     if (session !== me || !recording) return void started.stop();
     capture = started;
+    meter.start(started.level);
     ui.audio.textContent = started.kind;
     setState("recording", "Recording");
   } catch (error) {
@@ -183,6 +189,7 @@ function onClose(me, code, reason) {
 
 async function stop() {
   recording = false;
+  meter.stop();
   const me = session;
   if (!me || !me.isOpen || !capture) { // nothing streamed yet: just hang up
     release();
