@@ -134,7 +134,7 @@ def test_live_page_transcribes_the_microphone_and_finishes_on_stop(tmp_path, fla
             received = await page.evaluate("window.wlkDebug.received")
             assert received[0] == "config" and received[-1] == "ready_to_stop", received
             assert await page.get_by_test_id("error").is_hidden()
-            await _screenshot(page, tmp_path, "live.png", save_to_docs=capture == "MediaRecorder")
+            await _screenshot(page, tmp_path, "live.png", save_to_docs=False)  # docs: the level meter test
             async with page.expect_download() as download_info:
                 await page.get_by_test_id("download-button").click()
             download = await download_info.value
@@ -200,7 +200,7 @@ def test_dashboard_shows_each_gpus_connections_and_follows_them_down_to_zero(tmp
             assert await cards.count() == 4
             assert "simulated" in (await cards.first.inner_text()).lower()
             assert await page.get_by_test_id("cpu-card").count() == 0
-            await _screenshot(page, tmp_path, "dashboard.png")
+            await _screenshot(page, tmp_path, "dashboard.png", save_to_docs=False)  # docs: the charts test
 
             for ws, _ in held:
                 await ws.close()
@@ -275,6 +275,168 @@ def test_live_page_reconnects_while_recording_when_the_server_comes_back(tmp_pat
             await page.get_by_test_id("record-button").click()
             await page.locator('[data-testid="status"][data-state="finished"]').wait_for(timeout=60_000)
             assert (await page.evaluate("window.wlkDebug.received")).count("config") >= 2
+            await browser.close()
+
+    with running_server() as server:
+        run(scenario(server))
+
+
+# --- history charts and the level meter ----------------------------------------------
+
+
+def _collect_console_errors(page) -> list:
+    errors = []
+    page.on("console", lambda message: message.type == "error" and errors.append(message.text))
+    page.on("pageerror", lambda error: errors.append(str(error)))
+    return errors
+
+
+async def _chart_story(box) -> dict:
+    """What a chart element says it shows: points, first, peak and latest value."""
+    story = {name: await box.get_attribute(f"data-{name}") for name in ("points", "first", "peak", "latest")}
+    return {name: float(value) if value else None for name, value in story.items()}
+
+
+async def _painted_pixels(box) -> int:
+    return await box.evaluate("""(box) => {
+        const canvas = box.querySelector("canvas");
+        const pixels = canvas.getContext("2d").getImageData(0, 0, canvas.width, canvas.height).data;
+        let painted = 0;
+        for (let i = 3; i < pixels.length; i += 4) if (pixels[i] > 0) painted += 1;
+        return painted;
+    }""")
+
+
+@pytest.mark.browser
+def test_dashboard_charts_rise_and_fall_with_five_clients_on_four_gpus(tmp_path):
+    async_playwright = _async_playwright()
+
+    async def scenario(server):
+        async with async_playwright() as playwright:
+            browser = await _launch(playwright, tmp_path)
+            page = browser.pages[0] if browser.pages else await browser.new_page()
+            errors = _collect_console_errors(page)
+            await page.set_viewport_size({"width": 1200, "height": 720})
+            await page.goto(server.base_url + "/dashboard")
+            host = page.get_by_test_id("host-chart")
+            gpu_chart = lambda gpu_id: page.locator(f'[data-gpu-id="{gpu_id}"] [data-testid="chart"][data-metric="connections"]')  # noqa: E731
+
+            async def has_points(minimum):
+                return ((await _chart_story(host))["points"] or 0) >= minimum
+            assert await _wait_for(lambda: has_points(1), timeout_s=10), "the host chart got no sample"
+            idle_pixels = {gpu_id: await _painted_pixels(gpu_chart(gpu_id)) for gpu_id in range(4)}
+
+            held = await _hold_connections(server.ws_url, 5)
+            per_gpu = Counter(config["gpu_id"] for _, config in held)
+            await asyncio.sleep(10)  # ~5 samples at 5 connections
+            for ws, _ in held[:3]:
+                await ws.close()
+            async def down_to_two():
+                return (await _chart_story(host))["latest"] == 2
+            assert await _wait_for(down_to_two, timeout_s=10), await _chart_story(host)
+            await asyncio.sleep(3)
+            await _screenshot(page, tmp_path, "dashboard.png")
+
+            for ws, _ in held[3:]:
+                await ws.close()
+            async def down_to_zero():
+                return (await _chart_story(host))["latest"] == 0
+            assert await _wait_for(down_to_zero, timeout_s=10), await _chart_story(host)
+
+            story = await _chart_story(host)
+            assert (story["first"], story["peak"], story["latest"]) == (0, 5, 0), story
+            assert story["points"] >= 10, story
+            for gpu_id in range(4):
+                chart = gpu_chart(gpu_id)
+                story = await _chart_story(chart)
+                assert (story["first"], story["peak"], story["latest"]) == (0, per_gpu.get(gpu_id, 0), 0), (gpu_id, story)
+                if per_gpu.get(gpu_id):  # the curve that rose was drawn: its filled area paints the canvas
+                    assert await _painted_pixels(chart) > idle_pixels[gpu_id] + 200, gpu_id
+                assert "peak" in await chart.get_attribute("aria-label")
+            assert await page.locator('[data-testid="chart"][data-metric="memory"]').count() == 4
+            await page.set_viewport_size({"width": 390, "height": 844})
+            await asyncio.sleep(0.5)  # the charts follow their containers' width on the next frame
+            assert await _fits_phone_width(page), "the dashboard with charts overflows a phone-width screen"
+            assert not errors, errors
+            await browser.close()
+
+    with running_server("--simulate-gpus", "4", "--max-connections-per-gpu", "4") as server:
+        run(scenario(server))
+
+
+def _speech_then_silence(tmp_path: Path, silence_s: float = 4.0) -> Path:
+    """The Harvard clip followed by digital silence: Chromium loops it as the microphone."""
+    import wave
+
+    with wave.open(str(HARVARD_WAV)) as source:
+        params, frames = source.getparams(), source.readframes(source.getnframes())
+    path = tmp_path / "speech-then-silence.wav"
+    with wave.open(str(path), "wb") as out:
+        out.setparams(params)
+        out.writeframes(frames + b"\0" * int(silence_s * params.framerate) * params.sampwidth * params.nchannels)
+    return path
+
+
+def _longest_run(values, predicate) -> int:
+    longest = current = 0
+    for value in values:
+        current = current + 1 if predicate(value) else 0
+        longest = max(longest, current)
+    return longest
+
+
+@pytest.mark.browser
+def test_level_meter_moves_during_speech_rests_in_silence_and_the_clock_runs(tmp_path):
+    async_playwright = _async_playwright()
+    if not HARVARD_WAV.exists():
+        pytest.skip(f"{HARVARD_WAV} is missing: apt-get install -y codec2-examples")
+    microphone = _speech_then_silence(tmp_path)  # 10.8 s of speech, 4 s of silence, looped
+
+    async def scenario(server):
+        async with async_playwright() as playwright:
+            browser = await _launch(playwright, tmp_path, fake_audio=microphone)
+            page = browser.pages[0] if browser.pages else await browser.new_page()
+            errors = _collect_console_errors(page)
+            await page.goto(server.base_url + "/")
+            meter = page.get_by_test_id("level-meter")
+            assert not await meter.is_visible(), "no meter before recording"
+            await page.get_by_test_id("record-button").click()
+            await page.locator('[data-testid="status"][data-state="recording"]').wait_for(timeout=30_000)
+            assert await meter.is_visible()
+            first_clock = await page.get_by_test_id("elapsed").inner_text()
+
+            # the meter's value every 50 ms for one loop of the clip and a bit (15.5 s)
+            levels = await page.evaluate("""() => new Promise((resolve) => {
+                const meter = document.querySelector('[data-testid="level-meter"]'), values = [];
+                const timer = setInterval(() => {
+                    values.push(Number(meter.getAttribute("aria-valuenow")));
+                    if (values.length >= 330) { clearInterval(timer); resolve(values); }
+                }, 50);
+            })""")
+            speaking = [v for v in levels if v > 10]
+            assert max(levels) >= 40, f"the meter never rose with speech: max {max(levels)}"
+            assert len(set(speaking)) >= 15, f"the meter did not move with the speech: {sorted(set(speaking))}"
+            assert _longest_run(levels, lambda v: v <= 2) >= 40, "the meter did not rest for 2 s in the 4 s of silence"
+            assert _longest_run(levels, lambda v: v > 2) >= 100, "the meter dropped out during 10 s of speech"
+
+            clock = await page.get_by_test_id("elapsed").inner_text()
+            assert re.fullmatch(r"\d+:\d\d", clock) and clock > first_clock, (first_clock, clock)
+            minutes, seconds = map(int, clock.split(":"))
+            assert 15 <= minutes * 60 + seconds <= 60, clock
+
+            async def loud_with_text():  # for the screenshot: words on the page and the meter up
+                text = await page.get_by_test_id("lines").inner_text()
+                return "birch" in text.lower() and int(await meter.get_attribute("aria-valuenow")) > 40
+            await _wait_for(loud_with_text, timeout_s=40, interval_s=0.1)
+            await _screenshot(page, tmp_path, "live.png")
+
+            await page.get_by_test_id("record-button").click()
+            await page.locator('[data-testid="status"][data-state="finished"]').wait_for(timeout=60_000)
+            stopped_clock = await page.get_by_test_id("elapsed").inner_text()
+            await asyncio.sleep(1.5)
+            assert await page.get_by_test_id("elapsed").inner_text() == stopped_clock, "the clock runs on after Stop"
+            assert await meter.get_attribute("aria-valuenow") == "0"
+            assert not errors, errors
             await browser.close()
 
     with running_server() as server:

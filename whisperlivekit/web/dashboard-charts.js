@@ -67,9 +67,11 @@ class Plot {
       axes: [
         { show: axes, stroke: muted, font, grid, ticks: { show: false }, size: 24,
           values: (u, splits) => splits.map((t) => new Date(t * 1000).toLocaleTimeString([], { hour: "2-digit", minute: "2-digit", second: "2-digit" })) },
-        { stroke: muted, font, grid, ticks: { show: false }, size: axes ? 40 : 34, splits: (u, i, min, max) => [min, max] },
+        { stroke: muted, font, grid, ticks: { show: false }, size: axes ? 40 : 34, splits: (u, i, min, max) => [min, max],
+          ...(axes ? { label: "connections", labelFont: font, labelSize: 16, labelGap: 2 } : {}) },
         ...(series.some((s) => s.scale === "n") ? [{ scale: "n", side: 1, stroke: muted, font, grid: { show: false },
-          ticks: { show: false }, size: 30, splits: (u, i, min, max) => [min, max] }] : []),
+          ticks: { show: false }, size: 30, splits: (u, i, min, max) => [min, max],
+          label: "refused per 2 s", labelFont: font, labelSize: 16, labelGap: 2 }] : []),
       ],
       series: [{}, ...series.map((s) => ({ ...s, stroke: s.stroke(), fill: s.fill ? s.fill() : undefined,
         paths: s.stepped ? uPlot.paths.stepped({ align: 1 }) : s.bars ? uPlot.paths.bars({ size: [0.6, 8] }) : undefined,
