@@ -386,7 +386,8 @@ def _longest_run(values, predicate) -> int:
 
 
 @pytest.mark.browser
-def test_level_meter_moves_during_speech_rests_in_silence_and_the_clock_runs(tmp_path):
+@pytest.mark.parametrize("flags", [(), ("--pcm-input",)], ids=["webm", "pcm"])
+def test_level_meter_moves_during_speech_rests_in_silence_and_the_clock_runs(tmp_path, flags):
     async_playwright = _async_playwright()
     if not HARVARD_WAV.exists():
         pytest.skip(f"{HARVARD_WAV} is missing: apt-get install -y codec2-examples")
@@ -428,7 +429,7 @@ def test_level_meter_moves_during_speech_rests_in_silence_and_the_clock_runs(tmp
                 text = await page.get_by_test_id("lines").inner_text()
                 return "birch" in text.lower() and int(await meter.get_attribute("aria-valuenow")) > 40
             await _wait_for(loud_with_text, timeout_s=40, interval_s=0.1)
-            await _screenshot(page, tmp_path, "live.png")
+            await _screenshot(page, tmp_path, "live.png", save_to_docs=not flags)
 
             await page.get_by_test_id("record-button").click()
             await page.locator('[data-testid="status"][data-state="finished"]').wait_for(timeout=60_000)
@@ -439,5 +440,68 @@ def test_level_meter_moves_during_speech_rests_in_silence_and_the_clock_runs(tmp
             assert not errors, errors
             await browser.close()
 
-    with running_server() as server:
+    with running_server(*flags) as server:
         run(scenario(server))
+
+
+@pytest.mark.browser
+def test_dashboard_charts_start_empty_again_after_a_server_restart(tmp_path):
+    async_playwright = _async_playwright()
+
+    async def scenario(server):
+        async with async_playwright() as playwright:
+            browser = await _launch(playwright, tmp_path)
+            page = browser.pages[0] if browser.pages else await browser.new_page()
+            page_errors = []
+            page.on("pageerror", lambda error: page_errors.append(str(error)))  # network errors while down are expected
+            await page.goto(server.base_url + "/dashboard")
+            host = page.get_by_test_id("host-chart")
+
+            async def points():
+                return (await _chart_story(host))["points"] or 0
+            async def at_least_five():
+                return await points() >= 5
+            assert await _wait_for(at_least_five, timeout_s=20)
+            before = await points()
+
+            await asyncio.to_thread(server.stop)
+            await page.get_by_test_id("error").wait_for(state="visible", timeout=10_000)
+            await asyncio.to_thread(server.start)
+            await page.get_by_test_id("error").wait_for(state="hidden", timeout=10_000)
+            async def drawn_again():
+                return await points() >= 1
+            assert await _wait_for(drawn_again, timeout_s=10)
+            after = await points()
+            served = len((await asyncio.to_thread(server.get, "/gpu-status/history")).json()["samples"])
+            assert after < before and after <= served, (before, after, served)  # the old curve is gone
+            assert await page.get_by_test_id("gpu-card").count() == 2
+            assert not page_errors, page_errors
+            await browser.close()
+
+    with running_server("--simulate-gpus", "2", "--no-preload") as server:
+        run(scenario(server))
+
+
+def test_uplot_is_vendored_with_its_licence_and_shipped_in_the_package():
+    import fnmatch
+
+    try:
+        import tomllib
+    except ModuleNotFoundError:  # Python 3.10
+        tomllib = pytest.importorskip("tomli")
+
+    client = TestClient(create_app(Settings(preload=False)))
+    page = client.get("/dashboard").text
+    for name, kind in (("uPlot.iife.min.js", "javascript"), ("uPlot.min.css", "text/css")):
+        assert f'static/vendor/uplot/{name}' in page
+        response = client.get(f"/static/vendor/uplot/{name}")
+        assert response.status_code == 200 and kind in response.headers["content-type"], name
+    assert "MIT License" in client.get("/static/vendor/uplot/LICENSE").text
+    for name in ("dashboard-charts.js", "meter.js"):
+        assert "javascript" in client.get(f"/static/{name}").headers["content-type"], name
+    root = Path(__file__).resolve().parent.parent
+    patterns = tomllib.loads((root / "pyproject.toml").read_text())["tool"]["setuptools"]["package-data"]["whisperlivekit"]
+    web = root / "whisperlivekit"
+    for path in (web / "web" / "vendor" / "uplot").iterdir():
+        relative = str(path.relative_to(web))
+        assert any(fnmatch.fnmatch(relative, pattern) and "/" not in relative[len(pattern.rstrip("*")):] for pattern in patterns), relative
