@@ -298,18 +298,48 @@ async def _chart_story(box) -> dict:
 
 
 async def _painted_pixels(box) -> int:
+    """Painted pixels of a chart's canvas between its top and bottom grid lines, right of its y labels:
+    a flat zero curve paints none there, a curve that rose does (its line and its filled area)."""
     return await box.evaluate("""(box) => {
-        const canvas = box.querySelector("canvas");
-        const pixels = canvas.getContext("2d").getImageData(0, 0, canvas.width, canvas.height).data;
+        const canvas = box.querySelector("canvas"), width = canvas.width, height = canvas.height;
+        const pixels = canvas.getContext("2d").getImageData(0, 0, width, height).data;
         let painted = 0;
-        for (let i = 3; i < pixels.length; i += 4) if (pixels[i] > 0) painted += 1;
+        for (let y = Math.round(height * 0.3); y < Math.round(height * 0.8); y++)
+            for (let x = Math.round(40 * devicePixelRatio); x < width; x++) if (pixels[(y * width + x) * 4 + 3] > 0) painted += 1;
         return painted;
     }""")
 
 
+async def _speak(ws_url: str, pcm: bytes, stop: asyncio.Event, opened: asyncio.Future) -> None:
+    """One client that talks: the clip in 100 ms PCM frames at real time, looped until `stop`."""
+    import websockets
+
+    frame = 3200  # 100 ms of 16 kHz s16le
+    async with websockets.connect(ws_url, open_timeout=30, max_size=None) as ws:
+        config = json.loads(await asyncio.wait_for(ws.recv(), 30))
+        opened.set_result(config)
+        async def drain():
+            async for _ in ws:
+                pass
+        reader = asyncio.create_task(drain())
+        offset = 0
+        while not stop.is_set():
+            await ws.send(pcm[offset:offset + frame])
+            offset = (offset + frame) % (len(pcm) - frame)
+            await asyncio.sleep(0.1)
+        reader.cancel()
+
+
 @pytest.mark.browser
 def test_dashboard_charts_rise_and_fall_with_five_clients_on_four_gpus(tmp_path):
+    """Four idle clients and one that talks: connections rise and fall on every chart, the talker's
+    GPU alone gets a commit-lag curve, and the page logs no error."""
     async_playwright = _async_playwright()
+    if not HARVARD_WAV.exists():
+        pytest.skip(f"{HARVARD_WAV} is missing: apt-get install -y codec2-examples")
+    from whisperlivekit.client import load_pcm16
+
+    speech = load_pcm16(HARVARD_WAV)
 
     async def scenario(server):
         async with async_playwright() as playwright:
@@ -319,40 +349,50 @@ def test_dashboard_charts_rise_and_fall_with_five_clients_on_four_gpus(tmp_path)
             await page.set_viewport_size({"width": 1200, "height": 720})
             await page.goto(server.base_url + "/dashboard")
             host = page.get_by_test_id("host-chart")
-            gpu_chart = lambda gpu_id: page.locator(f'[data-gpu-id="{gpu_id}"] [data-testid="chart"][data-metric="connections"]')  # noqa: E731
+            chart = lambda gpu_id, metric="connections": page.locator(  # noqa: E731
+                f'[data-gpu-id="{gpu_id}"] [data-testid="chart"][data-metric="{metric}"]')
 
             async def has_points(minimum):
                 return ((await _chart_story(host))["points"] or 0) >= minimum
             assert await _wait_for(lambda: has_points(1), timeout_s=10), "the host chart got no sample"
-            idle_pixels = {gpu_id: await _painted_pixels(gpu_chart(gpu_id)) for gpu_id in range(4)}
+            idle_pixels = {gpu_id: await _painted_pixels(chart(gpu_id)) for gpu_id in range(4)}
+            assert set(idle_pixels.values()) == {0}, idle_pixels  # flat at zero
 
-            held = await _hold_connections(server.ws_url, 5)
-            per_gpu = Counter(config["gpu_id"] for _, config in held)
-            await asyncio.sleep(10)  # ~5 samples at 5 connections
+            stop_talking, talker_config = asyncio.Event(), asyncio.get_running_loop().create_future()
+            talker = asyncio.create_task(_speak(server.ws_url, speech, stop_talking, talker_config))
+            talker_gpu = (await asyncio.wait_for(talker_config, 30))["gpu_id"]
+            held = await _hold_connections(server.ws_url, 4)
+            per_gpu = Counter([talker_gpu] + [config["gpu_id"] for _, config in held])
+            async def talker_lag_charted():
+                return ((await _chart_story(chart(talker_gpu, "commit_lag")))["points"] or 0) >= 1
+            assert await _wait_for(talker_lag_charted, timeout_s=45), "no commit lag charted for the talking client's GPU"
+            assert await has_points(5)
             for ws, _ in held[:3]:
                 await ws.close()
             async def down_to_two():
                 return (await _chart_story(host))["latest"] == 2
             assert await _wait_for(down_to_two, timeout_s=10), await _chart_story(host)
-            await asyncio.sleep(3)
+            await asyncio.sleep(4)
             await _screenshot(page, tmp_path, "dashboard.png")
 
-            for ws, _ in held[3:]:
-                await ws.close()
+            stop_talking.set()
+            await talker
+            await held[3][0].close()
             async def down_to_zero():
                 return (await _chart_story(host))["latest"] == 0
             assert await _wait_for(down_to_zero, timeout_s=10), await _chart_story(host)
 
             story = await _chart_story(host)
             assert (story["first"], story["peak"], story["latest"]) == (0, 5, 0), story
-            assert story["points"] >= 10, story
             for gpu_id in range(4):
-                chart = gpu_chart(gpu_id)
-                story = await _chart_story(chart)
+                story = await _chart_story(chart(gpu_id))
                 assert (story["first"], story["peak"], story["latest"]) == (0, per_gpu.get(gpu_id, 0), 0), (gpu_id, story)
                 if per_gpu.get(gpu_id):  # the curve that rose was drawn: its filled area paints the canvas
-                    assert await _painted_pixels(chart) > idle_pixels[gpu_id] + 200, gpu_id
-                assert "peak" in await chart.get_attribute("aria-label")
+                    assert await _painted_pixels(chart(gpu_id)) > idle_pixels[gpu_id] + 20, gpu_id
+                assert "peak" in await chart(gpu_id).get_attribute("aria-label")
+                lag = await _chart_story(chart(gpu_id, "commit_lag"))
+                assert (lag["points"] > 0) == (gpu_id == talker_gpu), (gpu_id, talker_gpu, lag)
+            assert (await _chart_story(chart(talker_gpu, "realtime_load")))["peak"] > 0  # its engine ran on the CPU
             assert await page.locator('[data-testid="chart"][data-metric="memory"]').count() == 4
             await page.set_viewport_size({"width": 390, "height": 844})
             await asyncio.sleep(0.5)  # the charts follow their containers' width on the next frame
@@ -360,7 +400,7 @@ def test_dashboard_charts_rise_and_fall_with_five_clients_on_four_gpus(tmp_path)
             assert not errors, errors
             await browser.close()
 
-    with running_server("--simulate-gpus", "4", "--max-connections-per-gpu", "4") as server:
+    with running_server("--simulate-gpus", "4", "--max-connections-per-gpu", "4", "--pcm-input") as server:
         run(scenario(server))
 
 

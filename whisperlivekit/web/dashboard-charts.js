@@ -37,6 +37,13 @@ function formatValue(value, chart) {
   return `${chart.digits ? value.toFixed(chart.digits) : Math.round(value)}${chart.unit || ""}`;
 }
 
+/** An axis label short enough for a small chart: 16, 3.7, 0.25. */
+function axisNumber(value) {
+  if (value == null) return "";
+  const magnitude = Math.abs(value);
+  return String(magnitude >= 10 || Number.isInteger(value) ? Math.round(value) : Number(value.toFixed(magnitude >= 1 ? 1 : 2)));
+}
+
 function durationText(seconds) {
   return seconds < 90 ? `${Math.max(0, Math.round(seconds))} s` : `${Math.round(seconds / 60)} min`;
 }
@@ -68,9 +75,10 @@ class Plot {
         { show: axes, stroke: muted, font, grid, ticks: { show: false }, size: 24,
           values: (u, splits) => splits.map((t) => new Date(t * 1000).toLocaleTimeString([], { hour: "2-digit", minute: "2-digit", second: "2-digit" })) },
         { stroke: muted, font, grid, ticks: { show: false }, size: axes ? 40 : 34, splits: (u, i, min, max) => [min, max],
+          values: (u, splits) => splits.map(axisNumber),
           ...(axes ? { label: "connections", labelFont: font, labelSize: 16, labelGap: 2 } : {}) },
         ...(series.some((s) => s.scale === "n") ? [{ scale: "n", side: 1, stroke: muted, font, grid: { show: false },
-          ticks: { show: false }, size: 30, splits: (u, i, min, max) => [min, max],
+          ticks: { show: false }, size: 30, splits: (u, i, min, max) => [min, max], values: (u, splits) => splits.map(axisNumber),
           label: "refused per 2 s", labelFont: font, labelSize: 16, labelGap: 2 }] : []),
       ],
       series: [{}, ...series.map((s) => ({ ...s, stroke: s.stroke(), fill: s.fill ? s.fill() : undefined,
