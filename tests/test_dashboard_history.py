@@ -95,6 +95,29 @@ def test_a_sample_reads_the_same_numbers_as_gpu_status():
     assert sample["devices"]["cpu"]["connections"] == status["cpu"]["active_connections"] == 0
 
 
+def test_commit_lag_p95_is_per_device_over_30_s_and_counts_a_stream_that_ended_between_samples():
+    class Stream:  # what the history reads of an engine: its slot and its commit lags
+        def __init__(self, slot, commit_lags_s):
+            self.slot, self.commit_lags_s = slot, commit_lags_s
+
+    app, _ = _app(gpus=2)
+    services = app.state.services
+    clock = StepClock()
+    history = History(services, clock=clock)
+    slot = services.manager.acquire("talker")
+    talker = Stream(slot, [0.5, 1.0, 4.0])
+    services.active_engines.add(talker)
+    assert history.sample()["devices"][str(slot.gpu_id)]["commit_lag_p95_s"] == 4.0
+    assert history.sample()["devices"][str(1 - slot.gpu_id)]["commit_lag_p95_s"] is None
+
+    talker.commit_lags_s += [9.0]  # its last words, then the stream ends before the next sample
+    services.active_engines.discard(talker)
+    clock.now += 2.0
+    assert history.sample()["devices"][str(slot.gpu_id)]["commit_lag_p95_s"] == 9.0
+    clock.now += 31.0
+    assert history.sample()["devices"][str(slot.gpu_id)]["commit_lag_p95_s"] is None  # older than 30 s
+
+
 def test_capacity_counts_only_healthy_gpus_and_the_cpu_once_no_gpu_is_left():
     app, probe = _app(gpus=2, max_connections_per_gpu=4, max_cpu_connections=6)
     history = app.state.history

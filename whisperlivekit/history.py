@@ -16,7 +16,7 @@ A sample (JSON, as served by `GET /gpu-status/history`):
 
 and per device (a GPU by its id, "cpu" for CPU slots):
 
-    {"connections": 2, "max_connections": 4, "realtime_load": 0.31,
+    {"connections": 2, "max_connections": 4, "healthy": true, "realtime_load": 0.31,
      "memory_used_gb": 7.4, "memory_total_gb": 15.75, "utilization_percent": 61.0,
      "commit_lag_p95_s": 1.2}       # p95 of the lags committed by its streams in the last 30 s, or null
 """
@@ -29,7 +29,7 @@ import math
 import time
 import weakref
 from collections import deque
-from typing import TYPE_CHECKING, Callable, Deque, Dict, List, Optional, Tuple
+from typing import TYPE_CHECKING, Callable, Deque, Dict, List, Optional, Set, Tuple
 
 if TYPE_CHECKING:
     from whisperlivekit.services import Services
@@ -62,6 +62,7 @@ class History:
         self._samples: Deque[dict] = deque(maxlen=max(1, int(window_s / interval_s)))
         self._lag_cursor: "weakref.WeakKeyDictionary[object, int]" = weakref.WeakKeyDictionary()
         self._lags: Dict[str, Deque[Tuple[float, float]]] = {}
+        self._live_before: Set[object] = set()  # engines seen by the last sample: one that ended since still counts
         self._refused_before: Optional[float] = None
         self._task: Optional[asyncio.Task] = None
 
@@ -117,8 +118,11 @@ class History:
         return 0 if before is None else int(round(total - before))
 
     def _commit_lag_p95_by_device(self, now: float) -> Dict[str, float]:
-        """New commit lags of every live stream, kept per device for LAG_WINDOW_S; their p95 per device."""
-        for engine in list(self.services.active_engines):
+        """New commit lags of every stream, kept per device for LAG_WINDOW_S; their p95 per device.
+
+        Streams that ended since the last sample are read once more, so their last words count too."""
+        live = set(self.services.active_engines)
+        for engine in live | self._live_before:
             lags = getattr(engine, "commit_lags_s", None)
             if lags is None:
                 continue
@@ -129,6 +133,7 @@ class History:
                 gpu_id = engine.slot.gpu_id
                 window = self._lags.setdefault(CPU_KEY if gpu_id is None else str(gpu_id), deque())
                 window.extend((now, lag) for lag in fresh)
+        self._live_before = live
         result = {}
         for key, window in self._lags.items():
             while window and now - window[0][0] > LAG_WINDOW_S:
