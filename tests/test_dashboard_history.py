@@ -249,3 +249,21 @@ def test_every_metric_the_grafana_dashboard_queries_exists_on_a_running_server()
     for wanted in ("connections_refused_total", "realtime_load", "batch_size_mean", "commit_lag_seconds_bucket",
                    "gpu_memory_used_bytes", "gpu_utilization_ratio", "model_load_seconds"):
         assert f"whisperlivekit_{wanted}" in used, f"the issue asks for a panel over {wanted}"
+
+
+def test_the_grafana_dashboard_imports_anywhere_and_its_panels_do_not_overlap():
+    dashboard = json.loads(GRAFANA.read_text())
+    variables = {v["name"]: v for v in dashboard["templating"]["list"]}
+    assert variables["datasource"]["type"] == "datasource" and variables["datasource"]["query"] == "prometheus"
+    panels = dashboard["panels"]
+    assert len({p["id"] for p in panels}) == len(panels), "panel ids must be unique"
+    cells = set()
+    for panel in panels:
+        box = panel["gridPos"]
+        assert box["x"] + box["w"] <= 24, panel["title"]
+        mine = {(box["x"] + dx, box["y"] + dy) for dx in range(box["w"]) for dy in range(box["h"])}
+        assert not cells & mine, f"{panel['title']} overlaps another panel"
+        cells |= mine
+        for target in panel.get("targets", []):
+            assert panel["datasource"]["uid"] == target["datasource"]["uid"] == "${datasource}", panel["title"]
+            assert 'instance=~"$instance"' in target["expr"], (panel["title"], target["expr"])
