@@ -136,7 +136,7 @@ def test_live_page_transcribes_the_microphone_and_finishes_on_stop(tmp_path, fla
             assert await status.get_attribute("data-sessions") == "1"
             assert await status.get_attribute("data-last-message") == "ready_to_stop"
             assert await page.get_by_test_id("error").is_hidden()
-            await _screenshot(page, tmp_path, "live.png", save_to_docs=capture == "MediaRecorder")
+            await _screenshot(page, tmp_path, "live.png", save_to_docs=False)  # docs: the level meter test
             async with page.expect_download() as download_info:
                 await page.get_by_test_id("download-button").click()
             download = await download_info.value
@@ -202,7 +202,7 @@ def test_dashboard_shows_each_gpus_connections_and_follows_them_down_to_zero(tmp
             assert await cards.count() == 4
             assert "simulated" in (await cards.first.inner_text()).lower()
             assert await page.get_by_test_id("cpu-card").count() == 0
-            await _screenshot(page, tmp_path, "dashboard.png")
+            await _screenshot(page, tmp_path, "dashboard.png", save_to_docs=False)  # docs: the charts test
 
             for ws, _ in held:
                 await ws.close()
@@ -312,3 +312,269 @@ def test_live_page_refused_for_its_origin_says_why_and_does_not_reconnect(tmp_pa
     with running_server("--allowed-origins", "http://elsewhere.example") as server:
         run(scenario(server))
         assert refused_for_origin(server) == 1.0, "the page must make exactly one connection attempt"
+
+
+# --- history charts and the level meter ----------------------------------------------
+
+
+def _collect_console_errors(page) -> list:
+    errors = []
+    page.on("console", lambda message: message.type == "error" and errors.append(message.text))
+    page.on("pageerror", lambda error: errors.append(str(error)))
+    return errors
+
+
+async def _chart_story(box) -> dict:
+    """What a chart element says it shows: points, first, peak and latest value."""
+    story = {name: await box.get_attribute(f"data-{name}") for name in ("points", "first", "peak", "latest")}
+    return {name: float(value) if value else None for name, value in story.items()}
+
+
+async def _painted_pixels(box) -> int:
+    """Painted pixels of a chart's canvas between its top and bottom grid lines, right of its y labels:
+    a flat zero curve paints none there, a curve that rose does (its line and its filled area)."""
+    return await box.evaluate("""(box) => {
+        const canvas = box.querySelector("canvas"), width = canvas.width, height = canvas.height;
+        const pixels = canvas.getContext("2d").getImageData(0, 0, width, height).data;
+        let painted = 0;
+        for (let y = Math.round(height * 0.3); y < Math.round(height * 0.8); y++)
+            for (let x = Math.round(40 * devicePixelRatio); x < width; x++) if (pixels[(y * width + x) * 4 + 3] > 0) painted += 1;
+        return painted;
+    }""")
+
+
+async def _speak(ws_url: str, pcm: bytes, stop: asyncio.Event, opened: asyncio.Future) -> None:
+    """One client that talks: the clip in 100 ms PCM frames at real time, looped until `stop`."""
+    import websockets
+
+    frame = 3200  # 100 ms of 16 kHz s16le
+    async with websockets.connect(ws_url, open_timeout=30, max_size=None) as ws:
+        config = json.loads(await asyncio.wait_for(ws.recv(), 30))
+        opened.set_result(config)
+        async def drain():
+            async for _ in ws:
+                pass
+        reader = asyncio.create_task(drain())
+        offset = 0
+        while not stop.is_set():
+            await ws.send(pcm[offset:offset + frame])
+            offset = (offset + frame) % (len(pcm) - frame)
+            await asyncio.sleep(0.1)
+        reader.cancel()
+
+
+@pytest.mark.browser
+def test_dashboard_charts_rise_and_fall_with_five_clients_on_four_gpus(tmp_path):
+    """Four idle clients and one that talks: connections rise and fall on every chart, the talker's
+    GPU alone gets a commit-lag curve, and the page logs no error."""
+    async_playwright = _async_playwright()
+    if not HARVARD_WAV.exists():
+        pytest.skip(f"{HARVARD_WAV} is missing: apt-get install -y codec2-examples")
+    from whisperlivekit.client import load_pcm16
+
+    speech = load_pcm16(HARVARD_WAV)
+
+    async def scenario(server):
+        async with async_playwright() as playwright:
+            browser = await _launch(playwright, tmp_path)
+            page = browser.pages[0] if browser.pages else await browser.new_page()
+            errors = _collect_console_errors(page)
+            await page.set_viewport_size({"width": 1200, "height": 720})
+            await page.goto(server.base_url + "/dashboard")
+            host = page.get_by_test_id("host-chart")
+            chart = lambda gpu_id, metric="connections": page.locator(  # noqa: E731
+                f'[data-gpu-id="{gpu_id}"] [data-testid="chart"][data-metric="{metric}"]')
+
+            async def has_points(minimum):
+                return ((await _chart_story(host))["points"] or 0) >= minimum
+            assert await _wait_for(lambda: has_points(1), timeout_s=10), "the host chart got no sample"
+            idle_pixels = {gpu_id: await _painted_pixels(chart(gpu_id)) for gpu_id in range(4)}
+            assert set(idle_pixels.values()) == {0}, idle_pixels  # flat at zero
+
+            stop_talking, talker_config = asyncio.Event(), asyncio.get_running_loop().create_future()
+            talker = asyncio.create_task(_speak(server.ws_url, speech, stop_talking, talker_config))
+            talker_gpu = (await asyncio.wait_for(talker_config, 30))["gpu_id"]
+            held = await _hold_connections(server.ws_url, 4)
+            per_gpu = Counter([talker_gpu] + [config["gpu_id"] for _, config in held])
+            async def talker_lag_charted():
+                return ((await _chart_story(chart(talker_gpu, "commit_lag")))["points"] or 0) >= 1
+            assert await _wait_for(talker_lag_charted, timeout_s=45), "no commit lag charted for the talking client's GPU"
+            assert await has_points(5)
+            for ws, _ in held[:3]:
+                await ws.close()
+            async def down_to_two():
+                return (await _chart_story(host))["latest"] == 2
+            assert await _wait_for(down_to_two, timeout_s=10), await _chart_story(host)
+            await asyncio.sleep(4)
+            await _screenshot(page, tmp_path, "dashboard.png")
+
+            stop_talking.set()
+            await talker
+            await held[3][0].close()
+            async def down_to_zero():
+                return (await _chart_story(host))["latest"] == 0
+            assert await _wait_for(down_to_zero, timeout_s=10), await _chart_story(host)
+
+            story = await _chart_story(host)
+            assert (story["first"], story["peak"], story["latest"]) == (0, 5, 0), story
+            for gpu_id in range(4):
+                story = await _chart_story(chart(gpu_id))
+                assert (story["first"], story["peak"], story["latest"]) == (0, per_gpu.get(gpu_id, 0), 0), (gpu_id, story)
+                if per_gpu.get(gpu_id):  # the curve that rose was drawn: its filled area paints the canvas
+                    assert await _painted_pixels(chart(gpu_id)) > idle_pixels[gpu_id] + 20, gpu_id
+                assert "peak" in await chart(gpu_id).get_attribute("aria-label")
+                lag = await _chart_story(chart(gpu_id, "commit_lag"))
+                assert (lag["points"] > 0) == (gpu_id == talker_gpu), (gpu_id, talker_gpu, lag)
+            assert (await _chart_story(chart(talker_gpu, "realtime_load")))["peak"] > 0  # its engine ran on the CPU
+            assert await page.locator('[data-testid="chart"][data-metric="memory"]').count() == 4
+            await page.set_viewport_size({"width": 390, "height": 844})
+            await asyncio.sleep(0.5)  # the charts follow their containers' width on the next frame
+            assert await _fits_phone_width(page), "the dashboard with charts overflows a phone-width screen"
+            assert not errors, errors
+            await browser.close()
+
+    with running_server("--simulate-gpus", "4", "--max-connections-per-gpu", "4", "--pcm-input") as server:
+        run(scenario(server))
+
+
+def _speech_then_silence(tmp_path: Path, silence_s: float = 4.0) -> Path:
+    """The Harvard clip followed by digital silence: Chromium loops it as the microphone."""
+    import wave
+
+    with wave.open(str(HARVARD_WAV)) as source:
+        params, frames = source.getparams(), source.readframes(source.getnframes())
+    path = tmp_path / "speech-then-silence.wav"
+    with wave.open(str(path), "wb") as out:
+        out.setparams(params)
+        out.writeframes(frames + b"\0" * int(silence_s * params.framerate) * params.sampwidth * params.nchannels)
+    return path
+
+
+def _longest_run(values, predicate) -> int:
+    longest = current = 0
+    for value in values:
+        current = current + 1 if predicate(value) else 0
+        longest = max(longest, current)
+    return longest
+
+
+@pytest.mark.browser
+@pytest.mark.parametrize("flags", [(), ("--pcm-input",)], ids=["webm", "pcm"])
+def test_level_meter_moves_during_speech_rests_in_silence_and_the_clock_runs(tmp_path, flags):
+    async_playwright = _async_playwright()
+    if not HARVARD_WAV.exists():
+        pytest.skip(f"{HARVARD_WAV} is missing: apt-get install -y codec2-examples")
+    microphone = _speech_then_silence(tmp_path)  # 10.8 s of speech, 4 s of silence, looped
+
+    async def scenario(server):
+        async with async_playwright() as playwright:
+            browser = await _launch(playwright, tmp_path, fake_audio=microphone)
+            page = browser.pages[0] if browser.pages else await browser.new_page()
+            errors = _collect_console_errors(page)
+            await page.goto(server.base_url + "/")
+            meter = page.get_by_test_id("level-meter")
+            assert not await meter.is_visible(), "no meter before recording"
+            await page.get_by_test_id("record-button").click()
+            await page.locator('[data-testid="status"][data-state="recording"]').wait_for(timeout=30_000)
+            assert await meter.is_visible()
+            first_clock = await page.get_by_test_id("elapsed").inner_text()
+
+            # the meter's value every 50 ms for one loop of the clip and a bit (15.5 s)
+            levels = await page.evaluate("""() => new Promise((resolve) => {
+                const meter = document.querySelector('[data-testid="level-meter"]'), values = [];
+                const timer = setInterval(() => {
+                    values.push(Number(meter.getAttribute("aria-valuenow")));
+                    if (values.length >= 330) { clearInterval(timer); resolve(values); }
+                }, 50);
+            })""")
+            speaking = [v for v in levels if v > 10]
+            assert max(levels) >= 40, f"the meter never rose with speech: max {max(levels)}"
+            assert len(set(speaking)) >= 15, f"the meter did not move with the speech: {sorted(set(speaking))}"
+            assert _longest_run(levels, lambda v: v <= 2) >= 40, "the meter did not rest for 2 s in the 4 s of silence"
+            assert _longest_run(levels, lambda v: v > 2) >= 100, "the meter dropped out during 10 s of speech"
+
+            clock = await page.get_by_test_id("elapsed").inner_text()
+            assert re.fullmatch(r"\d+:\d\d", clock) and clock > first_clock, (first_clock, clock)
+            minutes, seconds = map(int, clock.split(":"))
+            assert 15 <= minutes * 60 + seconds <= 60, clock
+
+            async def loud_with_text():  # for the screenshot: words on the page and the meter up
+                text = await page.get_by_test_id("lines").inner_text()
+                return "birch" in text.lower() and int(await meter.get_attribute("aria-valuenow")) > 40
+            await _wait_for(loud_with_text, timeout_s=40, interval_s=0.1)
+            await _screenshot(page, tmp_path, "live.png", save_to_docs=not flags)
+
+            await page.get_by_test_id("record-button").click()
+            await page.locator('[data-testid="status"][data-state="finished"]').wait_for(timeout=60_000)
+            stopped_clock = await page.get_by_test_id("elapsed").inner_text()
+            await asyncio.sleep(1.5)
+            assert await page.get_by_test_id("elapsed").inner_text() == stopped_clock, "the clock runs on after Stop"
+            assert await meter.get_attribute("aria-valuenow") == "0"
+            assert not errors, errors
+            await browser.close()
+
+    with running_server(*flags) as server:
+        run(scenario(server))
+
+
+@pytest.mark.browser
+def test_dashboard_charts_start_empty_again_after_a_server_restart(tmp_path):
+    async_playwright = _async_playwright()
+
+    async def scenario(server):
+        async with async_playwright() as playwright:
+            browser = await _launch(playwright, tmp_path)
+            page = browser.pages[0] if browser.pages else await browser.new_page()
+            page_errors = []
+            page.on("pageerror", lambda error: page_errors.append(str(error)))  # network errors while down are expected
+            await page.goto(server.base_url + "/dashboard")
+            host = page.get_by_test_id("host-chart")
+
+            async def points():
+                return (await _chart_story(host))["points"] or 0
+            async def at_least_five():
+                return await points() >= 5
+            assert await _wait_for(at_least_five, timeout_s=20)
+            before = await points()
+
+            await asyncio.to_thread(server.stop)
+            await page.get_by_test_id("error").wait_for(state="visible", timeout=10_000)
+            await asyncio.to_thread(server.start)
+            await page.get_by_test_id("error").wait_for(state="hidden", timeout=10_000)
+            async def drawn_again():
+                return await points() >= 1
+            assert await _wait_for(drawn_again, timeout_s=10)
+            after = await points()
+            served = len((await asyncio.to_thread(server.get, "/gpu-status/history")).json()["samples"])
+            assert after < before and after <= served, (before, after, served)  # the old curve is gone
+            assert await page.get_by_test_id("gpu-card").count() == 2
+            assert not page_errors, page_errors
+            await browser.close()
+
+    with running_server("--simulate-gpus", "2", "--no-preload") as server:
+        run(scenario(server))
+
+
+def test_uplot_is_vendored_with_its_licence_and_shipped_in_the_package():
+    import fnmatch
+
+    try:
+        import tomllib
+    except ModuleNotFoundError:  # Python 3.10
+        tomllib = pytest.importorskip("tomli")
+
+    client = TestClient(create_app(Settings(preload=False)))
+    page = client.get("/dashboard").text
+    for name, kind in (("uPlot.iife.min.js", "javascript"), ("uPlot.min.css", "text/css")):
+        assert f'static/vendor/uplot/{name}' in page
+        response = client.get(f"/static/vendor/uplot/{name}")
+        assert response.status_code == 200 and kind in response.headers["content-type"], name
+    assert "MIT License" in client.get("/static/vendor/uplot/LICENSE").text
+    for name in ("dashboard-charts.js", "meter.js"):
+        assert "javascript" in client.get(f"/static/{name}").headers["content-type"], name
+    root = Path(__file__).resolve().parent.parent
+    patterns = tomllib.loads((root / "pyproject.toml").read_text())["tool"]["setuptools"]["package-data"]["whisperlivekit"]
+    web = root / "whisperlivekit"
+    for path in (web / "web" / "vendor" / "uplot").iterdir():
+        relative = str(path.relative_to(web))
+        assert any(fnmatch.fnmatch(relative, pattern) and "/" not in relative[len(pattern.rstrip("*")):] for pattern in patterns), relative

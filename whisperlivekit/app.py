@@ -20,6 +20,7 @@ from whisperlivekit.gpu.nvml import GpuProbe, NvmlProbe, SimulatedProbe
 from whisperlivekit.gpu.report import startup_lines
 from whisperlivekit.runtime.load import DeviceLoads
 from whisperlivekit.runtime.model_pool import BackendFactory, ModelPool
+from whisperlivekit.history import History
 from whisperlivekit.services import EngineFactory, Services
 
 logger = logging.getLogger(__name__)
@@ -88,14 +89,18 @@ def create_app(
 
     @asynccontextmanager
     async def lifespan(app: FastAPI):
+        history.start()  # the dashboard's charts: sampled from start-up, preload included
         for line in startup_lines(manager.view()):
             logger.info(line)
         await asyncio.to_thread(preload, settings, manager, pool)
         yield
+        await history.stop()
         await asyncio.to_thread(pool.close)
 
+    history = History(services)
     app = FastAPI(title="whisperlivekit", lifespan=lifespan)
     app.state.services = services
+    app.state.history = history
 
     from whisperlivekit.api import asr, security, status, web
 

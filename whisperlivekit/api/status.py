@@ -1,8 +1,8 @@
-"""`/health`, `/ready`, `/gpu-status`, `/metrics` (the last two behind the token under `--protect-status`)."""
+"""`/health`, `/ready`, `/gpu-status` (and its history), `/metrics` (the last three behind the token under `--protect-status`)."""
 
 from __future__ import annotations
 
-from fastapi import APIRouter, Depends
+from fastapi import APIRouter, Depends, Query, Request
 from fastapi.responses import JSONResponse, Response
 from prometheus_client import CONTENT_TYPE_LATEST
 
@@ -38,6 +38,14 @@ def gpu_status(services: Services = Depends(get_services)) -> dict:
         for device, worker in services.pool.workers().items()
     }
     return snapshot
+
+
+@router.get("/gpu-status/history", dependencies=[Depends(require_status_token)])
+def gpu_status_history(request: Request, since: float = Query(0.0, description="only samples taken after this time (s)")) -> dict:
+    """The dashboard's charts: samples every 2 s over the last 15 minutes (whisperlivekit/history.py)."""
+    history = request.app.state.history
+    return {"interval_s": history.interval_s, "window_s": history.window_s,
+            "started_at": request.app.state.services.started_at, "samples": history.samples(since)}
 
 
 @router.get("/metrics", dependencies=[Depends(require_status_token)])

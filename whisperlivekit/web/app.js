@@ -6,6 +6,7 @@
  * connections the server accepted since Record, data-last-message names the last message type.
  */
 import { AsrSession, backoffMs, defaultAsrUrl, explainClose, loadCloseCodes } from "./connection.js";
+import { RecordingMeter } from "./meter.js";
 import { closeMicrophone, listMicrophones, openMicrophone, startCapture } from "./recorder.js";
 import { copyText, downloadText, transcriptFilename } from "./share.js";
 import { Transcript, formatLag } from "./transcript.js";
@@ -17,6 +18,7 @@ const ui = {
   lagDiarization: $("lag-diarization"), copy: $("copy"), download: $("download"), empty: $("empty"),
 };
 const transcript = new Transcript($("lines"), $("buffer"));
+const meter = new RecordingMeter({ row: $("meter-row"), meter: $("level"), fill: $("level-fill"), elapsed: $("elapsed") });
 const STREAMING = new Set(["connecting", "queued", "recording", "reconnecting"]);
 
 let state = "idle";
@@ -87,6 +89,7 @@ async function refreshMicrophones() {
 async function stopCapture() {
   const current = capture;
   capture = null;
+  meter.pause();
   if (current) await current.stop();
 }
 
@@ -94,6 +97,7 @@ function release() {
   clearTimeout(retryTimer);
   retryTimer = null;
   stopCapture();
+  meter.stop();
   closeMicrophone(microphone);
   microphone = null;
 }
@@ -103,6 +107,7 @@ async function start() {
   transcript.clear();
   refreshTranscriptView();
   resetFacts();
+  meter.reset();
   setState("connecting", "Opening the microphone…");
   const table = closeCodeTable(); // fetched while the microphone opens
   try {
@@ -154,6 +159,7 @@ async function onConfig(me, config) {
     const started = await startCapture(microphone, config.useAudioWorklet, (chunk) => me.send(chunk));
     if (session !== me || !recording) return void started.stop();
     capture = started;
+    meter.start(started.level);
     ui.audio.textContent = started.kind;
     setState("recording", "Recording");
   } catch (error) {
@@ -194,6 +200,7 @@ function onClose(me, code, reason) {
 
 async function stop() {
   recording = false;
+  meter.stop();
   const me = session;
   if (!me || !me.isOpen || !capture) { // nothing streamed yet: just hang up
     release();

@@ -1,10 +1,15 @@
 /**
  * The GPU dashboard: polls `/gpu-status` every 2 s and draws the totals and one card
  * per GPU (health, connections used / capacity, NVML memory, utilisation, temperature),
- * plus a CPU card when CPU slots are in use or there is no GPU.
+ * plus a CPU card when CPU slots are in use or there is no GPU. Each card keeps its
+ * history charts, fed by `/gpu-status/history` (dashboard-charts.js) on the same poll.
  */
+import { HistoryCharts } from "./dashboard-charts.js";
+
 const POLL_MS = 2000;
 const $ = (id) => document.getElementById(id);
+const charts = new HistoryCharts($("host-history"));
+const cardNodes = new Map(); // device key → its <article>, kept across polls so its charts live on
 
 /** A DOM element: el("div", {class: "x", "data-testid": "y"}, child, "text", ...). */
 function el(tag, attributes = {}, ...children) {
@@ -37,11 +42,26 @@ function connectionsBar(active, max) {
   return bar("Connections", `${active} / ${max}`, max ? (100 * active) / max : 0, "connections");
 }
 
+/** The card of device `key`, its live part replaced by `children`, its history charts kept. */
+function card(key, attributes, ...children) {
+  let node = cardNodes.get(key);
+  if (!node) {
+    node = el("article", {});
+    node.live = el("div", { class: "card-live" });
+    node.append(node.live, charts.cardCharts(key));
+    cardNodes.set(key, node);
+  }
+  for (const name of [...node.getAttributeNames()]) node.removeAttribute(name);
+  for (const [name, value] of Object.entries(attributes)) node.setAttribute(name, value);
+  node.live.replaceChildren(...children.filter(Boolean));
+  return node;
+}
+
 function gpuCard(gpu) {
   const health = gpu.healthy ? el("span", { class: "badge ok" }, "healthy")
     : el("span", { class: "badge bad", title: gpu.unhealthy_reason || "" }, "unhealthy");
   const memoryText = gpu.total_memory_gb ? `${number(gpu.used_memory_gb)} / ${number(gpu.total_memory_gb)} GB` : "unknown";
-  return el("article", { class: `card${gpu.healthy ? "" : " unhealthy"}`, "data-testid": "gpu-card", "data-gpu-id": String(gpu.gpu_id) },
+  return card(String(gpu.gpu_id), { class: `card${gpu.healthy ? "" : " unhealthy"}`, "data-testid": "gpu-card", "data-gpu-id": String(gpu.gpu_id) },
     el("header", { class: "card-head" },
       el("h2", {}, `GPU ${gpu.gpu_id}`),
       el("div", { class: "badges" }, health, gpu.simulated ? el("span", { class: "badge simulated" }, "simulated") : null)),
@@ -56,7 +76,7 @@ function gpuCard(gpu) {
 
 function cpuCard(cpu, status) {
   const worker = (status.devices || {}).cpu;
-  return el("article", { class: "card cpu", "data-testid": "cpu-card" },
+  return card("cpu", { class: "card cpu", "data-testid": "cpu-card" },
     el("header", { class: "card-head" }, el("h2", {}, "CPU"),
       status.total_gpus ? el("div", { class: "badges" }, el("span", { class: "badge" }, "fallback")) : null),
     el("p", { class: "card-name" }, status.total_gpus ? "Connections beyond the GPUs' capacity" : "No GPU: engines run on the CPU"),
@@ -81,12 +101,20 @@ function render(status) {
   $("cards").replaceChildren(...cards);
 }
 
+/** GET a JSON status path, passing the page's `?token=` on (under --protect-status). */
+async function getJson(path, query = {}) {
+  const token = new URLSearchParams(location.search).get("token");
+  const params = new URLSearchParams({ ...query, ...(token ? { token } : {}) });
+  const response = await fetch(params.toString() ? `${path}?${params}` : path, { cache: "no-store" });
+  if (!response.ok) throw new Error(`HTTP ${response.status}`);
+  return response.json();
+}
+
 async function poll() {
   try {
-    const token = new URLSearchParams(location.search).get("token");  // under --protect-status
-    const response = await fetch(token ? `gpu-status?token=${encodeURIComponent(token)}` : "gpu-status", { cache: "no-store" });
-    if (!response.ok) throw new Error(`HTTP ${response.status}`);
-    render(await response.json());
+    const [status, history] = await Promise.all([getJson("gpu-status"), getJson("gpu-status/history", { since: charts.lastT })]);
+    render(status);
+    charts.ingest(history);
     $("error").hidden = true;
     $("updated").textContent = `Updated ${new Date().toLocaleTimeString()} · refreshes every ${POLL_MS / 1000} s`;
   } catch (error) {
