@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
 import time
 from typing import List, Optional
 
@@ -46,9 +47,10 @@ async def messages_until_close(ws, timeout: float = 30.0) -> List[dict]:
         return out
 
 
-def ffmpeg_children(pid: int) -> List[psutil.Process]:
+def ffmpeg_children(pid: Optional[int] = None) -> List[psutil.Process]:
+    """ffmpeg processes below `pid` (a server subprocess; default: this test process, for in-process servers)."""
     try:
-        return [p for p in psutil.Process(pid).children(recursive=True) if p.name() == "ffmpeg"]
+        return [p for p in psutil.Process(pid or os.getpid()).children(recursive=True) if p.name() == "ffmpeg"]
     except psutil.NoSuchProcess:
         return []
 

@@ -9,7 +9,7 @@ import random
 import websockets
 
 from conftest import run, running_server, wer
-from helpers import eventually
+from helpers import eventually, ffmpeg_children
 from whisperlivekit.client import stream
 
 FRAMES = 10_000
@@ -67,4 +67,4 @@ def test_garbage_frames_get_errors_while_a_real_stream_stays_accurate(speech_pcm
         assert result.ended_with_ready_to_stop and wer(reference, result.text) <= 0.10, result.text
         assert outcomes and all(error or code is not None for error, code in outcomes)
         assert eventually(lambda: server.get("/health").json()["active_connections"] == 0, timeout=30)
-        assert eventually(lambda: not server.ffmpeg_children(), timeout=30)
+        assert eventually(lambda: not ffmpeg_children(server.proc.pid), timeout=30)

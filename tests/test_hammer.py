@@ -11,11 +11,10 @@ import os
 import random
 import time
 
-import psutil
 import websockets
 
 from conftest import in_process_server, run
-from helpers import drop_tcp, eventually
+from helpers import drop_tcp, eventually, ffmpeg_children
 from whisperlivekit.app import create_app
 from whisperlivekit.config import Settings
 from whisperlivekit.errors import DeviceError
@@ -29,10 +28,6 @@ async def engine_factory_failing_on_simulated_gpu_1(services, slot, language):
     if slot.gpu_id == 1:
         raise DeviceError("CUDA error: out of memory (simulated failure on GPU 1)")
     return await build_engine(services, slot, language)
-
-
-def _ffmpeg_children():
-    return [p for p in psutil.Process().children(recursive=True) if p.name() == "ffmpeg"]
 
 
 def test_hammer_500_cycles_32_clients_leave_zero_slots_and_zero_ffmpeg(speech_pcm, webm):
@@ -109,7 +104,7 @@ def test_hammer_500_cycles_32_clients_leave_zero_slots_and_zero_ffmpeg(speech_pc
         assert sum(outcomes.values()) == CYCLES
         assert eventually(lambda: services.manager.held() == 0, timeout=30), services.manager.snapshot()
         assert eventually(lambda: not services.active_engines, timeout=30)
-        assert eventually(lambda: not _ffmpeg_children(), timeout=30), [p.pid for p in _ffmpeg_children()]
+        assert eventually(lambda: not ffmpeg_children(), timeout=30), [p.pid for p in ffmpeg_children()]
         snapshot = services.manager.snapshot()
         assert all(g["active_connections"] == 0 for g in snapshot["gpus"])
         assert "simulated failure on GPU 1" in (snapshot["gpus"][1].get("unhealthy_reason") or "") or snapshot["gpus"][1]["healthy"]
