@@ -152,6 +152,18 @@ def wer(reference: str, hypothesis: str) -> float:
     return jiwer.wer(normalise(reference), normalise(hypothesis))
 
 
+def wer_of_prefix(reference: str, hypothesis: str, slack_words: int = 2) -> float:
+    """WER of a transcript of the audio's first part: against the reference's first words
+    (as many as the hypothesis has, give or take `slack_words` for a word cut at the end)."""
+    from whisper.normalizers import EnglishTextNormalizer
+
+    normalise = EnglishTextNormalizer()
+    words = normalise(reference).split()
+    n = len(normalise(hypothesis).split())
+    lengths = range(max(1, n - slack_words), min(len(words), n + slack_words) + 1)
+    return min(wer(" ".join(words[:k]), hypothesis) for k in lengths)
+
+
 def run(coro):
     return asyncio.run(coro)
 

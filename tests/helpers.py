@@ -65,6 +65,15 @@ def eventually(check, timeout: float = 15.0, interval: float = 0.2):
     return value
 
 
+async def until(check, timeout_s: float = 30.0, interval_s: float = 0.1) -> None:
+    """Inside a scenario: wait until the blocking `check()` (run in a thread) is truthy, else fail."""
+    deadline = time.monotonic() + timeout_s
+    while not await asyncio.to_thread(check):
+        if time.monotonic() > deadline:
+            raise AssertionError(f"condition not met within {timeout_s} s: {check}")
+        await asyncio.sleep(interval_s)
+
+
 def check_finished_stream(result, reference: str, max_wer: float) -> float:
     """A clean finish (config first, ready_to_stop last, close 1000) and WER within `max_wer`; returns the WER."""
     from conftest import wer
