@@ -129,7 +129,8 @@ def test_conversion_is_cached_and_checkpoint_files_pass_through(tiny_dir: Path, 
     written_at = first.stat().st_mtime_ns
     again = ensure_openai_checkpoint(tiny_dir, cache_dir=tmp_path)
     assert again == first and again.stat().st_mtime_ns == written_at
-    assert [p.name for p in tmp_path.iterdir()] == [first.name]  # no temp files left behind
+    assert first.parent == tmp_path / "openai"  # under --cache-dir, beside the joined models/
+    assert [p.name for p in first.parent.iterdir()] == [first.name]  # no temp files left behind
     assert ensure_openai_checkpoint(first, cache_dir=tmp_path / "unused") == first
 
 
