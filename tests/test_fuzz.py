@@ -6,11 +6,14 @@ import asyncio
 import os
 import random
 
+import pytest
 import websockets
 
 from conftest import run, running_server, wer
 from helpers import eventually, ffmpeg_children
 from whisperlivekit.client import stream
+
+pytestmark = pytest.mark.slow
 
 FRAMES = 10_000
 CLIENTS = 8

@@ -11,6 +11,7 @@ import os
 import random
 import time
 
+import pytest
 import websockets
 
 from conftest import in_process_server, run
@@ -19,6 +20,8 @@ from whisperlivekit.app import create_app
 from whisperlivekit.config import Settings
 from whisperlivekit.errors import DeviceError
 from whisperlivekit.services import build_engine
+
+pytestmark = pytest.mark.slow
 
 CYCLES = int(__import__("os").environ.get("WLK_HAMMER_CYCLES", "500"))
 CLIENTS = 32
