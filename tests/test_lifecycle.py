@@ -8,6 +8,7 @@ import threading
 import time
 
 import httpx
+import pytest
 import websockets
 
 from conftest import run, running_server, wer, wer_of_prefix
@@ -73,6 +74,7 @@ def test_limits_close_with_clear_codes_and_reasons(speech_pcm):
 
 
 # -- draining ----------------------------------------------------------------------------
+@pytest.mark.slow
 def test_sigterm_drains_four_active_streams_then_exits_0(speech_pcm):
     pcm, reference = speech_pcm("harvard")
     with running_server("--pcm-input", "--drain-timeout", "90") as server:
@@ -123,6 +125,7 @@ def test_sigterm_drains_four_active_streams_then_exits_0(speech_pcm):
     assert "Drained" in log
 
 
+@pytest.mark.slow
 def test_drain_deadline_finishes_remaining_streams_with_their_transcript(speech_pcm):
     pcm, reference = speech_pcm("harvard")
     with running_server("--pcm-input", "--drain-timeout", "3") as server:
@@ -148,6 +151,7 @@ def test_drain_deadline_finishes_remaining_streams_with_their_transcript(speech_
 
 
 # -- overload ----------------------------------------------------------------------------
+@pytest.mark.slow
 def test_three_times_capacity_refuses_the_excess_and_completes_the_rest(speech_pcm):
     pcm, _ = speech_pcm("arctic_a0009")
     with running_server("--pcm-input", "--max-cpu-connections", "2") as server:
