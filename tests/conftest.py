@@ -6,16 +6,16 @@ import asyncio
 import os
 import signal
 import socket
+import ssl
 import subprocess
 import sys
 import threading
 import time
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Iterator, List, Optional
+from typing import Iterator, Optional
 
 import httpx
-import psutil
 import pytest
 
 sys.path.insert(0, str(Path(__file__).parent))
@@ -44,13 +44,16 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def wait_healthy(base_url: str, timeout_s: float = 90.0, proc: Optional[subprocess.Popen] = None) -> None:
+def wait_healthy(
+    base_url: str, timeout_s: float = 90.0, proc: Optional[subprocess.Popen] = None, verify: "ssl.SSLContext | bool" = True
+) -> None:
+    """Poll `/health` until 200; `verify` is httpx's: an SSL context that trusts a test certificate."""
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
         if proc is not None and proc.poll() is not None:
             raise RuntimeError(f"server exited with {proc.returncode}:\n{proc.stderr.read().decode() if proc.stderr else ''}")
         try:
-            if httpx.get(f"{base_url}/health", timeout=1.0).status_code == 200:
+            if httpx.get(f"{base_url}/health", timeout=1.0, verify=verify).status_code == 200:
                 return
         except httpx.HTTPError:
             pass
@@ -59,10 +62,15 @@ def wait_healthy(base_url: str, timeout_s: float = 90.0, proc: Optional[subproce
 
 
 class ServerProcess:
-    """`whisperlivekit-server` in a subprocess, as a user runs it."""
+    """`whisperlivekit-server` in a subprocess, as a user runs it.
 
-    def __init__(self, *flags: str, env: Optional[dict] = None) -> None:
+    With `ssl_context` (one that trusts the server's certificate) the URLs are https/wss and
+    every request made here verifies against it; the server's own TLS flags go in `flags`.
+    """
+
+    def __init__(self, *flags: str, env: Optional[dict] = None, ssl_context: Optional[ssl.SSLContext] = None) -> None:
         self.port = free_port()
+        self.ssl_context = ssl_context
         self.flags = list(flags)
         self.env = {**os.environ, **(env or {})}
         self.proc: Optional[subprocess.Popen] = None
@@ -70,11 +78,11 @@ class ServerProcess:
 
     @property
     def base_url(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
+        return f"{'https' if self.ssl_context else 'http'}://127.0.0.1:{self.port}"
 
     @property
     def ws_url(self) -> str:
-        return f"ws://127.0.0.1:{self.port}/asr"
+        return f"{'wss' if self.ssl_context else 'ws'}://127.0.0.1:{self.port}/asr"
 
     def start(self) -> "ServerProcess":
         self._log = open(self.log_path, "wb")
@@ -83,7 +91,7 @@ class ServerProcess:
             stdout=self._log, stderr=subprocess.STDOUT, env=self.env,
         )
         try:
-            wait_healthy(self.base_url, proc=self.proc)
+            wait_healthy(self.base_url, proc=self.proc, verify=self.ssl_context or True)
         except Exception:
             self.stop()
             raise RuntimeError(f"server failed to start; log:\n{self.log()}")
@@ -92,14 +100,8 @@ class ServerProcess:
     def log(self) -> str:
         return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
 
-    def ffmpeg_children(self) -> List[psutil.Process]:
-        try:
-            return [p for p in psutil.Process(self.proc.pid).children(recursive=True) if p.name() == "ffmpeg"]
-        except psutil.NoSuchProcess:
-            return []
-
     def get(self, path: str, **kwargs) -> httpx.Response:
-        return httpx.get(self.base_url + path, timeout=10, **kwargs)
+        return httpx.get(self.base_url + path, timeout=10, verify=self.ssl_context or True, **kwargs)
 
     def stop(self, sig: int = signal.SIGTERM, timeout_s: float = 30) -> Optional[int]:
         if self.proc and self.proc.poll() is None:
@@ -113,8 +115,10 @@ class ServerProcess:
 
 
 @contextmanager
-def running_server(*flags: str, env: Optional[dict] = None) -> Iterator[ServerProcess]:
-    server = ServerProcess(*flags, env=env).start()
+def running_server(
+    *flags: str, env: Optional[dict] = None, ssl_context: Optional[ssl.SSLContext] = None
+) -> Iterator[ServerProcess]:
+    server = ServerProcess(*flags, env=env, ssl_context=ssl_context).start()
     try:
         yield server
     finally:
@@ -146,6 +150,18 @@ def wer(reference: str, hypothesis: str) -> float:
 
     normalise = EnglishTextNormalizer()
     return jiwer.wer(normalise(reference), normalise(hypothesis))
+
+
+def wer_of_prefix(reference: str, hypothesis: str, slack_words: int = 2) -> float:
+    """WER of a transcript of the audio's first part: against the reference's first words
+    (as many as the hypothesis has, give or take `slack_words` for a word cut at the end)."""
+    from whisper.normalizers import EnglishTextNormalizer
+
+    normalise = EnglishTextNormalizer()
+    words = normalise(reference).split()
+    n = len(normalise(hypothesis).split())
+    lengths = range(max(1, n - slack_words), min(len(words), n + slack_words) + 1)
+    return min(wer(" ".join(words[:k]), hypothesis) for k in lengths)
 
 
 def run(coro):

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
 import time
 from typing import List, Optional
 
@@ -46,9 +47,10 @@ async def messages_until_close(ws, timeout: float = 30.0) -> List[dict]:
         return out
 
 
-def ffmpeg_children(pid: int) -> List[psutil.Process]:
+def ffmpeg_children(pid: Optional[int] = None) -> List[psutil.Process]:
+    """ffmpeg processes below `pid` (a server subprocess; default: this test process, for in-process servers)."""
     try:
-        return [p for p in psutil.Process(pid).children(recursive=True) if p.name() == "ffmpeg"]
+        return [p for p in psutil.Process(pid or os.getpid()).children(recursive=True) if p.name() == "ffmpeg"]
     except psutil.NoSuchProcess:
         return []
 
@@ -61,6 +63,15 @@ def eventually(check, timeout: float = 15.0, interval: float = 0.2):
         time.sleep(interval)
         value = check()
     return value
+
+
+async def until(check, timeout_s: float = 30.0, interval_s: float = 0.1) -> None:
+    """Inside a scenario: wait until the blocking `check()` (run in a thread) is truthy, else fail."""
+    deadline = time.monotonic() + timeout_s
+    while not await asyncio.to_thread(check):
+        if time.monotonic() > deadline:
+            raise AssertionError(f"condition not met within {timeout_s} s: {check}")
+        await asyncio.sleep(interval_s)
 
 
 def check_finished_stream(result, reference: str, max_wer: float) -> float:

@@ -19,6 +19,7 @@ import pytest
 import yaml
 
 from whisperlivekit.cli import build_parser, env_name, settings_from_args
+from whisperlivekit.config import Settings
 
 try:
     import tomllib
@@ -27,12 +28,6 @@ except ModuleNotFoundError:  # Python 3.10
 
 ROOT = Path(__file__).resolve().parent.parent
 K8S = ROOT / "deploy" / "kubernetes"
-
-# Flags the manifests already use that another branch is adding to the CLI.
-# While the parser lacks one, it is set aside (and reported by a skipped test);
-# once it exists it is parsed like every other flag.
-PENDING_FLAGS = {"--drain-timeout": "SIGTERM draining (--drain-timeout) is not in this branch's CLI yet"}
-
 
 # -- Dockerfile ------------------------------------------------------------------------
 DOCKERFILE_INSTRUCTIONS = {
@@ -176,26 +171,15 @@ def container() -> dict:
     return server
 
 
-def server_args(args: List[str]) -> Tuple[dict, List[str]]:
-    """(flag → value from the args, pending flags set aside); every flag parses with the real CLI."""
+def server_args(args: List[str]) -> Tuple[dict, Settings]:
+    """(flag → value from the args, the Settings the real CLI builds from them); every flag must exist."""
     known = build_parser()._option_string_actions
-    flags = [a for a in args if a.startswith("--")]
-    unknown = [f for f in flags if f not in known and f not in PENDING_FLAGS]
+    unknown = [a for a in args if a.startswith("--") and a not in known]
     assert not unknown, f"not flags of whisperlivekit-server: {unknown}"  # exact names, no abbreviations
-    pending = [f for f in flags if f not in known]
-    kept: List[str] = []
-    skip_next = False
-    for arg in args:
-        if skip_next:
-            skip_next = False
-        elif arg in pending:
-            skip_next = True
-        else:
-            kept.append(arg)
-    settings_from_args(kept)
+    settings = settings_from_args(args, environ={})
     values = {a: args[n + 1] if n + 1 < len(args) and not args[n + 1].startswith("--") else True
               for n, a in enumerate(args) if a.startswith("--")}
-    return values, pending
+    return values, settings
 
 
 def test_manifests_are_valid_yaml_listed_in_the_kustomization():
@@ -228,10 +212,10 @@ def test_deployment_args_are_real_cli_flags():
     assert values["--host"] == "0.0.0.0"
 
 
-def test_drain_timeout_flag_exists_in_the_cli():
-    _, pending = server_args(container()["args"])
-    if pending:
-        pytest.skip(PENDING_FLAGS[pending[0]])
+def test_deployment_sets_a_drain_timeout_the_cli_reads():
+    values, settings = server_args(container()["args"])
+    assert "--drain-timeout" in values, "the pod's grace period is sized from --drain-timeout"
+    assert settings.drain_timeout_s == float(values["--drain-timeout"])
 
 
 def test_container_port_is_the_port_argument():

@@ -111,6 +111,7 @@ def embedding_diarizer():
     diarizer.close()
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("pair", ["harvard", "arctic"])
 def test_two_real_voices_streamed_in_100ms_chunks_are_told_apart(embedding_diarizer, pair):
     audio, reference = _conversation(_voice_pair(pair))
@@ -128,6 +129,7 @@ def test_two_real_voices_streamed_in_100ms_chunks_are_told_apart(embedding_diari
     ), "process() returns every segment in its final form"
 
 
+@pytest.mark.slow
 def test_embedding_streams_on_one_model_keep_their_own_state(embedding_diarizer):
     one, _ = _conversation(_voice_pair("harvard"))
     other, _ = _conversation(_voice_pair("arctic"))
@@ -145,6 +147,7 @@ def test_embedding_streams_on_one_model_keep_their_own_state(embedding_diarizer)
     assert first.processed_s == one_alone.processed_s
 
 
+@pytest.mark.slow
 def test_embedding_labels_do_not_depend_on_chunk_size(embedding_diarizer):
     audio, _ = _conversation(_voice_pair("arctic"))
     by_100ms, by_odd_pieces = embedding_diarizer.new_stream(), embedding_diarizer.new_stream()
@@ -153,6 +156,7 @@ def test_embedding_labels_do_not_depend_on_chunk_size(embedding_diarizer):
     assert by_odd_pieces.segments == by_100ms.segments
 
 
+@pytest.mark.slow
 def test_silence_gives_no_speakers(embedding_diarizer):
     state = embedding_diarizer.new_stream()
     assert _stream(embedding_diarizer, state, np.zeros(5 * SR, np.float32)) == {}
@@ -181,6 +185,7 @@ def call_audio() -> np.ndarray:
     return audio
 
 
+@pytest.mark.slow
 def test_sortformer_state_advances_chunk_by_chunk(sortformer, call_audio):
     state = sortformer.new_stream()
     assert state.processed_s == 0.0 and state.segments == []
@@ -197,6 +202,7 @@ def test_sortformer_state_advances_chunk_by_chunk(sortformer, call_audio):
     _valid(state.segments, state.processed_s, 4)
 
 
+@pytest.mark.slow
 def test_sortformer_streams_on_one_model_stay_independent(sortformer, call_audio):
     alone = sortformer.new_stream()
     _stream(sortformer, alone, call_audio)
@@ -211,6 +217,7 @@ def test_sortformer_streams_on_one_model_stay_independent(sortformer, call_audio
     assert first.processed_s == alone.processed_s
 
 
+@pytest.mark.slow
 def test_sortformer_streamed_output_equals_offline_streaming(sortformer, call_audio):
     """100 ms pieces give exactly what NeMo's own forward_streaming gives on the whole recording."""
     import torch
@@ -235,12 +242,14 @@ def test_sortformer_streamed_output_equals_offline_streaming(sortformer, call_au
     assert sorted(streamed) == sorted(offline)
 
 
+@pytest.mark.slow
 def test_sortformer_model_is_on_the_requested_device(sortformer):
     assert sortformer.device == "cpu"
     assert {p.device.type for p in sortformer._model.parameters()} == {"cpu"}
     assert sortformer.new_stream().nemo.spkcache.device.type == "cpu"
 
 
+@pytest.mark.slow
 def test_sortformer_max_speakers_caps_labels(tiny_nemo, call_audio):
     diarizer = load_diarizer("sortformer", "cpu", str(tiny_nemo), 2)
     state = diarizer.new_stream()
@@ -248,6 +257,7 @@ def test_sortformer_max_speakers_caps_labels(tiny_nemo, call_audio):
     _valid(state.segments, state.processed_s, 2)
 
 
+@pytest.mark.slow
 def test_sortformer_hub_name_offline_fails_fast_with_model_not_found(monkeypatch, tmp_path):
     pytest.importorskip("nemo.collections.asr")
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
@@ -258,6 +268,7 @@ def test_sortformer_hub_name_offline_fails_fast_with_model_not_found(monkeypatch
     assert time.monotonic() - started < 10
 
 
+@pytest.mark.slow
 def test_sortformer_missing_file_is_model_not_found(tmp_path):
     pytest.importorskip("nemo.collections.asr")
     with pytest.raises(ModelNotFound, match="does not exist"):

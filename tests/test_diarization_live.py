@@ -10,6 +10,8 @@ import pytest
 from conftest import run, running_server, wer
 from whisperlivekit.client import stream
 
+pytestmark = pytest.mark.slow
+
 SR = 16000
 
 

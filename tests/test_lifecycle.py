@@ -8,10 +8,11 @@ import threading
 import time
 
 import httpx
+import pytest
 import websockets
 
-from conftest import run, running_server, wer
-from helpers import eventually, open_session
+from conftest import run, running_server, wer, wer_of_prefix
+from helpers import eventually, open_session, until
 from whisperlivekit.client import stream
 
 
@@ -73,6 +74,7 @@ def test_limits_close_with_clear_codes_and_reasons(speech_pcm):
 
 
 # -- draining ----------------------------------------------------------------------------
+@pytest.mark.slow
 def test_sigterm_drains_four_active_streams_then_exits_0(speech_pcm):
     pcm, reference = speech_pcm("harvard")
     with running_server("--pcm-input", "--drain-timeout", "90") as server:
@@ -87,11 +89,24 @@ def test_sigterm_drains_four_active_streams_then_exits_0(speech_pcm):
                     pass
                 time.sleep(0.3)
 
+        def draining() -> bool:
+            return server.get("/ready").json().get("reason") == "draining"
+
         async def scenario():
-            clients = [asyncio.create_task(stream(server.ws_url, pcm, pcm=True, speed=1.0)) for _ in range(4)]
-            await asyncio.sleep(2.5)
+            admitted = []
+            all_streaming = asyncio.Event()
+
+            def on_message(message: dict) -> None:
+                if message.get("type") == "config":
+                    admitted.append(message)
+                    if len(admitted) == 4:
+                        all_streaming.set()
+
+            clients = [asyncio.create_task(stream(server.ws_url, pcm, pcm=True, speed=1.0, on_message=on_message))
+                       for _ in range(4)]
+            await asyncio.wait_for(all_streaming.wait(), timeout=60)
             server.proc.send_signal(signal.SIGTERM)
-            await asyncio.sleep(1.0)
+            await until(draining)
             late, first, late_code = await open_session(server.ws_url)
             return await asyncio.gather(*clients), (first, late_code, late.close_reason)
 
@@ -110,12 +125,19 @@ def test_sigterm_drains_four_active_streams_then_exits_0(speech_pcm):
     assert "Drained" in log
 
 
+@pytest.mark.slow
 def test_drain_deadline_finishes_remaining_streams_with_their_transcript(speech_pcm):
     pcm, reference = speech_pcm("harvard")
     with running_server("--pcm-input", "--drain-timeout", "3") as server:
         async def scenario():
-            client = asyncio.create_task(stream(server.ws_url, pcm, pcm=True, speed=1.0))
-            await asyncio.sleep(4.0)
+            first_words = asyncio.Event()
+
+            def on_message(message: dict) -> None:
+                if any(line.get("text") for line in message.get("lines", [])):
+                    first_words.set()
+
+            client = asyncio.create_task(stream(server.ws_url, pcm, pcm=True, speed=1.0, on_message=on_message))
+            await asyncio.wait_for(first_words.wait(), timeout=60)  # mid-stream: a line is committed
             server.proc.send_signal(signal.SIGTERM)
             return await client
 
@@ -123,10 +145,13 @@ def test_drain_deadline_finishes_remaining_streams_with_their_transcript(speech_
         assert server.proc.wait(timeout=60) == 0
     assert result.ended_with_ready_to_stop
     assert (result.close_code, result.close_reason) == (1001, "Server is shutting down")
-    assert result.text and wer(reference, result.text) < 0.9  # the audio sent before the deadline, transcribed
+    # The audio sent before the deadline, transcribed as well as the whole clip is elsewhere (10% WER).
+    print("drain-deadline transcript:", repr(result.text))
+    assert result.text and wer_of_prefix(reference, result.text) <= 0.10, result.text
 
 
 # -- overload ----------------------------------------------------------------------------
+@pytest.mark.slow
 def test_three_times_capacity_refuses_the_excess_and_completes_the_rest(speech_pcm):
     pcm, _ = speech_pcm("arctic_a0009")
     with running_server("--pcm-input", "--max-cpu-connections", "2") as server:

@@ -8,7 +8,8 @@ from conftest import run
 from helpers import check_finished_stream
 from whisperlivekit.client import stream
 
-CLIPS = [("harvard", 0.10), ("arctic_a0007", 0.10), ("arctic_a0009", 0.10), ("pyannote", 0.25)]
+CLIPS = [("harvard", 0.10), ("arctic_a0007", 0.10), ("arctic_a0009", 0.10),
+         pytest.param("pyannote", 0.25, marks=pytest.mark.slow)]  # a 30 s call
 
 
 

@@ -7,12 +7,15 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 import audio_assets
 from conftest import running_server
 
 SCRIPT = Path(__file__).resolve().parent.parent / "scripts" / "loadtest.py"
 
 
+@pytest.mark.slow
 def test_one_client_for_eight_seconds_writes_a_full_report(tmp_path):
     for clip in ("arctic_a0007", "arctic_a0009"):
         audio_assets.arctic(clip)  # skips the test if the recording is unavailable

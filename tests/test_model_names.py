@@ -15,6 +15,7 @@ from pathlib import Path
 import pytest
 
 from conftest import free_port
+from whisperlivekit.cli import settings_from_args
 from whisperlivekit.weights import resolve as models
 from whisperlivekit.weights.ctranslate2_file import missing_data
 from whisperlivekit.weights.resolve import RegistryModel, hub_has, resolve_model
@@ -129,6 +130,15 @@ def test_parts_are_joined_once_into_the_cache(home, parted_tiny):
     stamp = (joined / "model.bin").stat().st_mtime_ns
     assert resolve_model("tiny", allow_download=False) == joined
     assert (joined / "model.bin").stat().st_mtime_ns == stamp, "joined again"
+
+
+def test_cache_dir_flag_moves_the_joined_parts(home, parted_tiny, tmp_path):
+    _, register = parted_tiny
+    register(3)
+    settings = settings_from_args(["--model", "tiny", "--cache-dir", str(tmp_path / "elsewhere"), "--no-download"])
+    joined = resolve_model(settings.model, allow_download=settings.allow_download, cache_dir=settings.cache_dir)
+    assert joined == tmp_path / "elsewhere" / "models" / "tiny" and (joined / "model.bin").is_file()
+    assert not (home / "cache" / "whisperlivekit").exists()
 
 
 def test_missing_parts_are_named_instead_of_failing_at_load_time(home, parted_tiny):

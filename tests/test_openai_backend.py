@@ -96,6 +96,7 @@ def test_checkpoint_carries_the_alignment_heads_from_config_json(checkpoint: Pat
     assert heads == [[1, 0], [2, 0], [2, 5], [3, 0], [3, 1], [3, 2], [3, 3], [3, 4]]  # tiny.en's, as in config.json
 
 
+@pytest.mark.slow
 def test_int8_weights_are_dequantized_row_by_row(tiny_dir: Path, tmp_path: Path):
     """An int8 model written by CTranslate2's own quantizer reads back within half a quantization step."""
     from ctranslate2.specs import model_spec, whisper_spec
@@ -129,7 +130,8 @@ def test_conversion_is_cached_and_checkpoint_files_pass_through(tiny_dir: Path, 
     written_at = first.stat().st_mtime_ns
     again = ensure_openai_checkpoint(tiny_dir, cache_dir=tmp_path)
     assert again == first and again.stat().st_mtime_ns == written_at
-    assert [p.name for p in tmp_path.iterdir()] == [first.name]  # no temp files left behind
+    assert first.parent == tmp_path / "openai"  # under --cache-dir, beside the joined models/
+    assert [p.name for p in first.parent.iterdir()] == [first.name]  # no temp files left behind
     assert ensure_openai_checkpoint(first, cache_dir=tmp_path / "unused") == first
 
 
@@ -193,6 +195,7 @@ def test_backend_on_a_directory_without_model_bin_raises_model_load_error(tmp_pa
 # -- transcription ---------------------------------------------------------------
 
 
+@pytest.mark.slow
 def test_same_transcript_as_faster_whisper_float32(openai_backend, tiny_dir: Path, harvard):
     from whisperlivekit.asr.backends.faster_whisper import FasterWhisperBackend
 
@@ -211,6 +214,7 @@ def test_same_transcript_as_faster_whisper_float32(openai_backend, tiny_dir: Pat
     assert max(abs(a.start - b.start) for a, b in zip(got.words, spoken)) <= 0.05
 
 
+@pytest.mark.slow
 def test_word_times_are_relative_to_the_request_audio(openai_backend, harvard):
     start_s, end_s = 2.8, 6.0  # "Glue the sheet to the dark blue background."
     clip = harvard[int(start_s * 16_000): int(end_s * 16_000)]

@@ -8,7 +8,6 @@ import ssl
 
 import httpx
 import pytest
-import websockets
 
 from conftest import run, running_server
 from helpers import open_session
@@ -94,41 +93,15 @@ def _self_signed(tmp_path):
     return cert_path, key_path
 
 
-def test_tls_serves_wss_with_the_given_certificate(tmp_path, speech_pcm, monkeypatch):
-    import conftest
-
+def test_tls_serves_wss_with_the_given_certificate(tmp_path, speech_pcm):
     cert, key = _self_signed(tmp_path)
-    context = ssl.create_default_context(cafile=str(cert))
-    monkeypatch.setattr(conftest, "wait_healthy", lambda *a, **k: _wait_https(*a, verify=context, **k))
-    with running_server("--pcm-input", "--ssl-certfile", str(cert), "--ssl-keyfile", str(key)) as server:
-        assert httpx.get(f"https://127.0.0.1:{server.port}/health", verify=context).status_code == 200
+    trusts_cert = ssl.create_default_context(cafile=str(cert))
+    flags = ("--pcm-input", "--ssl-certfile", str(cert), "--ssl-keyfile", str(key))
+    with running_server(*flags, ssl_context=trusts_cert) as server:
+        assert server.base_url.startswith("https://") and server.get("/health").status_code == 200
+        with pytest.raises(httpx.HTTPError):  # plain HTTP on the TLS port is not served
+            httpx.get(f"http://127.0.0.1:{server.port}/health", timeout=5)
         pcm, _ = speech_pcm("arctic_a0007")
-
-        async def go():
-            original = websockets.connect
-
-            def connect(url, **kwargs):
-                return original(url, ssl=context, **kwargs)
-
-            monkeypatch.setattr(websockets, "connect", connect)
-            return await stream(f"wss://127.0.0.1:{server.port}/asr", pcm, pcm=True, speed=4.0)
-
-        result = run(go())
+        result = run(stream(server.ws_url, pcm, pcm=True, speed=4.0, ssl=trusts_cert))
+        assert server.ws_url.startswith("wss://")
         assert result.config is not None and result.ended_with_ready_to_stop
-
-
-def _wait_https(base_url, timeout_s=90.0, proc=None, verify=None):
-    import time
-
-    deadline = time.monotonic() + timeout_s
-    https = base_url.replace("http://", "https://")
-    while time.monotonic() < deadline:
-        if proc is not None and proc.poll() is not None:
-            raise RuntimeError(f"server exited with {proc.returncode}")
-        try:
-            if httpx.get(f"{https}/health", timeout=1.0, verify=verify).status_code == 200:
-                return
-        except httpx.HTTPError:
-            pass
-        time.sleep(0.2)
-    raise TimeoutError(https)

@@ -30,7 +30,8 @@ from whisperlivekit.client import stream  # noqa: E402
 from whisperlivekit.config import Settings  # noqa: E402
 from whisperlivekit.runtime.device_worker import DeviceWorker  # noqa: E402
 
-CLIPS = [("harvard", 0.10), ("arctic_a0007", 0.10), ("arctic_a0009", 0.10), ("pyannote", 0.25)]
+CLIPS = [("harvard", 0.10), ("arctic_a0007", 0.10), ("arctic_a0009", 0.10),
+         pytest.param("pyannote", 0.25, marks=pytest.mark.slow)]  # a 30 s call
 SAMPLE_RATE = 16_000
 
 
@@ -82,6 +83,7 @@ def test_partials_arrive_while_audio_is_still_streaming_and_ready_to_stop_comes_
     check_finished_stream(result, reference, 0.10)
 
 
+@pytest.mark.slow
 def test_two_connections_at_once_get_the_transcripts_each_gets_alone(simul_server, speech_pcm):
     harvard, harvard_text = speech_pcm("harvard")
     call, _ = speech_pcm("pyannote")
@@ -106,6 +108,7 @@ def test_two_connections_at_once_get_the_transcripts_each_gets_alone(simul_serve
 # -- one shared model, in process ---------------------------------------------------------------
 
 
+@pytest.mark.slow
 def test_streams_decoded_concurrently_on_one_model_match_each_alone(backend):
     """Two lanes call the same model at once (as on a CPU device): no state may leak between streams."""
     harvard = audio_assets.read_wav(audio_assets.harvard()[0])
@@ -233,6 +236,7 @@ def _serve_and_stream(flags: List[str], speech_pcm, webm) -> float:
     return check_finished_stream(result, reference, 0.10)
 
 
+@pytest.mark.slow
 def test_the_deployment_guide_command_line_starts_and_serves_a_stream(speech_pcm, webm):
     # whisperlivekit-server --host 0.0.0.0 --port 8000 --model small --backend simulstreaming --diarization,
     # with a free port (ServerProcess passes one) and tiny.en, which CI machines have.

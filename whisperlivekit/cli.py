@@ -65,6 +65,8 @@ def build_parser() -> argparse.ArgumentParser:
     model = p.add_argument_group("model")
     model.add_argument("--model", default=DEFAULTS.model, help="size name (tiny.en, base, ...) or a local path")
     model.add_argument("--model-dir", default=None, help="directory holding model folders named after sizes")
+    model.add_argument("--cache-dir", default=None,
+                       help="where joined model parts and converted checkpoints are kept (default: $XDG_CACHE_HOME/whisperlivekit, ~/.cache/whisperlivekit)")
     model.add_argument("--backend", default="auto", choices=["auto", *backend_names(), *BACKEND_ALIASES],
                        help="auto: the first backend that runs --backend-policy; simulstreaming: openai-whisper with the "
                             "AlignAtt policy (same as --backend-policy simulstreaming)")

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import ssl as ssl_lib
 import subprocess
 import time
 from dataclasses import dataclass, field
@@ -85,8 +86,13 @@ async def stream(
     on_message: Optional[Callable[[dict], None]] = None,
     open_timeout: float = 30.0,
     headers: Optional[dict] = None,
+    ssl: Optional[ssl_lib.SSLContext] = None,
 ) -> StreamResult:
-    """Stream `payload` in frames at `speed`× real time; returns everything the server said."""
+    """Stream `payload` in frames at `speed`× real time; returns everything the server said.
+
+    `ssl` is the context for a `wss://` URL (e.g. one that trusts a self-signed certificate);
+    without it websockets uses the system's default trust store.
+    """
     import websockets
 
     result = StreamResult()
@@ -96,7 +102,8 @@ async def stream(
     sent_audio_s = 0.0
     sent_at: List[tuple] = []  # (audio time, monotonic)
     committed_ends: set = set()
-    async with websockets.connect(url, max_size=None, open_timeout=open_timeout, additional_headers=headers) as ws:
+    tls = {"ssl": ssl} if ssl is not None else {}
+    async with websockets.connect(url, max_size=None, open_timeout=open_timeout, additional_headers=headers, **tls) as ws:
         async def receive() -> None:
             try:
                 async for raw in ws:

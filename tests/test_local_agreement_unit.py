@@ -1,0 +1,154 @@
+"""LocalAgreement-2 without a model: synthetic hypotheses in, committed words out (milliseconds per test)."""
+
+from __future__ import annotations
+
+from typing import List
+
+import numpy as np
+import pytest
+
+from whisperlivekit.asr.policies.local_agreement import HypothesisBuffer, LocalAgreementPolicy
+from whisperlivekit.asr.types import TranscribeResult, Word
+from whisperlivekit.audio import SAMPLE_RATE
+
+
+def words(text: str, start_s: float = 0.0, step_s: float = 0.4) -> List[Word]:
+    """' the cat sat' → Words 0.4 s apart from `start_s`, with Whisper's leading spaces."""
+    return [Word(start_s + i * step_s, start_s + (i + 1) * step_s, f" {w}") for i, w in enumerate(text.split())]
+
+
+def texts(ws: List[Word]) -> List[str]:
+    return [w.text.strip() for w in ws]
+
+
+def seconds_of_audio(s: float) -> np.ndarray:
+    return np.zeros(int(s * SAMPLE_RATE), dtype=np.float32)
+
+
+# -- HypothesisBuffer ---------------------------------------------------------------------------
+def test_a_first_hypothesis_commits_nothing_and_stays_tentative():
+    buffer = HypothesisBuffer()
+    assert buffer.agree(words("the cat sat")) == []
+    assert texts(buffer.tentative) == ["the", "cat", "sat"]
+
+
+def test_the_prefix_two_hypotheses_share_is_committed_and_the_rest_stays_tentative():
+    buffer = HypothesisBuffer()
+    buffer.agree(words("the cat sat"))
+    assert texts(buffer.agree(words("the cat sat on the"))) == ["the", "cat", "sat"]
+    assert texts(buffer.tentative) == ["on", "the"]
+    assert buffer.last_committed_end_s == pytest.approx(1.2)
+
+
+def test_agreement_stops_at_the_first_word_that_differs():
+    buffer = HypothesisBuffer()
+    buffer.agree(words("the cat sat on"))
+    assert texts(buffer.agree(words("the cap sat on"))) == ["the"]
+    assert texts(buffer.tentative) == ["cap", "sat", "on"]
+
+
+def test_case_and_punctuation_do_not_break_agreement():
+    buffer = HypothesisBuffer()
+    buffer.agree(words("Hello, world"))
+    assert texts(buffer.agree(words("hello world."))) == ["hello", "world."]
+
+
+def test_committed_words_are_never_committed_twice():
+    buffer = HypothesisBuffer()
+    buffer.agree(words("the cat sat"))
+    buffer.agree(words("the cat sat on"))  # commits the cat sat
+    assert texts(buffer.agree(words("the cat sat on the mat"))) == ["on"]
+    assert texts(buffer.agree(words("the cat sat on the mat"))) == ["the", "mat"]
+
+
+def test_a_committed_word_that_reappears_with_an_earlier_timestamp_is_not_repeated():
+    buffer = HypothesisBuffer()
+    buffer.agree(words("the cat sat"))
+    buffer.agree(words("the cat sat on"))  # "sat" committed, ending at 1.2 s
+    jittered = words("the cat sat on the", step_s=0.36)  # every word ~0.1 s earlier this time
+    assert texts(buffer.agree(jittered)) == ["on"]
+
+
+def test_take_all_commits_the_tentative_tail():
+    buffer = HypothesisBuffer()
+    buffer.agree(words("good morning everyone"))
+    assert texts(buffer.take_all()) == ["good", "morning", "everyone"]
+    assert buffer.tentative == [] and buffer.last_committed_end_s == pytest.approx(1.2)
+
+
+# -- LocalAgreementPolicy -----------------------------------------------------------------------
+def test_the_request_covers_the_buffer_and_words_are_placed_at_stream_time():
+    policy = LocalAgreementPolicy(buffer_trimming_s=30.0, language="en")
+    policy.append_audio(seconds_of_audio(2.0))
+    request = policy.next_request()
+    assert len(request.audio) == 2 * SAMPLE_RATE and request.language == "en" and request.prompt == ""
+    policy.apply(TranscribeResult(words("the cat sat")))
+    committed = policy.apply(TranscribeResult(words("the cat sat on")))
+    assert texts(committed) == ["the", "cat", "sat"] and committed[0].start == 0.0
+    assert texts(policy.tentative) == ["on"]
+
+
+def test_a_degenerate_hypothesis_changes_nothing():
+    policy = LocalAgreementPolicy(buffer_trimming_s=30.0)
+    policy.append_audio(seconds_of_audio(2.0))
+    policy.next_request()
+    policy.apply(TranscribeResult(words("the cat sat")))
+    assert policy.apply(TranscribeResult(words("la la la la"), degenerate=True)) == []
+    assert texts(policy.tentative) == ["the", "cat", "sat"]  # still the last real hypothesis
+    assert texts(policy.apply(TranscribeResult(words("the cat sat on")))) == ["the", "cat", "sat"]
+
+
+def test_a_detected_language_is_kept_for_the_following_requests():
+    policy = LocalAgreementPolicy()
+    policy.append_audio(seconds_of_audio(1.0))
+    assert policy.next_request().language is None  # detect
+    policy.apply(TranscribeResult(words("bonjour"), language="fr"))
+    assert policy.next_request().language == "fr"
+
+
+def test_finish_commits_the_tail_and_keeps_audio_that_arrived_during_the_last_request():
+    policy = LocalAgreementPolicy(buffer_trimming_s=30.0)
+    policy.append_audio(seconds_of_audio(2.0))
+    policy.next_request()
+    policy.append_audio(seconds_of_audio(0.5))  # arrives while the request runs
+    policy.apply(TranscribeResult(words("good morning")))
+    assert texts(policy.finish()) == ["good", "morning"]
+    assert policy.offset_s == 2.0 and policy.buffer_s == 0.5
+    assert texts(policy.committed) == ["good", "morning"]
+
+
+def test_committed_text_before_the_buffer_is_the_next_prompt():
+    policy = LocalAgreementPolicy(buffer_trimming_s=30.0)
+    policy.append_audio(seconds_of_audio(2.0))
+    policy.next_request()
+    policy.apply(TranscribeResult(words("good morning")))
+    policy.finish()
+    policy.append_audio(seconds_of_audio(1.0))
+    assert policy.next_request().prompt == " good morning"
+
+
+def test_a_long_buffer_is_trimmed_at_the_end_of_the_last_committed_sentence():
+    policy = LocalAgreementPolicy(buffer_trimming_s=3.0)
+    policy.append_audio(seconds_of_audio(2.0))
+    policy.next_request()
+    policy.apply(TranscribeResult(words("it rained. we stayed in")))  # "rained." ends at 0.8 s
+    policy.apply(TranscribeResult(words("it rained. we stayed in")))  # all committed; 2 s < 3 s: no trim
+    assert policy.offset_s == 0.0
+    policy.append_audio(seconds_of_audio(2.0))
+    policy.next_request()
+    policy.apply(TranscribeResult(words("it rained. we stayed in all day")))  # 4 s > 3 s
+    assert policy.offset_s == pytest.approx(0.8) and policy.buffer_s == pytest.approx(3.2)
+    assert policy.transcribed_until_s == pytest.approx(4.0)  # trimming does not lose track of what was covered
+    assert policy.next_request().prompt == " it rained."  # what was cut off becomes context
+
+
+def test_a_hypothesis_without_agreement_over_a_full_buffer_is_committed_to_a_sentence_end():
+    # Nothing to agree with and a buffer past buffer_trimming_s: waiting longer only makes Whisper
+    # skip more, so the hypothesis is committed to its last sentence end at least 1 s before the
+    # buffer end, and the buffer is trimmed there.
+    policy = LocalAgreementPolicy(buffer_trimming_s=3.0)
+    policy.append_audio(seconds_of_audio(4.0))
+    policy.next_request()
+    assert texts(policy.apply(TranscribeResult(words("it rained. we stayed in")))) == ["it", "rained."]
+    assert texts(policy.tentative) == ["we", "stayed", "in"]
+    assert policy.offset_s == pytest.approx(0.8)

@@ -1,0 +1,100 @@
+"""`SessionGuard` on a fake clock: which limit ends a connection, and when (no server, no sleeping)."""
+
+from __future__ import annotations
+
+import asyncio
+
+import pytest
+
+from whisperlivekit.config import Settings
+from whisperlivekit.errors import LimitExceeded
+from whisperlivekit.limits import AddressCounter, SessionGuard
+
+
+class FakeClock:
+    def __init__(self) -> None:
+        self.now_s = 1000.0
+
+    def __call__(self) -> float:
+        return self.now_s
+
+    def advance(self, seconds: float) -> None:
+        self.now_s += seconds
+
+
+def guard(backlog_s: float = 0.0, **limits) -> tuple:
+    clock = FakeClock()
+    backlog = [backlog_s]
+    settings = Settings(**{"idle_timeout_s": 0.0, "max_session_s": 0.0, "max_backlog_s": 0.0, **limits})
+    return SessionGuard(settings, backlog_s=lambda: backlog[0], clock=clock), clock, backlog
+
+
+def test_idle_timeout_fires_after_that_long_without_a_frame():
+    session, clock, _ = guard(idle_timeout_s=5.0)
+    clock.advance(4.9)
+    assert session.check() is None
+    clock.advance(0.1)
+    exceeded = session.check()
+    assert isinstance(exceeded, LimitExceeded) and exceeded.reason == "Idle timeout"
+
+
+def test_each_frame_restarts_the_idle_timer():
+    session, clock, _ = guard(idle_timeout_s=5.0)
+    for _ in range(10):
+        clock.advance(4.0)
+        session.frame_received()
+        assert session.check() is None
+
+
+def test_the_session_cap_counts_from_the_start_whatever_the_client_sends():
+    session, clock, _ = guard(max_session_s=60.0, idle_timeout_s=5.0)
+    for _ in range(14):
+        clock.advance(4.0)
+        session.frame_received()
+    assert session.check() is None  # 56 s
+    clock.advance(4.0)
+    exceeded = session.check()
+    assert isinstance(exceeded, LimitExceeded) and exceeded.reason == "Maximum session length reached"
+
+
+def test_a_backlog_over_the_limit_means_the_client_sends_faster_than_real_time():
+    session, _, backlog = guard(max_backlog_s=10.0)
+    backlog[0] = 10.0
+    assert session.check() is None  # at the limit is allowed
+    backlog[0] = 10.5
+    exceeded = session.check()
+    assert isinstance(exceeded, LimitExceeded) and exceeded.reason == "Client sends faster than real time"
+
+
+def test_after_the_end_of_audio_only_the_session_cap_applies():
+    session, clock, backlog = guard(idle_timeout_s=5.0, max_backlog_s=10.0, max_session_s=100.0)
+    session.input_ended = True  # the client sent its empty frame; the server is still transcribing
+    backlog[0] = 50.0
+    clock.advance(30.0)
+    assert session.check() is None
+    clock.advance(70.0)
+    assert session.check().reason == "Maximum session length reached"
+
+
+def test_zero_turns_every_limit_off():
+    session, clock, backlog = guard()
+    backlog[0] = 1e6
+    clock.advance(1e6)
+    assert session.check() is None
+
+
+def test_watch_raises_the_limit_it_finds():
+    session, clock, _ = guard(idle_timeout_s=5.0)
+    clock.advance(6.0)
+    with pytest.raises(LimitExceeded, match="No audio"):
+        asyncio.run(asyncio.wait_for(session.watch(), timeout=10))
+
+
+def test_the_address_counter_admits_up_to_its_limit_per_address():
+    counter = AddressCounter(limit=2)
+    assert counter.try_add("10.0.0.1") and counter.try_add("10.0.0.1")
+    assert not counter.try_add("10.0.0.1")
+    assert counter.try_add("10.0.0.2")  # another address has its own count
+    counter.remove("10.0.0.1")
+    assert counter.try_add("10.0.0.1") and counter.count("10.0.0.1") == 2
+    assert AddressCounter(limit=0).try_add("x")  # 0: no limit
