@@ -96,19 +96,27 @@ def test_too_little_free_memory_makes_a_gpu_unavailable():
     assert assert_ready_means_admitted(manager)
 
 
+class _Loads:
+    """A DeviceLoad over a dict the test sets: the measured load itself needs real inference (tests/test_ready.py)."""
+
+    def __init__(self, loads: Dict[str, float]) -> None:
+        self.loads = loads
+
+    def realtime_load(self, device: str) -> float:
+        return self.loads[device]
+
+
 def test_a_saturated_simulated_gpu_is_not_ready_and_refuses():
     load: Dict[str, float] = {"cpu": 0.5}  # simulated GPUs execute on the CPU
-    manager = GpuManager(SimulatedProbe(1), max_realtime_load=0.8, load_of=lambda device: load[device])
+    manager = GpuManager(SimulatedProbe(1), max_realtime_load=0.8, load=_Loads(load))
     assert assert_ready_means_admitted(manager)
     load["cpu"] = 0.9
     assert not assert_ready_means_admitted(manager)
 
 
-@pytest.mark.xfail(strict=True, reason="issue 11 bug 1: has_free_slot ignores the real-time load cap on the CPU "
-                                       "(fixed on another branch; strict: this marker must go when it lands)")
 def test_a_saturated_cpu_host_is_not_ready_and_refuses():
     load: Dict[str, float] = {"cpu": 0.5}
-    manager = GpuManager(SimulatedProbe(0), max_cpu_connections=4, max_realtime_load=0.8, load_of=lambda d: load[d])
+    manager = GpuManager(SimulatedProbe(0), max_cpu_connections=4, max_realtime_load=0.8, load=_Loads(load))
     assert assert_ready_means_admitted(manager)
     load["cpu"] = 0.9
     assert not assert_ready_means_admitted(manager)
