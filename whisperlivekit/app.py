@@ -89,10 +89,10 @@ def create_app(
         yield
         await asyncio.to_thread(pool.close)
 
-    app = FastAPI(title="whisperlivekit", lifespan=lifespan)
-    app.state.services = services
-
     from whisperlivekit.api import asr, security, status, web
+
+    app = FastAPI(title="whisperlivekit", lifespan=lifespan, **security.api_docs_urls(settings))
+    app.state.services = services
 
     security.add_cors(app, settings)
 

@@ -89,7 +89,6 @@ async def _receive_audio(websocket: WebSocket, engine: TranscriptionEngine, max_
         message = await websocket.receive()
         if message["type"] == "websocket.disconnect":
             return False
-        guard.frame_received()
         if message.get("text") is not None:
             raise ProtocolViolation("Text frames are not supported: send audio as binary frames", CLOSE_UNSUPPORTED)
         data = message.get("bytes") or b""
@@ -114,12 +113,15 @@ async def _cancel(*tasks: asyncio.Task) -> None:
     await asyncio.gather(*tasks, return_exceptions=True)
 
 
-def _gatekeeper(services: Services, websocket: WebSocket) -> Optional[Tuple[int, str, str]]:
+def _gatekeeper(services: Services, websocket: WebSocket, address: str) -> Optional[Tuple[int, str, str]]:
     """(close code, reason, metric label) for a connection refused before admission, else None."""
     settings = services.settings
     if not security.origin_ok(settings, websocket.headers):
         return security.CLOSE_ORIGIN_NOT_ALLOWED, "Origin not allowed", "origin"
-    if not security.token_ok(settings, websocket.headers, websocket.query_params):
+    auth = security.check_token(settings, services.auth_throttle, address, websocket.headers, websocket.query_params)
+    if auth == security.AUTH_THROTTLED:
+        return security.CLOSE_UNAUTHORIZED, "Too many failed attempts: try again later", auth
+    if auth == security.AUTH_FAILED:
         return security.CLOSE_UNAUTHORIZED, "Unauthorized", "unauthorized"
     if services.draining:
         return CLOSE_GOING_AWAY, "Server is shutting down", "draining"
@@ -129,7 +131,7 @@ def _gatekeeper(services: Services, websocket: WebSocket) -> Optional[Tuple[int,
 async def _stream(websocket: WebSocket, services: Services, engine: TranscriptionEngine, connection_id: str, log) -> str:
     """Run one admitted stream to its end; returns the outcome (a metric label). Raises typed errors."""
     settings = services.settings
-    guard = SessionGuard(settings, lambda: engine.backlog_s)
+    guard = SessionGuard(settings, lambda: engine.backlog_s, lambda: engine.received_s)
     finish_now = services.sessions.register(connection_id)
     sender = asyncio.create_task(_send_results(websocket, engine))
     receiver = asyncio.create_task(_receive_audio(websocket, engine, settings.max_frame_bytes, guard))
@@ -174,7 +176,8 @@ async def asr(websocket: WebSocket, services: Services = Depends(get_ws_services
     log = logging.LoggerAdapter(logger, {"connection_id": connection_id, "device": "unassigned"})
     metrics = services.metrics
     await websocket.accept()
-    refusal = _gatekeeper(services, websocket)
+    address = websocket.client.host if websocket.client else "unknown"
+    refusal = _gatekeeper(services, websocket, address)
     if refusal is not None:
         code, reason, label = refusal
         metrics.refused.labels(label).inc()
@@ -188,7 +191,6 @@ async def asr(websocket: WebSocket, services: Services = Depends(get_ws_services
         await _send(websocket, error_message(str(exc)))
         await _close(websocket, CLOSE_BAD_PARAMS, "Bad parameters")
         return
-    address = websocket.client.host if websocket.client else "unknown"
     if not services.addresses.try_add(address):
         metrics.refused.labels("per_address").inc()
         log.info("refused: too many connections from this address")
