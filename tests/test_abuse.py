@@ -88,7 +88,10 @@ async def _hog(url: str, trickle: bytes = b"") -> str:
         for offset in range(0, 2 * 60, 2):
             if trickle:
                 await ws.send(trickle[offset:offset + 2])
-            await asyncio.sleep(1.0)
+            try:
+                await asyncio.wait_for(ws.recv(), 1.0)  # the server's error message, then its close
+            except asyncio.TimeoutError:
+                pass
         return "held for a minute"
     except websockets.ConnectionClosed as closed:
         return closed.rcvd.reason if closed.rcvd else "closed"
