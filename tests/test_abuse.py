@@ -22,7 +22,7 @@ import pytest
 import websockets
 
 from conftest import ServerProcess, run, running_server, wait_healthy
-from helpers import open_session
+from helpers import eventually, open_session
 from whisperlivekit.api.security import AuthThrottle
 from whisperlivekit.config import Settings
 from whisperlivekit.limits import SessionGuard
@@ -332,3 +332,4 @@ def test_a_client_that_floods_pings_and_never_reads_is_dropped_before_it_costs_m
     assert dropped, f"{sent} pings and still connected"
     assert growth_mb < 16
     assert "read nothing for 3 s" in guarded_server.log()
+    assert eventually(lambda: guarded_server.get("/health").json()["active_connections"] == 0)  # its slot is back
