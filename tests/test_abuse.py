@@ -26,9 +26,10 @@ from helpers import eventually, open_session
 from whisperlivekit.api.security import AuthThrottle
 from whisperlivekit.config import Settings
 from whisperlivekit.limits import SessionGuard
+from whisperlivekit.logging_setup import redact
 
 TOKEN = "abuse-test-token-never-logged"
-GRACE_S = 3.0
+GRACE_S = 6.0  # short for the test; the default is 10 s
 
 
 class Clock:
@@ -104,7 +105,9 @@ def test_eight_idle_or_trickling_clients_give_their_slots_to_a_real_client_withi
     with running_server("--start-grace", str(GRACE_S)) as server:  # WebM input, the CPU's 8 slots
         async def scenario():
             hogs = [asyncio.create_task(_hog(server.ws_url, payload if i % 2 else b"")) for i in range(8)]
+            deadline = time.monotonic() + 60
             while server.get("/health").json()["active_connections"] < 8:
+                assert time.monotonic() < deadline, "the eight hogs were never admitted together"
                 await asyncio.sleep(0.1)
             held_at = time.monotonic()
             _, first, code = await open_session(server.ws_url)
@@ -174,6 +177,23 @@ def _as(address: str, **headers) -> dict:
 
 
 # -- item 5: the token ------------------------------------------------------------------------
+def test_secret_query_parameters_are_masked_by_their_decoded_name():
+    assert redact("GET /asr?%74oken=T1&language=en") == "GET /asr?%74oken=[redacted]&language=en"
+    assert redact("/metrics?tok%65n=T2") == "/metrics?tok%65n=[redacted]"
+    assert "T3" not in redact("/asr?language=en&TOKEN=T3") and "T4" not in redact("Authorization: Bearer T4")
+
+
+def test_wrong_token_throttle_forgets_failures_once_they_leave_the_window():
+    clock = Clock()
+    throttle = AuthThrottle(max_failures=3, window_s=60.0, clock=clock)
+    for _ in range(3):
+        assert throttle.retry_after_s("10.0.0.1") == 0
+        throttle.failed("10.0.0.1")
+    assert throttle.retry_after_s("10.0.0.1") == 60.0 and throttle.retry_after_s("10.0.0.2") == 0
+    clock.now += 60.5
+    assert throttle.retry_after_s("10.0.0.1") == 0
+
+
 def test_a_percent_encoded_token_parameter_authenticates_but_never_reaches_the_log(guarded_server):
     async def go():
         ws, first, _ = await open_session(guarded_server.ws_url + f"?%74oken={TOKEN}&language=en", headers=_as("10.5.0.1"))
@@ -286,6 +306,23 @@ def test_300_slow_sockets_under_a_256_descriptor_limit_leave_health_answering(gu
     finally:
         for sock in slow:
             sock.close()
+
+
+def test_past_the_open_connection_cap_with_every_connection_busy_a_new_one_gets_503_at_once():
+    with running_server("--pcm-input", "--max-open-connections", "2", "--min-audio-rate", "0") as server:
+        async def go():
+            held = [await open_session(server.ws_url) for _ in range(2)]  # two streams: busy, never dropped
+            full = _raw_request(server.port, b"GET /health HTTP/1.1\r\nHost: x\r\n\r\n", timeout_s=5)
+            await held[0][0].close()
+            await asyncio.sleep(0.5)
+            freed = _raw_request(server.port, b"GET /health HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+            await held[1][0].close()
+            return [first["type"] for _, first, _ in held], full, freed
+
+        types, full, freed = run(go())
+    assert types == ["config", "config"]
+    assert full.startswith(b"HTTP/1.1 503") and b"Too many open connections" in full
+    assert freed.startswith(b"HTTP/1.1 200")
 
 
 # -- item 4: a client that pings and never reads ----------------------------------------------
