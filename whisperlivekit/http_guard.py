@@ -15,8 +15,9 @@ descriptor; `/health` stops answering once they run out) or grow without bound f
 
 `BoundedWebSocketProtocol` (websockets sans-I/O): while the client leaves the server's write
 buffer full (asyncio paused writing), pings get no pong (RFC 6455 lets a server answer only the
-latest), and a client that stays that way for `--write-timeout` seconds is dropped, with a log line.
-Application sends already wait while the buffer is full, so the buffer per connection stays bounded.
+latest), and a client that stays that way for `--write-timeout` seconds is dropped, with a log line
+(so is one that, after the server's close, leaves unsent data for as long). Application sends already
+wait while the buffer is full, so the buffer per connection stays bounded.
 """
 
 from __future__ import annotations
@@ -193,6 +194,22 @@ class BoundedWebSocketProtocol(WebSocketsSansIOProtocol):
     def connection_lost(self, exc: Optional[Exception]) -> None:
         self._cancel_stall_timer()
         super().connection_lost(exc)
+
+    def keepalive_timeout(self) -> None:
+        super().keepalive_timeout()
+        self._drop_unless_flushed()
+
+    async def send(self, message) -> None:  # type: ignore[override]
+        await super().send(message)
+        if self.close_sent:
+            self._drop_unless_flushed()
+
+    def _drop_unless_flushed(self) -> None:
+        """After a close, `transport.close()` waits for the buffer to drain, which a client that reads
+        nothing never lets happen: give it `--write-timeout` seconds, then drop it."""
+        if self._stall_timer is None and self.limits.write_timeout_s > 0 and not self.disconnected \
+                and self.transport.get_write_buffer_size() > 0:
+            self._stall_timer = self.loop.call_later(self.limits.write_timeout_s, self._drop_stalled_reader)
 
     def _cancel_stall_timer(self) -> None:
         if self._stall_timer is not None:
