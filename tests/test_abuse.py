@@ -70,6 +70,19 @@ def test_a_real_time_client_never_trips_the_audio_rate_rule_but_a_trickle_after_
     assert guard.check() is not None and guard.check().reason == "Too little audio"
 
 
+def test_time_the_server_takes_to_accept_audio_is_not_held_against_the_client():
+    clock, decoded = Clock(), [0.0]
+    guard = _guard(clock, decoded, start_grace_s=10.0, min_audio_rate=0.5)
+    clock.now += 1.0
+    decoded[0] = 1.0
+    with guard.feeding():  # the decoder pushes back on a client that sent ahead
+        for _ in range(40):
+            clock.now += 0.25
+            assert guard.check() is None
+    clock.now += 0.25
+    assert guard.check() is None  # 1 s of audio for the ~0.25 s the server waited on the client
+
+
 def test_idle_means_no_decoded_audio_not_no_frames():
     clock, decoded = Clock(), [0.0]
     guard = _guard(clock, decoded, idle_timeout_s=5.0, min_audio_rate=0.0)

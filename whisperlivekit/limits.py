@@ -8,7 +8,9 @@
   `LimitExceeded` instead of letting memory grow or a slot be held.
 
 Audio is counted as the seconds of samples the decoder produced, never as frames or bytes: a frame
-of two bytes, or a WebM header that decodes to nothing, keeps no connection alive.
+of two bytes, or a WebM header that decodes to nothing, keeps no connection alive. Time the server
+itself spends accepting a frame (the decoder pushing back on a client that sends faster than real
+time) is not held against the client.
 """
 
 from __future__ import annotations
@@ -17,7 +19,8 @@ import asyncio
 import threading
 import time
 from collections import Counter, deque
-from typing import Callable, Deque, Optional, Tuple
+from contextlib import contextmanager
+from typing import Callable, Deque, Iterator, Optional, Tuple
 
 from whisperlivekit.config import Settings
 from whisperlivekit.errors import LimitExceeded
@@ -57,7 +60,8 @@ class SessionGuard:
     """Limits of one connection; `watch()` raises when one is hit.
 
     `decoded_s()` is the audio the decoder has produced so far (seconds), `backlog_s()` the part
-    of it not yet transcribed. The receiver sets `input_ended` after the client's end frame.
+    of it not yet transcribed. The receiver feeds each frame inside `feeding()` and sets
+    `input_ended` after the client's end frame.
     """
 
     def __init__(self, settings: Settings, backlog_s: Callable[[], float], decoded_s: Callable[[], float],
@@ -73,16 +77,31 @@ class SessionGuard:
         self.started_at = clock()
         self.last_audio_at = self.started_at
         self._last_decoded_s = 0.0
-        # (time, decoded seconds) samples reaching back one grace period: the audio-rate window
-        self._history: Deque[Tuple[float, float]] = deque([(self.started_at, 0.0)])
+        self._feeding_since: Optional[float] = None
+        self._fed_s = 0.0  # time spent inside `feeding()`: the server, not the client, was the holdup
+        # (time, decoded seconds, time spent feeding) samples reaching back one grace period: the audio-rate window
+        self._history: Deque[Tuple[float, float, float]] = deque([(self.started_at, 0.0, 0.0)])
         self.input_ended = False
+
+    @contextmanager
+    def feeding(self) -> Iterator[None]:
+        """Wraps handing one frame to the engine, which may wait for the decoder."""
+        self._feeding_since = self._clock()
+        try:
+            yield
+        finally:
+            self._fed_s += self._clock() - self._feeding_since
+            self._feeding_since = None
+
+    def _server_busy_s(self, now: float) -> float:
+        return self._fed_s + (now - self._feeding_since if self._feeding_since is not None else 0.0)
 
     def _observe(self, now: float) -> float:
         decoded = self._decoded_s()
-        if decoded > self._last_decoded_s:
+        if decoded > self._last_decoded_s or self._feeding_since is not None:
             self._last_decoded_s = decoded
             self.last_audio_at = now
-        self._history.append((now, decoded))
+        self._history.append((now, decoded, self._server_busy_s(now)))
         while len(self._history) > 2 and self._history[1][0] <= now - self.start_grace_s:
             self._history.popleft()
         return decoded
@@ -108,13 +127,17 @@ class SessionGuard:
 
     def _too_little_audio(self, now: float, decoded: float) -> Optional[LimitExceeded]:
         """Once `start_grace_s` has passed: over the last `start_grace_s` seconds, at least
-        `min_audio_rate` seconds of audio per second (a live client sends 1.0)."""
+        `min_audio_rate` seconds of audio per second the server spent waiting for the client
+        (a live client sends 1.0)."""
         if not self.min_audio_rate or now - self.started_at < self.start_grace_s:
             return None
-        since, decoded_then = self._history[0]
+        since, decoded_then, busy_then = self._history[0]
         window_s = now - since
+        waiting_for_client_s = window_s - (self._server_busy_s(now) - busy_then)
         received_s = decoded - decoded_then
-        if received_s >= self.min_audio_rate * window_s:
+        if waiting_for_client_s < window_s / 2:  # the server was the holdup most of the window: no verdict
+            return None
+        if received_s >= self.min_audio_rate * waiting_for_client_s:
             return None
         return LimitExceeded(
             f"{received_s:.1f} s of audio in the last {window_s:.0f} s; a live stream must send at least "

@@ -98,7 +98,8 @@ async def _receive_audio(websocket: WebSocket, engine: TranscriptionEngine, max_
             guard.input_ended = True
             await engine.end_of_audio()
             return True
-        await engine.feed(data)
+        with guard.feeding():  # a decoder that pushes back is the server's time, not the client's
+            await engine.feed(data)
 
 
 async def _send_results(websocket: WebSocket, engine: TranscriptionEngine) -> None:
