@@ -16,7 +16,6 @@ import subprocess
 import sys
 import time
 
-import httpx
 import psutil
 import pytest
 import websockets
@@ -259,6 +258,21 @@ def test_per_address_limit_counts_the_forwarded_address_of_a_trusted_proxy(guard
     first_a, first_b, first_c, code_c, reason_c = run(go())
     assert first_a["type"] == first_b["type"] == "config"  # two clients behind one proxy
     assert first_c is None and (code_c, reason_c) == (1008, "Too many connections from this address")
+
+
+def test_x_forwarded_for_from_a_peer_not_in_forwarded_allow_ips_is_ignored():
+    with running_server("--pcm-input", "--max-connections-per-ip", "1") as server:  # trusts no proxy
+        async def go():
+            a, first_a, _ = await open_session(server.ws_url, headers=_as("10.8.0.1"))
+            b, first_b, code_b = await open_session(server.ws_url, headers=_as("10.8.0.2"))
+            reason_b = b.close_reason
+            await a.close()
+            await b.close()
+            return first_a, first_b, code_b, reason_b
+
+        first_a, first_b, code_b, reason_b = run(go())
+    assert first_a["type"] == "config"
+    assert first_b is None and (code_b, reason_b) == (1008, "Too many connections from this address")
 
 
 # -- item 3: slow and huge requests -----------------------------------------------------------
