@@ -17,7 +17,8 @@ from whisperlivekit.services import build_engine
 
 
 def test_16_simulated_gpu_slots_fill_then_17th_is_refused_with_1008_and_all_are_released():
-    with running_server("--simulate-gpus", "4", "--max-connections-per-gpu", "4") as server:
+    # the 16 holders send no audio: --min-audio-rate 0 lets them keep their slots however slow the test runs
+    with running_server("--simulate-gpus", "4", "--max-connections-per-gpu", "4", "--min-audio-rate", "0") as server:
         async def scenario():
             sessions = []
             for _ in range(16):
@@ -79,7 +80,8 @@ def test_startup_log_prints_the_gpu_table():
 
 
 def test_queue_timeout_makes_a_new_connection_wait_for_a_slot():
-    with running_server("--simulate-gpus", "1", "--max-connections-per-gpu", "1", "--queue-timeout", "10") as server:
+    with running_server("--simulate-gpus", "1", "--max-connections-per-gpu", "1", "--queue-timeout", "10",
+                        "--min-audio-rate", "0") as server:
         async def scenario():
             holder, first, _ = await open_session(server.ws_url)
             import json

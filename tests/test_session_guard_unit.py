@@ -7,6 +7,7 @@ import asyncio
 import pytest
 
 from whisperlivekit.config import Settings
+from whisperlivekit.api.errors import ending_for
 from whisperlivekit.errors import LimitExceeded
 from whisperlivekit.limits import AddressCounter, SessionGuard
 
@@ -22,27 +23,45 @@ class FakeClock:
         self.now_s += seconds
 
 
+class Audio:
+    """Seconds of audio the decoder has produced so far (what the guard counts, never frames)."""
+
+    def __init__(self) -> None:
+        self.decoded_s = 0.0
+
+    def __call__(self) -> float:
+        return self.decoded_s
+
+
 def guard(backlog_s: float = 0.0, **limits) -> tuple:
-    clock = FakeClock()
+    """A guard with every limit off but those given; `session.audio` is its decoded-audio counter."""
+    clock, audio = FakeClock(), Audio()
     backlog = [backlog_s]
-    settings = Settings(**{"idle_timeout_s": 0.0, "max_session_s": 0.0, "max_backlog_s": 0.0, **limits})
-    return SessionGuard(settings, backlog_s=lambda: backlog[0], clock=clock), clock, backlog
+    settings = Settings(**{"idle_timeout_s": 0.0, "max_session_s": 0.0, "max_backlog_s": 0.0, "min_audio_rate": 0.0, **limits})
+    session = SessionGuard(settings, backlog_s=lambda: backlog[0], decoded_s=audio, clock=clock)
+    session.audio = audio
+    return session, clock, backlog
 
 
-def test_idle_timeout_fires_after_that_long_without_a_frame():
+def ending_reason(exceeded: LimitExceeded) -> str:
+    return ending_for(exceeded).reason
+
+
+def test_idle_timeout_fires_after_that_long_without_decoded_audio():
     session, clock, _ = guard(idle_timeout_s=5.0)
     clock.advance(4.9)
     assert session.check() is None
     clock.advance(0.1)
     exceeded = session.check()
-    assert isinstance(exceeded, LimitExceeded) and exceeded.reason == "Idle timeout"
+    assert isinstance(exceeded, LimitExceeded) and ending_reason(exceeded) == "Idle timeout"
 
 
-def test_each_frame_restarts_the_idle_timer():
+def test_each_piece_of_decoded_audio_restarts_the_idle_timer():
     session, clock, _ = guard(idle_timeout_s=5.0)
     for _ in range(10):
         clock.advance(4.0)
-        session.frame_received()
+        session.audio.decoded_s += 4.0
+        session.check()  # the guard notices new audio when it looks
         assert session.check() is None
 
 
@@ -50,11 +69,12 @@ def test_the_session_cap_counts_from_the_start_whatever_the_client_sends():
     session, clock, _ = guard(max_session_s=60.0, idle_timeout_s=5.0)
     for _ in range(14):
         clock.advance(4.0)
-        session.frame_received()
+        session.audio.decoded_s += 4.0
+        session.check()  # the guard notices new audio when it looks
     assert session.check() is None  # 56 s
     clock.advance(4.0)
     exceeded = session.check()
-    assert isinstance(exceeded, LimitExceeded) and exceeded.reason == "Maximum session length reached"
+    assert isinstance(exceeded, LimitExceeded) and ending_reason(exceeded) == "Maximum session length reached"
 
 
 def test_a_backlog_over_the_limit_means_the_client_sends_faster_than_real_time():
@@ -63,7 +83,7 @@ def test_a_backlog_over_the_limit_means_the_client_sends_faster_than_real_time()
     assert session.check() is None  # at the limit is allowed
     backlog[0] = 10.5
     exceeded = session.check()
-    assert isinstance(exceeded, LimitExceeded) and exceeded.reason == "Client sends faster than real time"
+    assert isinstance(exceeded, LimitExceeded) and ending_reason(exceeded) == "Client sends faster than real time"
 
 
 def test_after_the_end_of_audio_only_the_session_cap_applies():
@@ -73,7 +93,7 @@ def test_after_the_end_of_audio_only_the_session_cap_applies():
     clock.advance(30.0)
     assert session.check() is None
     clock.advance(70.0)
-    assert session.check().reason == "Maximum session length reached"
+    assert ending_reason(session.check()) == "Maximum session length reached"
 
 
 def test_zero_turns_every_limit_off():

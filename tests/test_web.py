@@ -157,7 +157,8 @@ def test_live_page_transcribes_the_microphone_and_finishes_on_stop(tmp_path, fla
 
 
 async def _hold_connections(ws_url: str, count: int):
-    """`count` idle /asr connections, opened one after another; each holds a slot once its config arrives."""
+    """`count` idle /asr connections, opened one after another; each holds a slot once its config arrives
+    (the server needs `--min-audio-rate 0`, or silent connections lose their slot after `--start-grace`)."""
     import websockets
 
     held = []
@@ -214,7 +215,7 @@ def test_dashboard_shows_each_gpus_connections_and_follows_them_down_to_zero(tmp
             assert await _fits_phone_width(page), "the dashboard overflows a phone-width screen"
             await browser.close()
 
-    with running_server("--simulate-gpus", "4", "--max-connections-per-gpu", "4") as server:
+    with running_server("--simulate-gpus", "4", "--max-connections-per-gpu", "4", "--min-audio-rate", "0") as server:
         run(scenario(server))
 
 
@@ -242,7 +243,8 @@ def test_live_page_shows_its_queue_position_then_the_refusal_when_no_gpu_frees_u
         for ws, _ in held:
             await ws.close()
 
-    flags = ("--simulate-gpus", "1", "--max-connections-per-gpu", "1", "--no-cpu-fallback", "--queue-timeout", "3")
+    flags = ("--simulate-gpus", "1", "--max-connections-per-gpu", "1", "--no-cpu-fallback", "--queue-timeout", "3",
+             "--min-audio-rate", "0")  # the holder sends no audio
     with running_server(*flags) as server:
         run(scenario(server))
 

@@ -97,12 +97,12 @@ def create_app(
         await history.stop()
         await asyncio.to_thread(pool.close)
 
+    from whisperlivekit.api import asr, security, status, web
+
     history = History(services)
-    app = FastAPI(title="whisperlivekit", lifespan=lifespan)
+    app = FastAPI(title="whisperlivekit", lifespan=lifespan, **security.api_docs_urls(settings))
     app.state.services = services
     app.state.history = history
-
-    from whisperlivekit.api import asr, security, status, web
 
     security.add_cors(app, settings)
 

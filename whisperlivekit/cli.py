@@ -47,17 +47,39 @@ def build_parser() -> argparse.ArgumentParser:
     server.add_argument("--log-format", default=DEFAULTS.log_format, choices=["text", "json"])
     server.add_argument("--drain-timeout", dest="drain_timeout_s", type=float, default=DEFAULTS.drain_timeout_s,
                         help="on SIGTERM/SIGINT, seconds active streams may continue before they are finished (0: close at once)")
+    server.add_argument("--forwarded-allow-ips", default=DEFAULTS.forwarded_allow_ips,
+                        help="comma-separated proxy IPs/networks whose X-Forwarded-For gives the client address "
+                             "(per-address limits behind a proxy); empty: trust none, *: trust any")
+
+    conns = p.add_argument_group("connections (slow or silent clients)")
+    conns.add_argument("--header-timeout", dest="header_timeout_s", type=float, default=DEFAULTS.header_timeout_s,
+                       help="seconds a client has to send a request's headers")
+    conns.add_argument("--max-header-bytes", type=int, default=DEFAULTS.max_header_bytes,
+                       help="request line and headers together; larger requests get 431")
+    conns.add_argument("--max-headers", type=int, default=DEFAULTS.max_headers, help="header lines per request")
+    conns.add_argument("--max-open-connections", type=int, default=DEFAULTS.max_open_connections,
+                       help="open TCP connections; past it the slowest unfinished request is dropped, else 503 "
+                            "(0: half the descriptor limit)")
+    conns.add_argument("--write-timeout", dest="write_timeout_s", type=float, default=DEFAULTS.write_timeout_s,
+                       help="drop a WebSocket client that reads nothing for this many seconds while data waits for it")
 
     security = p.add_argument_group("security")
     security.add_argument("--api-token", default=None, help="token required on /asr (query ?token= or Authorization: Bearer); env WLK_API_TOKEN")
     security.add_argument("--protect-status", action="store_true", help="also require the token on /gpu-status, /dashboard and /metrics")
     security.add_argument("--allowed-origins", type=_origin_list, default=None,
                           help="comma-separated Origins allowed on /asr and for CORS (default: any)")
+    security.add_argument("--auth-max-failures", type=int, default=DEFAULTS.auth_max_failures,
+                          help="wrong tokens per address within --auth-failure-window before it is refused unchecked (0: off)")
+    security.add_argument("--auth-failure-window", dest="auth_failure_window_s", type=float, default=DEFAULTS.auth_failure_window_s)
 
     limits = p.add_argument_group("limits (0: off)")
     limits.add_argument("--max-session-seconds", dest="max_session_s", type=float, default=DEFAULTS.max_session_s)
     limits.add_argument("--idle-timeout", dest="idle_timeout_s", type=float, default=DEFAULTS.idle_timeout_s,
-                        help="close a connection that sends no audio frame for this many seconds")
+                        help="close a connection whose audio decodes to nothing for this many seconds")
+    limits.add_argument("--start-grace", dest="start_grace_s", type=float, default=DEFAULTS.start_grace_s,
+                        help="seconds after admission before --min-audio-rate applies (also the window it is averaged over)")
+    limits.add_argument("--min-audio-rate", type=float, default=DEFAULTS.min_audio_rate,
+                        help="seconds of decoded audio per second a stream must send to keep its slot (live: 1.0)")
     limits.add_argument("--max-connections-per-ip", type=int, default=DEFAULTS.max_connections_per_ip)
     limits.add_argument("--max-backlog-seconds", dest="max_backlog_s", type=float, default=DEFAULTS.max_backlog_s,
                         help="close a client whose untranscribed audio exceeds this (it sends faster than real time)")
@@ -220,9 +242,14 @@ def main(argv: Optional[List[str]] = None) -> None:
     logger.info("Serving on %s://%s:%d (WebSocket /asr)", scheme, settings.host, settings.port)
     from whisperlivekit.lifecycle import DrainingServer
 
+    from whisperlivekit.http_guard import guarded_protocols
+
+    http_protocol, ws_protocol = guarded_protocols(settings)
     config = uvicorn.Config(
         app, host=settings.host, port=settings.port, ssl_certfile=settings.ssl_certfile, ssl_keyfile=settings.ssl_keyfile,
         log_config=None, ws_max_size=transport_frame_cap(settings.max_frame_bytes), ws_ping_interval=20, ws_ping_timeout=20,
+        http=http_protocol, ws=ws_protocol,
+        proxy_headers=bool(settings.forwarded_allow_ips), forwarded_allow_ips=settings.forwarded_allow_ips or "",
     )
     DrainingServer(config, app.state.services, settings.drain_timeout_s).run()
     logger.info("Server stopped")

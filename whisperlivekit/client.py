@@ -162,10 +162,17 @@ async def stream(
 
 def _webm_duration_s(payload: bytes) -> float:
     """Duration of an encoded file (ffprobe), to pace container bytes in real time."""
-    out = subprocess.run(
-        ["ffprobe", "-v", "error", "-show_entries", "format=duration", "-of", "default=nw=1:nk=1", "-i", "-"],
-        input=payload, capture_output=True,
-    ).stdout.decode().strip()
+    import tempfile
+
+    # from a file, not a pipe: ffprobe cannot tell a WAV's duration from a pipe (it would fall back to the
+    # bitrate guess below and pace a 44.1 kHz WAV at a tenth of real time)
+    with tempfile.NamedTemporaryFile(suffix=".audio") as file:
+        file.write(payload)
+        file.flush()
+        out = subprocess.run(
+            ["ffprobe", "-v", "error", "-show_entries", "format=duration", "-of", "default=nw=1:nk=1", file.name],
+            capture_output=True,
+        ).stdout.decode().strip()
     try:
         return max(0.1, float(out))
     except ValueError:

@@ -28,15 +28,27 @@ class Settings:
     log_level: str = "info"
     log_format: Literal["text", "json"] = "text"
     drain_timeout_s: float = 30.0  # on SIGTERM/SIGINT: how long active streams may keep going
+    forwarded_allow_ips: str = ""  # proxies whose X-Forwarded-For is believed (comma-separated IPs/CIDRs, "*": any)
+
+    # --- connections (see http_guard.py) -------------------------------------------
+    header_timeout_s: float = 5.0  # a request's headers must arrive within this (slowloris)
+    max_header_bytes: int = 16_384  # request line + headers
+    max_headers: int = 100
+    max_open_connections: int = 0  # 0: half the process's descriptor limit
+    write_timeout_s: float = 15.0  # a WebSocket client that reads nothing for this long is dropped
 
     # --- security -----------------------------------------------------------------
     api_token: Optional[str] = None  # required on /asr (query `token` or `Authorization: Bearer`)
     protect_status: bool = False  # also require the token on /gpu-status, /dashboard, /metrics
     allowed_origins: Optional[Tuple[str, ...]] = None  # None: any Origin
+    auth_max_failures: int = 10  # failed token checks per address and window before refusing unchecked
+    auth_failure_window_s: float = 60.0
 
     # --- limits (0: off) ----------------------------------------------------------
     max_session_s: float = 0.0
-    idle_timeout_s: float = 60.0  # seconds without an audio frame
+    idle_timeout_s: float = 60.0  # seconds without decoded audio
+    start_grace_s: float = 10.0  # after admission, before the audio-rate rule applies; also its window
+    min_audio_rate: float = 0.5  # seconds of decoded audio per wall-clock second (a live client sends 1.0)
     max_connections_per_ip: int = 0
     max_backlog_s: float = 60.0  # audio received but not yet transcribed
 

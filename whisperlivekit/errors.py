@@ -64,6 +64,10 @@ class Unauthorized(ProtocolViolation):
     """`--api-token` is set and the client presented no token, or a wrong one."""
 
 
+class AuthThrottled(Unauthorized):
+    """Too many wrong tokens from this address lately: refused without comparing."""
+
+
 class OriginNotAllowed(ProtocolViolation):
     """`--allowed-origins` is set and the WebSocket's `Origin` is not in it."""
 
@@ -82,6 +86,10 @@ class IdleTimeout(LimitExceeded):
 
 class BacklogTooLarge(LimitExceeded):
     """More than `--max-backlog-seconds` of received audio wait to be transcribed: a client faster than real time."""
+
+
+class TooLittleAudio(LimitExceeded):
+    """After `--start-grace`, less than `--min-audio-rate` seconds of decoded audio per second: a slot hog."""
 
 
 class TooManyConnectionsFromAddress(LimitExceeded):

@@ -1,9 +1,16 @@
 """Per-connection and per-address limits, each ending a connection with a typed error (`api/errors.py` picks its close code).
 
 - `AddressCounter`: at most `--max-connections-per-ip` concurrent /asr connections per client address.
-- `SessionGuard`: watches one connection for `--max-session-seconds`, `--idle-timeout` (no audio
-  frame) and `--max-backlog-seconds` (received audio not yet transcribed: a client sending
-  faster than real time), raising a `LimitExceeded` subclass instead of letting memory grow.
+- `SessionGuard`: watches one connection for `--max-session-seconds`, `--idle-timeout` (no decoded
+  audio), `--min-audio-rate` after `--start-grace` (a slot is for a live stream: a client that sends
+  nothing, or trickles a few bytes to look alive, gives its slot back) and `--max-backlog-seconds`
+  (received audio not yet transcribed: a client sending faster than real time), raising
+  a `LimitExceeded` subclass (`api/errors.py` picks its close code) instead of letting memory grow or a slot be held.
+
+Audio is counted as the seconds of samples the decoder produced, never as frames or bytes: a frame
+of two bytes, or a WebM header that decodes to nothing, keeps no connection alive. Time the server
+itself spends accepting a frame (the decoder pushing back on a client that sends faster than real
+time) is not held against the client.
 """
 
 from __future__ import annotations
@@ -11,11 +18,12 @@ from __future__ import annotations
 import asyncio
 import threading
 import time
-from collections import Counter
-from typing import Callable, Optional
+from collections import Counter, deque
+from contextlib import contextmanager
+from typing import Callable, Deque, Iterator, Optional, Tuple
 
 from whisperlivekit.config import Settings
-from whisperlivekit.errors import BacklogTooLarge, IdleTimeout, LimitExceeded, SessionTooLong
+from whisperlivekit.errors import BacklogTooLarge, IdleTimeout, LimitExceeded, SessionTooLong, TooLittleAudio
 
 CHECK_INTERVAL_S = 0.25
 
@@ -47,35 +55,91 @@ class AddressCounter:
 
 
 class SessionGuard:
-    """Limits of one connection. The receiver calls `frame_received()`; `watch()` raises when a limit is hit."""
+    """Limits of one connection; `watch()` raises when one is hit.
 
-    def __init__(self, settings: Settings, backlog_s: Callable[[], float], clock: Callable[[], float] = time.monotonic) -> None:
+    `decoded_s()` is the audio the decoder has produced so far (seconds), `backlog_s()` the part
+    of it not yet transcribed. The receiver feeds each frame inside `feeding()` and sets
+    `input_ended` after the client's end frame.
+    """
+
+    def __init__(self, settings: Settings, backlog_s: Callable[[], float], decoded_s: Callable[[], float],
+                 clock: Callable[[], float] = time.monotonic) -> None:
         self.max_session_s = settings.max_session_s
         self.idle_timeout_s = settings.idle_timeout_s
         self.max_backlog_s = settings.max_backlog_s
+        self.min_audio_rate = settings.min_audio_rate
+        self.start_grace_s = settings.start_grace_s
         self._backlog_s = backlog_s
+        self._decoded_s = decoded_s
         self._clock = clock
         self.started_at = clock()
-        self.last_frame_at = self.started_at
+        self.last_audio_at = self.started_at
+        self._last_decoded_s = 0.0
+        self._feeding_since: Optional[float] = None
+        self._fed_s = 0.0  # time spent inside `feeding()`: the server, not the client, was the holdup
+        # (time, decoded seconds, time spent feeding) samples reaching back one grace period: the audio-rate window
+        self._history: Deque[Tuple[float, float, float]] = deque([(self.started_at, 0.0, 0.0)])
         self.input_ended = False
 
-    def frame_received(self) -> None:
-        self.last_frame_at = self._clock()
+    @contextmanager
+    def feeding(self) -> Iterator[None]:
+        """Wraps handing one frame to the engine, which may wait for the decoder."""
+        self._feeding_since = self._clock()
+        try:
+            yield
+        finally:
+            self._fed_s += self._clock() - self._feeding_since
+            self._feeding_since = None
+
+    def _server_busy_s(self, now: float) -> float:
+        return self._fed_s + (now - self._feeding_since if self._feeding_since is not None else 0.0)
+
+    def _observe(self, now: float) -> float:
+        decoded = self._decoded_s()
+        if decoded > self._last_decoded_s or self._feeding_since is not None:
+            self._last_decoded_s = decoded
+            self.last_audio_at = now
+        self._history.append((now, decoded, self._server_busy_s(now)))
+        while len(self._history) > 2 and self._history[1][0] <= now - self.start_grace_s:
+            self._history.popleft()
+        return decoded
 
     def check(self) -> Optional[LimitExceeded]:
         now = self._clock()
+        decoded = self._observe(now)
         if self.max_session_s and now - self.started_at >= self.max_session_s:
             return SessionTooLong(f"Sessions last at most {self.max_session_s:g} s")
         if self.input_ended:  # the client is done sending: only the session cap still applies
             return None
-        if self.idle_timeout_s and now - self.last_frame_at >= self.idle_timeout_s:
+        if self.idle_timeout_s and now - self.last_audio_at >= self.idle_timeout_s:
             return IdleTimeout(f"No audio for {self.idle_timeout_s:g} s")
+        too_little = self._too_little_audio(now, decoded)
+        if too_little is not None:
+            return too_little
         backlog = self._backlog_s()
         if self.max_backlog_s and backlog > self.max_backlog_s:
             return BacklogTooLarge(
                 f"{backlog:.1f} s of audio are waiting to be transcribed (limit {self.max_backlog_s:g} s): "
                 "send audio at real time")
         return None
+
+    def _too_little_audio(self, now: float, decoded: float) -> Optional[LimitExceeded]:
+        """Once `start_grace_s` has passed: over the last `start_grace_s` seconds, at least
+        `min_audio_rate` seconds of audio per second the server spent waiting for the client
+        (a live client sends 1.0)."""
+        if not self.min_audio_rate or now - self.started_at < self.start_grace_s:
+            return None
+        since, decoded_then, busy_then = self._history[0]
+        window_s = now - since
+        waiting_for_client_s = window_s - (self._server_busy_s(now) - busy_then)
+        received_s = decoded - decoded_then
+        if waiting_for_client_s < window_s / 2:  # the server was the holdup most of the window: no verdict
+            return None
+        if received_s >= self.min_audio_rate * waiting_for_client_s:
+            return None
+        return TooLittleAudio(
+            f"{received_s:.1f} s of audio in the last {window_s:.0f} s; a live stream must send at least "
+            f"{self.min_audio_rate:g} s of audio per second")
 
     async def watch(self) -> None:
         """Returns never; raises `LimitExceeded` when a limit is hit."""

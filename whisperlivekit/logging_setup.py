@@ -7,21 +7,37 @@ import logging
 import re
 import sys
 import time
+from urllib.parse import unquote_plus
 
-_SECRETS = (
-    re.compile(r"(?i)([?&]token=)[^&\s\"']+"),
-    re.compile(r"(?i)(authorization:?\s*(?:bearer\s+)?)[^\s\"',]+"),
-)
+_AUTHORIZATION = re.compile(r"(?i)(authorization:?\s*(?:bearer\s+)?)[^\s\"',]+")
+# one query parameter: its (possibly percent-encoded) name, then its value
+_QUERY_PARAMETER = re.compile(r"([?&;])([^=&;\s\"'?#]*)=([^&;\s\"'#]*)")
+_SECRET_NAMES = frozenset({"token", "access_token", "api_token", "api_key"})
+# uvicorn's connection lines: `"WebSocket /asr?…" [accepted]`, `"GET /metrics?… HTTP/1.1" 200`
+_UVICORN_PATH_QUERY = re.compile(r"(\"(?:WebSocket|[A-Z]+) [^\s?\"]*)\?[^\s\"]*")
+
+
+def _mask_parameter(match: "re.Match[str]") -> str:
+    separator, name, value = match.groups()
+    if unquote_plus(name).strip().lower() in _SECRET_NAMES:  # `%74oken` is `token` to the server too
+        return f"{separator}{name}=[redacted]"
+    return match.group(0)
+
+
+def redact(message: str) -> str:
+    """`message` with secret query parameters (matched on their decoded names) and bearer tokens masked."""
+    return _AUTHORIZATION.sub(r"\1[redacted]", _QUERY_PARAMETER.sub(_mask_parameter, message))
 
 
 class RedactSecrets(logging.Filter):
-    """Masks `?token=…` and `Authorization: Bearer …` in any record (e.g. debug logs of a handshake)."""
+    """Masks tokens in any record (e.g. debug logs of a handshake); uvicorn's own lines lose their
+    query strings entirely: the path is enough to read a log, and a query may carry credentials."""
 
     def filter(self, record: logging.LogRecord) -> bool:
         message = record.getMessage()
-        redacted = message
-        for pattern in _SECRETS:
-            redacted = pattern.sub(r"\1[redacted]", redacted)
+        redacted = redact(message)
+        if record.name.startswith("uvicorn"):
+            redacted = _UVICORN_PATH_QUERY.sub(r"\1?[query omitted]", redacted)
         if redacted != message:
             record.msg, record.args = redacted, None
         return True

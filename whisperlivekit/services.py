@@ -16,6 +16,7 @@ from whisperlivekit.limits import AddressCounter
 from whisperlivekit.runtime.model_pool import ModelPool
 
 if TYPE_CHECKING:
+    from whisperlivekit.api.security import AuthThrottle
     from whisperlivekit.metrics import Metrics
 
 
@@ -42,12 +43,17 @@ class Services:
     engine_factory: EngineFactory = build_engine
     sessions: Sessions = field(default_factory=Sessions)
     addresses: AddressCounter = field(default_factory=lambda: AddressCounter(0))
+    auth_throttle: Optional["AuthThrottle"] = None
     metrics: Optional["Metrics"] = None
 
     def __post_init__(self) -> None:
         from whisperlivekit.metrics import Metrics
 
+        from whisperlivekit.api.security import AuthThrottle
+
         self.addresses = AddressCounter(self.settings.max_connections_per_ip)
+        if self.auth_throttle is None:
+            self.auth_throttle = AuthThrottle(self.settings.auth_max_failures, self.settings.auth_failure_window_s)
         if self.metrics is None:
             self.metrics = Metrics(self)
 

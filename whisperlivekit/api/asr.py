@@ -20,7 +20,7 @@ from whisperlivekit.api.params import parse_language
 from whisperlivekit.engine import TranscriptionEngine
 from whisperlivekit.api.errors import FINISHED_AT_SHUTDOWN, INTERNAL_ERROR, NORMAL_END, Ending, ending_for, is_device_fault
 from whisperlivekit.errors import (
-    BadParameters, DecodeError, FrameTooBig, NoCapacity, OriginNotAllowed, ServerShuttingDown, TextFrame,
+    AuthThrottled, BadParameters, DecodeError, FrameTooBig, NoCapacity, OriginNotAllowed, ServerShuttingDown, TextFrame,
     TooManyConnectionsFromAddress, Unauthorized, WhisperLiveKitError,
 )
 from whisperlivekit.gpu.manager import Slot
@@ -77,7 +77,6 @@ async def _receive_audio(websocket: WebSocket, engine: TranscriptionEngine, max_
         message = await websocket.receive()
         if message["type"] == "websocket.disconnect":
             return False
-        guard.frame_received()
         if message.get("text") is not None:
             raise TextFrame("Text frames are not supported: send audio as binary frames")
         data = message.get("bytes") or b""
@@ -87,7 +86,8 @@ async def _receive_audio(websocket: WebSocket, engine: TranscriptionEngine, max_
             guard.input_ended = True
             await engine.end_of_audio()
             return True
-        await engine.feed(data)
+        with guard.feeding():  # a decoder that pushes back is the server's time, not the client's
+            await engine.feed(data)
 
 
 async def _send_results(websocket: WebSocket, engine: TranscriptionEngine) -> None:
@@ -102,12 +102,15 @@ async def _cancel(*tasks: asyncio.Task) -> None:
     await asyncio.gather(*tasks, return_exceptions=True)
 
 
-def _gatekeeper(services: Services, websocket: WebSocket) -> Optional[WhisperLiveKitError]:
+def _gatekeeper(services: Services, websocket: WebSocket, address: str) -> Optional[WhisperLiveKitError]:
     """Why a connection is refused before admission, else None."""
     settings = services.settings
     if not security.origin_ok(settings, websocket.headers):
         return OriginNotAllowed("Origin not allowed")
-    if not security.token_ok(settings, websocket.headers, websocket.query_params):
+    auth = security.check_token(settings, services.auth_throttle, address, websocket.headers, websocket.query_params)
+    if auth == security.AUTH_THROTTLED:
+        return AuthThrottled("Too many failed attempts: try again later")
+    if auth == security.AUTH_FAILED:
         return Unauthorized("Unauthorized")
     if services.draining:
         return ServerShuttingDown("Server is shutting down")
@@ -117,7 +120,7 @@ def _gatekeeper(services: Services, websocket: WebSocket) -> Optional[WhisperLiv
 async def _stream(websocket: WebSocket, services: Services, engine: TranscriptionEngine, connection_id: str, log) -> str:
     """Run one admitted stream to its end; returns the outcome (a metric label). Raises typed errors."""
     settings = services.settings
-    guard = SessionGuard(settings, lambda: engine.backlog_s)
+    guard = SessionGuard(settings, lambda: engine.backlog_s, lambda: engine.received_s)
     finish_now = services.sessions.register(connection_id)
     sender = asyncio.create_task(_send_results(websocket, engine))
     receiver = asyncio.create_task(_receive_audio(websocket, engine, settings.max_frame_bytes, guard))
@@ -191,7 +194,8 @@ async def asr(websocket: WebSocket, services: Services = Depends(get_ws_services
     log = logging.LoggerAdapter(logger, {"connection_id": connection_id, "device": "unassigned"})
     metrics = services.metrics
     await websocket.accept()
-    refusal = _gatekeeper(services, websocket)
+    address = websocket.client.host if websocket.client else "unknown"
+    refusal = _gatekeeper(services, websocket, address)
     if refusal is not None:
         await _refuse(websocket, services, refusal, log)
         return
@@ -202,7 +206,6 @@ async def asr(websocket: WebSocket, services: Services = Depends(get_ws_services
     except BadParameters as exc:
         await _refuse(websocket, services, exc, log, tell=True)
         return
-    address = websocket.client.host if websocket.client else "unknown"
     if not services.addresses.try_add(address):
         await _refuse(websocket, services, TooManyConnectionsFromAddress("Too many connections from this address"), log)
         return

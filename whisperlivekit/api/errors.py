@@ -47,10 +47,12 @@ ENDINGS: Dict[Type[errors.WhisperLiveKitError], Ending] = {
     errors.FrameTooBig: Ending(1009, "", 413, False, "protocol_error"),
     errors.BadParameters: Ending(4400, "Bad parameters", 400, False, "bad_parameters"),
     errors.Unauthorized: Ending(4401, "Unauthorized", 401, False, "unauthorized"),
+    errors.AuthThrottled: Ending(4401, "Too many failed attempts: try again later", 429, False, "auth_throttled"),
     errors.OriginNotAllowed: Ending(4403, "Origin not allowed", 403, False, "origin"),
     errors.SessionTooLong: Ending(1008, "Maximum session length reached", 429, False, "limit"),
     errors.IdleTimeout: Ending(1001, "Idle timeout", 408, True, "limit"),
     errors.BacklogTooLarge: Ending(1008, "Client sends faster than real time", 429, False, "limit"),
+    errors.TooLittleAudio: Ending(1008, "Too little audio", 408, False, "limit"),
     errors.TooManyConnectionsFromAddress: Ending(1008, "Too many connections from this address", 429, False, "per_address"),
 }
 

@@ -1,13 +1,18 @@
-"""Who may use the server: the API token, WebSocket Origin checks and CORS.
+"""Who may use the server: the API token, failed-token throttling, WebSocket Origin checks, CORS, API docs.
 
-Tokens are compared in constant time and never logged; uvicorn's access log
-(which would print `?token=...`) is kept at WARNING by `logging_setup`.
+Tokens are compared in constant time and never logged (`logging_setup` masks the `token` query
+parameter by its decoded name and drops query strings from uvicorn's lines). An address that
+presents `--auth-max-failures` wrong tokens within `--auth-failure-window` seconds is refused
+without a comparison until its oldest failure leaves the window: guessing runs at that rate.
 """
 
 from __future__ import annotations
 
 import hmac
-from typing import Optional
+import threading
+import time
+from collections import deque
+from typing import Callable, Deque, Dict, Optional
 
 from fastapi import FastAPI, HTTPException, Request
 from starlette.datastructures import Headers, QueryParams
@@ -15,8 +20,68 @@ from starlette.middleware.cors import CORSMiddleware
 
 from whisperlivekit.api.errors import ending_for
 from whisperlivekit.config import Settings
-from whisperlivekit.errors import Unauthorized
+from whisperlivekit.errors import AuthThrottled, Unauthorized
 from whisperlivekit.services import Services
+
+AUTH_OK = "ok"
+AUTH_FAILED = "unauthorized"
+AUTH_THROTTLED = "auth_throttled"
+_MAX_TRACKED_ADDRESSES = 10_000
+
+
+class AuthThrottle:
+    """Failed token checks per client address within a sliding window; thread-safe, bounded memory."""
+
+    def __init__(self, max_failures: int, window_s: float, clock: Callable[[], float] = time.monotonic) -> None:
+        self.max_failures = max_failures
+        self.window_s = window_s
+        self._clock = clock
+        self._failures: Dict[str, Deque[float]] = {}
+        self._lock = threading.Lock()
+
+    def _recent(self, address: str, now: float) -> Deque[float]:
+        failures = self._failures.get(address)
+        if failures is None:
+            return deque()
+        while failures and failures[0] <= now - self.window_s:
+            failures.popleft()
+        if not failures:
+            del self._failures[address]
+        return failures
+
+    def retry_after_s(self, address: str) -> float:
+        """0 when `address` may try a token; else seconds until its oldest failure leaves the window."""
+        if not self.max_failures:
+            return 0.0
+        with self._lock:
+            now = self._clock()
+            failures = self._recent(address, now)
+            if len(failures) < self.max_failures:
+                return 0.0
+            return max(0.0, failures[0] + self.window_s - now)
+
+    def failed(self, address: str) -> None:
+        if not self.max_failures:
+            return
+        with self._lock:
+            now = self._clock()
+            if len(self._failures) >= _MAX_TRACKED_ADDRESSES:  # forget addresses whose failures expired
+                for stale in [a for a, f in self._failures.items() if not f or f[-1] <= now - self.window_s]:
+                    del self._failures[stale]
+            failures = self._failures.setdefault(address, deque(maxlen=self.max_failures))
+            failures.append(now)
+
+
+def check_token(settings: Settings, throttle: AuthThrottle, address: str, headers: Headers, query: QueryParams) -> str:
+    """AUTH_OK, AUTH_FAILED (wrong or missing token) or AUTH_THROTTLED (refused without comparing)."""
+    if not settings.api_token:
+        return AUTH_OK
+    if throttle.retry_after_s(address) > 0:
+        return AUTH_THROTTLED
+    if token_ok(settings, headers, query):
+        return AUTH_OK
+    throttle.failed(address)
+    return AUTH_FAILED
 
 
 def presented_token(headers: Headers, query: QueryParams) -> Optional[str]:
@@ -47,11 +112,29 @@ def origin_ok(settings: Settings, headers: Headers) -> bool:
 
 
 def require_status_token(request: Request) -> None:
-    """Dependency for /gpu-status, /dashboard and /metrics: HTTP 401 under `--protect-status`."""
+    """Dependency for /gpu-status, /dashboard and /metrics: HTTP 401 under `--protect-status`
+    (429 while the address is throttled for wrong tokens)."""
     services: Services = request.app.state.services
-    if services.settings.protect_status and not token_ok(services.settings, request.headers, request.query_params):
+    if not services.settings.protect_status:
+        return
+    address = request.client.host if request.client else "unknown"
+    outcome = check_token(services.settings, services.auth_throttle, address, request.headers, request.query_params)
+    if outcome == AUTH_THROTTLED:
+        refusal: Unauthorized = AuthThrottled("Too many failed attempts")
+        retry_after = services.auth_throttle.retry_after_s(address)
+        raise HTTPException(status_code=ending_for(refusal).http_status, detail=str(refusal),
+                            headers={"Retry-After": str(max(1, round(retry_after)))})
+    if outcome == AUTH_FAILED:
         refusal = Unauthorized("Unauthorized")
         raise HTTPException(status_code=ending_for(refusal).http_status, detail=str(refusal), headers={"WWW-Authenticate": "Bearer"})
+
+
+def api_docs_urls(settings: Settings) -> dict:
+    """FastAPI's /docs, /redoc and /openapi.json: off under `--protect-status` (they describe the
+    protected routes, and Swagger's page could not send the token to fetch its schema)."""
+    if settings.protect_status:
+        return {"docs_url": None, "redoc_url": None, "openapi_url": None}
+    return {}
 
 
 def add_cors(app: FastAPI, settings: Settings) -> None:
