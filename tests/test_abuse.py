@@ -24,6 +24,7 @@ from conftest import ServerProcess, run, running_server, wait_healthy
 from helpers import eventually, open_session
 from whisperlivekit.api.security import AuthThrottle
 from whisperlivekit.config import Settings
+from whisperlivekit.api.errors import ending_for
 from whisperlivekit.limits import SessionGuard
 from whisperlivekit.logging_setup import redact
 
@@ -51,7 +52,7 @@ def test_a_client_that_decodes_to_nothing_loses_its_slot_once_the_grace_period_e
     assert guard.check() is None  # still in the grace period
     clock.now += 0.2
     exceeded = guard.check()
-    assert exceeded is not None and exceeded.reason == "Too little audio" and exceeded.close_code == 1008
+    assert exceeded is not None and ending_for(exceeded).reason == "Too little audio" and ending_for(exceeded).code == 1008
 
 
 def test_a_real_time_client_never_trips_the_audio_rate_rule_but_a_trickle_after_a_good_start_does():
@@ -66,7 +67,7 @@ def test_a_real_time_client_never_trips_the_audio_rate_rule_but_a_trickle_after_
         decoded[0] += 0.25 * 0.1
         guard.check()
     clock.now += 5.5
-    assert guard.check() is not None and guard.check().reason == "Too little audio"
+    assert guard.check() is not None and ending_for(guard.check()).reason == "Too little audio"
 
 
 def test_time_the_server_takes_to_accept_audio_is_not_held_against_the_client():
@@ -89,7 +90,7 @@ def test_idle_means_no_decoded_audio_not_no_frames():
         clock.now += 1.5
         guard.check()
     exceeded = guard.check()
-    assert exceeded is not None and exceeded.reason == "Idle timeout"
+    assert exceeded is not None and ending_for(exceeded).reason == "Idle timeout"
 
 
 async def _hog(url: str, trickle: bytes = b"") -> str:
