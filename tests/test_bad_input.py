@@ -68,6 +68,7 @@ def test_bad_language_parameter_gets_an_error_then_4400(server):
     assert code == 4400 and "invalid language" in messages[0]["error"]
 
 
+@pytest.mark.slow
 def test_any_sample_rate_and_container_is_resampled_by_ffmpeg(server, speech_pcm, tmp_path):
     pcm, reference = speech_pcm("arctic_a0009")
     wav = tmp_path / "stereo44k.wav"
