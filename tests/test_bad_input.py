@@ -140,6 +140,7 @@ def test_mp3_is_transcribed_from_its_first_word(server, speech_pcm, tmp_path):
     assert wer(reference, result.text) <= 0.10, result.text
 
 
+@pytest.mark.slow
 def test_any_sample_rate_and_container_is_resampled_by_ffmpeg(server, speech_pcm, tmp_path):
     pcm, reference = speech_pcm("arctic_a0009")
     wav = tmp_path / "stereo44k.wav"
