@@ -59,6 +59,7 @@ class TranscriptionEngine:
         self.diarization = diarizer.new_stream() if diarizer is not None else None
         self._diar_queue: "asyncio.Queue[Optional[np.ndarray]]" = asyncio.Queue()
         self._diar_done = diarizer is None
+        self._vad_call: Optional[asyncio.Future] = None  # the VAD thread, awaited by close()
 
     # -- lifecycle -------------------------------------------------------------------
     async def start(self) -> None:
@@ -78,9 +79,15 @@ class TranscriptionEngine:
         await self.decoder.finish()
 
     async def close(self) -> None:
+        if self.vad is not None:
+            self.vad.stop()
         for task in self._tasks:
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
+        if self._vad_call is not None:
+            # Cancelling the task does not stop its thread: nothing of this connection may run after close().
+            await asyncio.gather(self._vad_call, return_exceptions=True)
+            self._vad_call = None
         await self.decoder.close()
         self._tasks = []
 
@@ -144,7 +151,8 @@ class TranscriptionEngine:
         if self.diarizer is not None:
             self._diar_queue.put_nowait(chunk)
         if self.vad is not None:
-            events = await asyncio.to_thread(self.vad.process, self.vad_model, chunk)
+            self._vad_call = asyncio.ensure_future(asyncio.to_thread(self.vad.process, self.vad_model, chunk))
+            events = await asyncio.shield(self._vad_call)
             for kind, _ in events:
                 if kind == "end":
                     self.segment_end_pending = True
