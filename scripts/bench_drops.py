@@ -180,6 +180,9 @@ async def hammer(args, proc: subprocess.Popen, base: str, payload: bytes) -> dic
     slope = _slope_kb_per_cycle(after_warmup)
     result["rss_mb_first_last"] = [round(rss[0][1] / 2**20, 1), round(rss[-1][1] / 2**20, 1)] if rss else None
     result["rss_kb_per_cycle_after_warmup"] = None if slope is None else round(slope, 2)
+    # RSS rises while allocator arenas and caches fill, then levels off: the second half shows a leak, if any.
+    last_half = _slope_kb_per_cycle(rss[len(rss) // 2:])
+    result["rss_kb_per_cycle_last_half"] = None if last_half is None else round(last_half, 2)
     result["rss_samples"] = [(c, round(r / 2**20, 2)) for c, r in rss]
     # Give the server time to notice the last drops, then look at what it still holds.
     settle_deadline = time.monotonic() + 60
