@@ -128,3 +128,24 @@ def test_a_stopped_vad_stream_gives_up_at_the_next_window():
     worker.join(timeout=60)
     assert not worker.is_alive()
     assert stream.samples_seen < len(audio) // WINDOW * WINDOW
+
+
+def test_the_device_workers_load_window_forgets_old_batches_without_anyone_asking_for_the_load(speech_pcm):
+    """Nothing reads the load on an unscraped CPU server: the per-batch record must not grow for ever."""
+    import time
+
+    from whisperlivekit.asr.backends.faster_whisper import FasterWhisperBackend
+    from whisperlivekit.asr.types import TranscribeRequest
+    from whisperlivekit.client import pcm_to_float
+    from whisperlivekit.runtime.device_worker import LOAD_WINDOW_S, DeviceWorker
+    from whisperlivekit.weights.resolve import resolve_model
+
+    worker = DeviceWorker("cpu", FasterWhisperBackend(resolve_model("tiny.en"), device="cpu", cpu_threads=1), lanes=1)
+    try:
+        long_ago = time.monotonic() - 10 * LOAD_WINDOW_S
+        worker._compute.extend((long_ago, 0.1, 1.0) for _ in range(1000))  # batches of an hour-long session
+        audio = pcm_to_float(speech_pcm("harvard")[0])[:16_000 * 2]
+        run(worker.transcribe(TranscribeRequest(audio)))
+        assert len(worker._compute) == 1
+    finally:
+        worker.close()

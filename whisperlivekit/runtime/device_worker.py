@@ -184,6 +184,7 @@ class DeviceWorker:
             self.batch_sizes.append(len(batch))
             self.compute_s_total += finished - started
             self._compute.append((finished, finished - started, sum(job.audio_s for job in batch)))
+            self._forget_before(finished - LOAD_WINDOW_S)  # else it grows by a batch until someone asks for the load
         for job, result in zip(batch, results):
             _deliver(job, result)
 
@@ -192,10 +193,14 @@ class DeviceWorker:
         """Compute seconds per wall second over the last window, per lane: ≥ 1.0 means saturated."""
         now = time.monotonic()
         with self._stats_lock:
-            while self._compute and now - self._compute[0][0] > LOAD_WINDOW_S:
-                self._compute.popleft()
+            self._forget_before(now - LOAD_WINDOW_S)
             busy = sum(c for _, c, _ in self._compute)
         return busy / (LOAD_WINDOW_S * len(self._threads))
+
+    def _forget_before(self, oldest: float) -> None:
+        """Drop batches finished before `oldest` (call with the stats lock held)."""
+        while self._compute and self._compute[0][0] < oldest:
+            self._compute.popleft()
 
     def queue_depth(self) -> int:
         return self._queue.qsize()
