@@ -28,7 +28,7 @@ def _descriptors(pid: int) -> int:
     return psutil.Process(pid).num_fds()
 
 
-def _drop_cycles(url: str, payload: bytes) -> dict:
+def _drop_cycles(url: str, payload: bytes, cycles: int = CYCLES) -> dict:
     outcomes: dict = {}
 
     async def cycle(rng: random.Random) -> str:
@@ -47,7 +47,7 @@ def _drop_cycles(url: str, payload: bytes) -> dict:
 
     async def client(n: int) -> None:
         rng = random.Random(n)
-        for _ in range(n, CYCLES, CLIENTS):
+        for _ in range(n, cycles, CLIENTS):
             outcome = await cycle(rng)
             outcomes[outcome] = outcomes.get(outcome, 0) + 1
 
@@ -149,3 +149,18 @@ def test_the_device_workers_load_window_forgets_old_batches_without_anyone_askin
         assert len(worker._compute) == 1
     finally:
         worker.close()
+
+
+@pytest.mark.slow
+def test_sigterm_right_after_a_burst_of_drops_drains_without_waiting_for_gone_clients(speech_pcm, webm):
+    """A dropped client's session ends with its connection: the drain never sits out its deadline for it."""
+    import signal
+
+    payload = webm(speech_pcm("harvard")[0])
+    with running_server("--max-cpu-connections", "16", "--drain-timeout", "30") as server:
+        outcomes = _drop_cycles(server.ws_url, payload, cycles=80)
+        assert outcomes.get("dropped", 0) >= 40, outcomes
+        assert server.stop(signal.SIGTERM, timeout_s=60) == 0
+        log = server.log()
+        assert "Drained: all streams ended" in log, log[-3000:]
+        assert "Drain deadline" not in log
