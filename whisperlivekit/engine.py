@@ -79,6 +79,8 @@ class TranscriptionEngine:
 
     async def close(self) -> None:
         """Cancel this connection's work; returns after its running device jobs have finished."""
+        if self.vad is not None:
+            self.vad.stop()  # a VAD job of this connection already running ends at its next window
         for task in self._tasks:
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)

@@ -196,6 +196,14 @@ class FFmpegDecoder:
             logger.error("%s ffmpeg pid %s did not exit after kill", self._label, proc.pid)
         if self._stderr_task:
             self._stderr_task.cancel()
+        # Reaping the child does not close its pipes: a stdout nobody reads any more (the
+        # connection dropped) is paused with a full buffer, never sees EOF, and its socket and
+        # buffered PCM stay until a GC cycle (measured: ~70 descriptors and ~20 KB RSS per
+        # dropped connection under uvloop). asyncio has no public way to close them, so close
+        # the process transport, which closes all three pipes.
+        transport = getattr(proc, "_transport", None)
+        if transport is not None:
+            transport.close()
 
 
 def make_decoder(pcm_input: bool, label: str = "") -> AudioDecoder:

@@ -5,7 +5,9 @@ device worker is shared by that worker's connections; the recurrent state and th
 64-sample context live in each connection's `VadStream`, so streams never mix (the
 package's own wrapper keeps state on the model object, which would). The worker
 runs VAD jobs on one lane thread, and the session is also only run under its own
-lock, so no two threads ever run it at once whoever calls it.
+lock, so no two threads ever run it at once whoever calls it. A stream that
+was stopped (its connection closed) gives up at the next window instead of running on
+after the connection is gone.
 """
 
 from __future__ import annotations
@@ -59,6 +61,11 @@ class VadStream:
     in_speech: bool = False
     silence_windows: int = 0
     speech_seen: bool = False
+    stopped: bool = False
+
+    def stop(self) -> None:
+        """The connection is closing: a `process` call still running returns at its next window."""
+        self.stopped = True
 
     def process(self, model: SileroVadModel, audio: np.ndarray) -> List[Tuple[str, float]]:
         """Feed audio; returns ('start'|'end', time_s) events in order."""
@@ -68,6 +75,8 @@ class VadStream:
         self.pending = data[n_windows * WINDOW:]
         end_after = max(1, int(self.min_silence_s * SAMPLE_RATE / WINDOW))
         for i in range(n_windows):
+            if self.stopped:
+                break
             window = data[i * WINDOW:(i + 1) * WINDOW]
             p = model.window_probability(self, window)
             t = self.samples_seen / SAMPLE_RATE

@@ -28,17 +28,23 @@ class LoadMeter:
         self._busy: Deque[Tuple[float, float]] = deque()  # (finished_at, compute_s)
 
     def record(self, compute_s: float) -> None:
+        now = self._clock()
         with self._lock:
-            self._busy.append((self._clock(), compute_s))
+            self._busy.append((now, compute_s))
+            self._forget_before(now - self.window_s)  # else it grows by a job until someone asks for the load
 
     def realtime_load(self) -> float:
         """Compute seconds per wall second over the window, per lane: ≥ 1.0 means saturated."""
         now = self._clock()
         with self._lock:
-            while self._busy and now - self._busy[0][0] > self.window_s:
-                self._busy.popleft()
+            self._forget_before(now - self.window_s)
             busy_s = sum(c for _, c in self._busy)
         return busy_s / (self.window_s * self.lanes)
+
+    def _forget_before(self, oldest: float) -> None:
+        """Drop jobs finished before `oldest` (the lock is held)."""
+        while self._busy and self._busy[0][0] < oldest:
+            self._busy.popleft()
 
 
 class DeviceLoads:
