@@ -128,11 +128,16 @@ def test_webm_stream_that_ends_before_any_audio_gets_a_final_update_and_ready_to
     assert final.get("status") != "error" and not any(line.get("text") for line in final["lines"])
 
 
+def _encode(pcm: bytes, path, *output_options: str):
+    """16 kHz mono s16le → `path` in the format its suffix and `output_options` say (Debian's ffmpeg)."""
+    subprocess.run(["ffmpeg", "-loglevel", "error", "-f", "s16le", "-ar", "16000", "-ac", "1", "-i", "-",
+                    *output_options, str(path)], input=pcm, check=True)
+    return path
+
+
 def test_mp3_is_transcribed_from_its_first_word(server, speech_pcm, tmp_path):
     pcm, reference = speech_pcm("harvard")
-    mp3 = tmp_path / "harvard.mp3"
-    subprocess.run(["ffmpeg", "-loglevel", "error", "-f", "s16le", "-ar", "16000", "-ac", "1", "-i", "-",
-                    "-c:a", "libmp3lame", "-b:a", "32k", str(mp3)], input=pcm, check=True)
+    mp3 = _encode(pcm, tmp_path / "harvard.mp3", "-c:a", "libmp3lame", "-b:a", "32k")
     result = run(stream(server.ws_url, mp3.read_bytes(), pcm=False, speed=2.0))
     assert result.ended_with_ready_to_stop, (result.close_code, result.close_reason)
     first_words = re.sub(r"[^a-z ]", "", result.text.lower()).split()[:3]
@@ -143,9 +148,7 @@ def test_mp3_is_transcribed_from_its_first_word(server, speech_pcm, tmp_path):
 @pytest.mark.slow
 def test_any_sample_rate_and_container_is_resampled_by_ffmpeg(server, speech_pcm, tmp_path):
     pcm, reference = speech_pcm("arctic_a0009")
-    wav = tmp_path / "stereo44k.wav"
-    subprocess.run(["ffmpeg", "-loglevel", "error", "-f", "s16le", "-ar", "16000", "-ac", "1", "-i", "-",
-                    "-ar", "44100", "-ac", "2", str(wav)], input=pcm, check=True)
+    wav = _encode(pcm, tmp_path / "stereo44k.wav", "-ar", "44100", "-ac", "2")
     result = run(stream(server.ws_url, wav.read_bytes(), pcm=False, speed=4.0))
     assert result.ended_with_ready_to_stop and wer(reference, result.text) <= 0.10, result.text
 

@@ -17,7 +17,7 @@ import pytest
 import websockets
 
 from conftest import run, running_server
-from helpers import drop_tcp, eventually
+from helpers import drop_tcp, eventually, ffmpeg_children
 
 CYCLES = int(os.environ.get("WLK_DROP_CYCLES", "300"))
 CLIENTS = 8
@@ -73,7 +73,7 @@ def test_hundreds_of_dropped_connections_leave_the_server_up_with_no_slot_ffmpeg
         assert sum(outcomes.values()) == CYCLES
         assert outcomes.get("dropped", 0) >= CYCLES // 2, outcomes
         assert eventually(lambda: server.get("/health").json()["active_connections"] == 0, timeout=30)
-        assert eventually(lambda: not server.ffmpeg_children(), timeout=30)
+        assert eventually(lambda: not ffmpeg_children(server.proc.pid), timeout=30)
         # Every dropped connection's sockets and pipes are closed (a few threads' descriptors may appear once).
         assert eventually(lambda: _descriptors(server.proc.pid) <= descriptors_before + 4, timeout=30), (
             descriptors_before, _descriptors(server.proc.pid), os.listdir(f"/proc/{server.proc.pid}/fd"))

@@ -401,7 +401,7 @@ def test_dashboard_charts_rise_and_fall_with_five_clients_on_four_gpus(tmp_path)
             async def talker_lag_charted():
                 return ((await _chart_story(chart(talker_gpu, "commit_lag")))["points"] or 0) >= 1
             assert await _wait_for(talker_lag_charted, timeout_s=45), "no commit lag charted for the talking client's GPU"
-            assert await has_points(5)
+            assert await _wait_for(lambda: has_points(5), timeout_s=20), await _chart_story(host)
             for ws, _ in held[:3]:
                 await ws.close()
             async def down_to_two():
