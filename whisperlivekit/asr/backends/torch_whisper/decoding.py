@@ -55,11 +55,10 @@ def _left_pad(prompts: Sequence[Sequence[int]], pad: int, device) -> tuple:
     return tokens.to(device), valid.to(device)
 
 
-def _apply_rules(logits: torch.Tensor, generated: List[List[int]], special: SpecialTokens) -> None:
-    """Mask `logits` (rows, vocab) in place with the suppression and timestamp rules."""
+def _apply_rules(logits: torch.Tensor, generated: List[List[int]], special: SpecialTokens, always: torch.Tensor) -> None:
+    """Mask `logits` (rows, vocab) in place with the suppression and timestamp rules (`always`: a vocab mask)."""
     tb = special.timestamp_begin
-    logits[:, list(special.suppress)] = NEG_INF
-    logits[:, special.no_timestamps] = NEG_INF
+    logits.masked_fill_(always, NEG_INF)
     check = []
     for row, tokens in enumerate(generated):
         if not tokens:
@@ -111,11 +110,13 @@ def greedy_decode(
     no_speech = torch.softmax(logits[:, 0], dim=-1)[:, special.no_speech].tolist()
     logits = logits[:, 1]
 
+    always = torch.zeros(logits.shape[-1], dtype=torch.bool, device=logits.device)
+    always[[*special.suppress, special.no_timestamps]] = True
     generated: List[List[int]] = [[] for _ in range(batch)]
     scores = [0.0] * batch
     alive = list(range(batch))  # original row of each row still in the batch
     for step in range(max_steps):
-        _apply_rules(logits, [generated[r] for r in alive], special)
+        _apply_rules(logits, [generated[r] for r in alive], special, always)
         logprobs = torch.log_softmax(logits, dim=-1)
         best = logprobs.argmax(dim=-1)
         best_logprob = logprobs.gather(1, best[:, None])[:, 0]
