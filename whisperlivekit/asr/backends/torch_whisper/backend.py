@@ -84,8 +84,9 @@ class TorchWhisperBackend:
         dims = WhisperDims.from_dict(weights.dims)
         self.dtype = _dtype(compute_type, device)
         try:
-            model = Whisper(dims)
-            model.load_state_dict(weights.state, strict=True)
+            with torch.device("meta"):  # no random initialisation: every tensor comes from the file
+                model = Whisper(dims)
+            model.load_state_dict(weights.state, strict=True, assign=True)
             self._model = model.to(device=device, dtype=self.dtype).eval()
         except (RuntimeError, ValueError) as exc:
             raise ModelLoadError(f"Could not load {model_path} into the torch Whisper on {device}: "
@@ -103,6 +104,7 @@ class TorchWhisperBackend:
         for layer, head in sorted(heads):
             self.alignment_heads.setdefault(layer, []).append(head)
         self._hf_tokenizer = tokenizers.Tokenizer.from_file(str(weights.tokenizer_file))
+        del weights
         self._tokenizers: Dict[Tuple[Optional[str], str], object] = {}
         base = self._tokenizer("en", "transcribe")
         self.special = SpecialTokens(
