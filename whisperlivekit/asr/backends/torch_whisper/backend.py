@@ -213,8 +213,8 @@ class TorchWhisperBackend:
         degenerate: List[int] = []
         for i, (generation, duration, tokenizer) in enumerate(zip(generations, durations, tokenizers)):
             tokens = [t for t in generation.tokens if t < self.special.eot]
-            score = generation.sum_logprob / max(1, len(generation.tokens) + 1)
-            avg_logprob = score / max(1, len(tokens) + 1)  # as FasterWhisperBackend computes it
+            score = generation.sum_logprob / max(1, len(generation.tokens))  # CTranslate2's length-normalised score
+            avg_logprob = score / max(1, len(tokens) + 1)  # as FasterWhisperBackend computes it from that score
             if generation.no_speech_prob > 0.6 and avg_logprob < -1.0:
                 tokens = []
             if looks_degenerate(tokenizer.decode(tokens), len(tokens), duration):
