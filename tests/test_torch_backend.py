@@ -100,6 +100,29 @@ def test_greedy_transcripts_equal_faster_whisper_float32_and_word_times_within_4
     assert worst_s <= WORD_TIME_TOLERANCE_S
 
 
+def test_greedy_decode_matches_ctranslate2_generate_in_tokens_score_and_no_speech_probability(reference, ours, clips):
+    from whisperlivekit.asr.backends.torch_whisper.decoding import greedy_decode
+
+    audio, frames = clips["arctic_a0009"], 1000
+    prompt = [reference._tokenizer(None, "transcribe").sot_prev] + reference._tokenizer(None, "transcribe").encode(
+        " He turned")[:3] + list(reference._tokenizer(None, "transcribe").sot_sequence)
+    theirs = reference._model.model.generate(
+        reference._encode([audio], frames), [prompt], beam_size=1, max_length=120, return_scores=True,
+        return_no_speech_prob=True, suppress_blank=True, suppress_tokens=[-1],
+    )[0]
+    mine = greedy_decode(ours._model.decoder, ours._encode([audio], frames), [prompt], 1, 60, ours.special)[0]
+    assert mine.tokens == theirs.sequences_ids[0]
+    assert any(t >= ours.special.timestamp_begin for t in mine.tokens), "timestamp tokens are decoded"
+    assert mine.sum_logprob / len(mine.tokens) == pytest.approx(theirs.scores[0], abs=1e-3)
+    assert mine.no_speech_prob == pytest.approx(theirs.no_speech_prob, abs=1e-4)
+
+
+def test_near_silence_gives_what_faster_whisper_gives(reference, ours):
+    quiet = np.random.default_rng(0).normal(0, 1e-3, 3 * 16000).astype(np.float32)
+    request = TranscribeRequest(quiet)
+    assert ours.transcribe_batch([request])[0].text == reference.transcribe_batch([request])[0].text
+
+
 def test_a_batch_gives_each_stream_what_it_gets_alone(ours, clips):
     """Rows with different windows, prompt lengths and stopping points decode together as they do apart."""
     batch = [request for _, request in requests_for(clips)]
