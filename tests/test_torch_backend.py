@@ -123,6 +123,18 @@ def test_near_silence_gives_what_faster_whisper_gives(reference, ours):
     assert ours.transcribe_batch([request])[0].text == reference.transcribe_batch([request])[0].text
 
 
+def test_a_looping_hypothesis_is_redone_on_the_full_window_as_faster_whisper_does(reference, ours, clips):
+    """Four repeats of one sentence after it as prompt: tiny.en loops on the short window, both backends alike."""
+    sentence = clips["harvard"][: int(2.6 * 16000)]  # "The birch canoe slid on the smooth planks."
+    request = TranscribeRequest(np.concatenate([sentence] * 4), prompt="The birch canoe slid on the smooth planks.")
+    first_pass = {b.name: b._run([request], b.window_frames(request)) for b in (reference, ours)}
+    assert first_pass["torch"][1] == first_pass["faster-whisper"][1] == [0], "the first pass should look degenerate"
+    assert first_pass["torch"][0][0].text == first_pass["faster-whisper"][0][0].text
+    theirs, mine = reference.transcribe_batch([request])[0], ours.transcribe_batch([request])[0]
+    assert mine.text == theirs.text and mine.degenerate == theirs.degenerate
+    assert mine.text != first_pass["torch"][0][0].text, "the retry's result replaces the loop"
+
+
 def test_a_batch_gives_each_stream_what_it_gets_alone(ours, clips):
     """Rows with different windows, prompt lengths and stopping points decode together as they do apart."""
     batch = [request for _, request in requests_for(clips)]
