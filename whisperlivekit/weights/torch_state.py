@@ -33,28 +33,44 @@ from whisperlivekit.errors import ModelLoadError, ModelNotFound
 Tensors = Dict[str, torch.Tensor]
 Heads = List[Tuple[int, int]]
 
-# Hugging Face name pattern → our name (openai-whisper's), after any leading "model." is stripped.
+# Hugging Face name ↔ our name (openai-whisper's), without HF's leading "model.". Placeholders:
+# {s} encoder|decoder, {i} a layer, {n} a conv, {p} weight|bias. One table serves both directions.
 HF_NAMES: Sequence[Tuple[str, str]] = (
-    (r"encoder\.conv([12])\.(weight|bias)", r"encoder.conv\1.\2"),
-    (r"encoder\.embed_positions\.weight", "encoder.positional_embedding"),
-    (r"encoder\.layer_norm\.(weight|bias)", r"encoder.ln_post.\1"),
-    (r"decoder\.embed_tokens\.weight", "decoder.token_embedding.weight"),
-    (r"decoder\.embed_positions\.weight", "decoder.positional_embedding"),
-    (r"decoder\.layer_norm\.(weight|bias)", r"decoder.ln.\1"),
-    (r"(encoder|decoder)\.layers\.(\d+)\.self_attn\.q_proj\.(weight|bias)", r"\1.blocks.\2.attn.query.\3"),
-    (r"(encoder|decoder)\.layers\.(\d+)\.self_attn\.k_proj\.(weight|bias)", r"\1.blocks.\2.attn.key.\3"),
-    (r"(encoder|decoder)\.layers\.(\d+)\.self_attn\.v_proj\.(weight|bias)", r"\1.blocks.\2.attn.value.\3"),
-    (r"(encoder|decoder)\.layers\.(\d+)\.self_attn\.out_proj\.(weight|bias)", r"\1.blocks.\2.attn.out.\3"),
-    (r"(encoder|decoder)\.layers\.(\d+)\.self_attn_layer_norm\.(weight|bias)", r"\1.blocks.\2.attn_ln.\3"),
-    (r"decoder\.layers\.(\d+)\.encoder_attn\.q_proj\.(weight|bias)", r"decoder.blocks.\1.cross_attn.query.\2"),
-    (r"decoder\.layers\.(\d+)\.encoder_attn\.k_proj\.(weight|bias)", r"decoder.blocks.\1.cross_attn.key.\2"),
-    (r"decoder\.layers\.(\d+)\.encoder_attn\.v_proj\.(weight|bias)", r"decoder.blocks.\1.cross_attn.value.\2"),
-    (r"decoder\.layers\.(\d+)\.encoder_attn\.out_proj\.(weight|bias)", r"decoder.blocks.\1.cross_attn.out.\2"),
-    (r"decoder\.layers\.(\d+)\.encoder_attn_layer_norm\.(weight|bias)", r"decoder.blocks.\1.cross_attn_ln.\2"),
-    (r"(encoder|decoder)\.layers\.(\d+)\.fc1\.(weight|bias)", r"\1.blocks.\2.mlp.0.\3"),
-    (r"(encoder|decoder)\.layers\.(\d+)\.fc2\.(weight|bias)", r"\1.blocks.\2.mlp.2.\3"),
-    (r"(encoder|decoder)\.layers\.(\d+)\.final_layer_norm\.(weight|bias)", r"\1.blocks.\2.mlp_ln.\3"),
+    ("encoder.conv{n}.{p}", "encoder.conv{n}.{p}"),
+    ("encoder.embed_positions.weight", "encoder.positional_embedding"),
+    ("encoder.layer_norm.{p}", "encoder.ln_post.{p}"),
+    ("decoder.embed_tokens.weight", "decoder.token_embedding.weight"),
+    ("decoder.embed_positions.weight", "decoder.positional_embedding"),
+    ("decoder.layer_norm.{p}", "decoder.ln.{p}"),
+    ("{s}.layers.{i}.self_attn.q_proj.{p}", "{s}.blocks.{i}.attn.query.{p}"),
+    ("{s}.layers.{i}.self_attn.k_proj.{p}", "{s}.blocks.{i}.attn.key.{p}"),
+    ("{s}.layers.{i}.self_attn.v_proj.{p}", "{s}.blocks.{i}.attn.value.{p}"),
+    ("{s}.layers.{i}.self_attn.out_proj.{p}", "{s}.blocks.{i}.attn.out.{p}"),
+    ("{s}.layers.{i}.self_attn_layer_norm.{p}", "{s}.blocks.{i}.attn_ln.{p}"),
+    ("decoder.layers.{i}.encoder_attn.q_proj.{p}", "decoder.blocks.{i}.cross_attn.query.{p}"),
+    ("decoder.layers.{i}.encoder_attn.k_proj.{p}", "decoder.blocks.{i}.cross_attn.key.{p}"),
+    ("decoder.layers.{i}.encoder_attn.v_proj.{p}", "decoder.blocks.{i}.cross_attn.value.{p}"),
+    ("decoder.layers.{i}.encoder_attn.out_proj.{p}", "decoder.blocks.{i}.cross_attn.out.{p}"),
+    ("decoder.layers.{i}.encoder_attn_layer_norm.{p}", "decoder.blocks.{i}.cross_attn_ln.{p}"),
+    ("{s}.layers.{i}.fc1.{p}", "{s}.blocks.{i}.mlp.0.{p}"),
+    ("{s}.layers.{i}.fc2.{p}", "{s}.blocks.{i}.mlp.2.{p}"),
+    ("{s}.layers.{i}.final_layer_norm.{p}", "{s}.blocks.{i}.mlp_ln.{p}"),
 )
+_PLACEHOLDERS = {"s": "encoder|decoder", "i": r"\d+", "n": "[12]", "p": "weight|bias"}
+
+
+def _rename(name: str, to_ours: bool) -> Optional[str]:
+    """`name` in the other naming of `HF_NAMES`, or None if no row matches."""
+    for hf, ours in HF_NAMES:
+        source, target = (hf, ours) if to_ours else (ours, hf)
+        pattern = re.escape(source)
+        for key, alternatives in _PLACEHOLDERS.items():
+            pattern = pattern.replace(re.escape("{" + key + "}"), f"(?P<{key}>{alternatives})")
+        match = re.fullmatch(pattern, name)
+        if match:
+            return target.format(**match.groupdict())
+    return None
+
 
 # Hugging Face config field → our dims field.
 HF_DIMS = {
@@ -130,15 +146,14 @@ def _load_openai(checkpoint: Path) -> WhisperWeights:
 
 
 def _our_name(hf_name: str) -> Optional[str]:
-    name = hf_name[len("model."):] if hf_name.startswith("model.") else hf_name
-    for pattern, replacement in HF_NAMES:
-        if re.fullmatch(pattern, name):
-            return re.sub(pattern, replacement, name)
-    return None
+    return _rename(hf_name[len("model."):] if hf_name.startswith("model.") else hf_name, to_ours=True)
 
 
 def _load_hugging_face(directory: Path) -> WhisperWeights:
-    from safetensors.torch import load_file
+    try:
+        from safetensors.torch import load_file
+    except ImportError as exc:
+        raise ModelLoadError(f"{directory} holds Hugging Face weights, read with safetensors: pip install safetensors") from exc
 
     config = _read_json(_require(directory / "config.json"))
     if config.get("model_type") != "whisper":
@@ -180,8 +195,12 @@ def save_hugging_face(weights: WhisperWeights, out_dir: Path) -> Path:
     """Write `weights` as a Hugging Face Transformers Whisper directory (the reverse of `HF_NAMES`)."""
     from safetensors.torch import save_file
 
-    reverse = _reverse_names(list(weights.state))
-    hf_state: Tensors = {reverse[name]: tensor.contiguous() for name, tensor in weights.state.items()}
+    hf_state: Tensors = {}
+    for name, tensor in weights.state.items():
+        hf_name = _rename(name, to_ours=False)
+        if hf_name is None:
+            raise ModelLoadError(f"no Hugging Face name for {name}")
+        hf_state[f"model.{hf_name}"] = tensor.contiguous()
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     save_file(hf_state, str(out_dir / "model.safetensors"), metadata={"format": "pt"})
@@ -200,37 +219,3 @@ def save_hugging_face(weights: WhisperWeights, out_dir: Path) -> Path:
         )
     shutil.copyfile(weights.tokenizer_file, out_dir / "tokenizer.json")
     return out_dir
-
-
-def _reverse_names(names: Sequence[str]) -> Dict[str, str]:
-    """Our names → Hugging Face names, found by running each HF pattern's inverse over `names`."""
-    inverse = (
-        (r"encoder\.conv([12])\.(weight|bias)", r"model.encoder.conv\1.\2"),
-        (r"encoder\.positional_embedding", "model.encoder.embed_positions.weight"),
-        (r"encoder\.ln_post\.(weight|bias)", r"model.encoder.layer_norm.\1"),
-        (r"decoder\.token_embedding\.weight", "model.decoder.embed_tokens.weight"),
-        (r"decoder\.positional_embedding", "model.decoder.embed_positions.weight"),
-        (r"decoder\.ln\.(weight|bias)", r"model.decoder.layer_norm.\1"),
-        (r"(encoder|decoder)\.blocks\.(\d+)\.attn\.query\.(weight|bias)", r"model.\1.layers.\2.self_attn.q_proj.\3"),
-        (r"(encoder|decoder)\.blocks\.(\d+)\.attn\.key\.(weight|bias)", r"model.\1.layers.\2.self_attn.k_proj.\3"),
-        (r"(encoder|decoder)\.blocks\.(\d+)\.attn\.value\.(weight|bias)", r"model.\1.layers.\2.self_attn.v_proj.\3"),
-        (r"(encoder|decoder)\.blocks\.(\d+)\.attn\.out\.(weight|bias)", r"model.\1.layers.\2.self_attn.out_proj.\3"),
-        (r"(encoder|decoder)\.blocks\.(\d+)\.attn_ln\.(weight|bias)", r"model.\1.layers.\2.self_attn_layer_norm.\3"),
-        (r"decoder\.blocks\.(\d+)\.cross_attn\.query\.(weight|bias)", r"model.decoder.layers.\1.encoder_attn.q_proj.\2"),
-        (r"decoder\.blocks\.(\d+)\.cross_attn\.key\.(weight|bias)", r"model.decoder.layers.\1.encoder_attn.k_proj.\2"),
-        (r"decoder\.blocks\.(\d+)\.cross_attn\.value\.(weight|bias)", r"model.decoder.layers.\1.encoder_attn.v_proj.\2"),
-        (r"decoder\.blocks\.(\d+)\.cross_attn\.out\.(weight|bias)", r"model.decoder.layers.\1.encoder_attn.out_proj.\2"),
-        (r"decoder\.blocks\.(\d+)\.cross_attn_ln\.(weight|bias)", r"model.decoder.layers.\1.encoder_attn_layer_norm.\2"),
-        (r"(encoder|decoder)\.blocks\.(\d+)\.mlp\.0\.(weight|bias)", r"model.\1.layers.\2.fc1.\3"),
-        (r"(encoder|decoder)\.blocks\.(\d+)\.mlp\.2\.(weight|bias)", r"model.\1.layers.\2.fc2.\3"),
-        (r"(encoder|decoder)\.blocks\.(\d+)\.mlp_ln\.(weight|bias)", r"model.\1.layers.\2.final_layer_norm.\3"),
-    )
-    out: Dict[str, str] = {}
-    for name in names:
-        for pattern, replacement in inverse:
-            if re.fullmatch(pattern, name):
-                out[name] = re.sub(pattern, replacement, name)
-                break
-        else:
-            raise ModelLoadError(f"no Hugging Face name for {name}")
-    return out

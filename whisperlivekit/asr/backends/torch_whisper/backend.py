@@ -72,7 +72,6 @@ class TorchWhisperBackend:
         cpu_threads: int = 0,
         lanes: int = 1,
     ) -> None:
-        from faster_whisper.tokenizer import Tokenizer  # noqa: F401  (fail early if missing)
         import tokenizers
 
         from whisperlivekit.weights.torch_state import load_whisper_weights
@@ -109,7 +108,7 @@ class TorchWhisperBackend:
         base = self._tokenizer("en", "transcribe")
         self.special = SpecialTokens(
             eot=base.eot, no_timestamps=base.no_timestamps, timestamp_begin=base.timestamp_begin,
-            no_speech=base.no_speech, n_vocab=dims.n_vocab,
+            no_speech=base.no_speech,
             suppress=tuple(sorted(self._suppressed(base))), begin_suppress=(base.encode(" ")[0], base.eot),
         )
 

@@ -32,7 +32,6 @@ class SpecialTokens:
     no_timestamps: int
     timestamp_begin: int
     no_speech: int
-    n_vocab: int
     suppress: Sequence[int]
     begin_suppress: Sequence[int]
     max_initial_timestamp_index: int = 50
