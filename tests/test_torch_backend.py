@@ -81,6 +81,55 @@ def test_log_mel_features_match_faster_whisper_feature_extractor(clips):
     assert np.abs(mine[:, :frames] - theirs[:, :frames]).max() < 1e-4
 
 
+def test_mel_filter_bank_matches_faster_whisper_for_80_and_128_bins():
+    from faster_whisper.feature_extractor import FeatureExtractor
+
+    from whisperlivekit.asr.backends.torch_whisper.features import mel_filter_bank
+
+    for n_mels in (80, 128):
+        assert np.abs(mel_filter_bank(n_mels) - FeatureExtractor.get_mel_filters(16000, 400, n_mels=n_mels)).max() < 1e-7
+
+
+def test_tokenizer_suppresses_what_the_model_config_lists_and_splits_words_as_faster_whisper(tiny_dir: Path):
+    from faster_whisper.tokenizer import Tokenizer
+
+    from whisperlivekit.asr.backends.torch_whisper.tokenizer import WhisperTokenizer
+
+    ours = WhisperTokenizer.from_file(tiny_dir / "tokenizer.json", multilingual=False)
+    config = json.loads((tiny_dir / "config.json").read_text())
+    assert list(ours.suppressed) == sorted(config["suppress_ids"])
+    theirs = Tokenizer(ours.hf, False)
+    assert (ours.eot, ours.sot, ours.sot_prev, ours.no_timestamps, ours.no_speech, ours.timestamp_begin) == (
+        theirs.eot, theirs.sot, theirs.sot_prev, theirs.no_timestamps, theirs.no_speech, theirs.timestamp_begin)
+    assert ours.sot_sequence == list(theirs.sot_sequence) == [ours.sot]
+    tokens = ours.encode(" He turned sharply, and faced Gregson's table — über café, 東京.") + [ours.eot]
+    assert ours.split_to_word_tokens(tokens) == theirs.split_to_word_tokens(tokens)
+
+
+def test_the_torch_backend_needs_neither_faster_whisper_nor_ctranslate2_nor_openai_whisper(tiny_dir: Path, clips):
+    """In a fresh interpreter where importing those packages fails, the backend still loads and transcribes."""
+    import subprocess
+    import sys
+
+    script = (
+        "import sys\n"
+        "for name in ('faster_whisper', 'ctranslate2', 'whisper'):\n"
+        "    sys.modules[name] = None  # any import of them raises ImportError\n"
+        "import numpy as np\n"
+        "from whisperlivekit.asr.backends.torch_whisper import TorchWhisperBackend\n"
+        "from whisperlivekit.asr.types import TranscribeRequest\n"
+        "import wave\n"
+        f"w = wave.open({str(audio_assets.arctic('arctic_a0009')[0])!r}, 'rb')\n"
+        "audio = np.frombuffer(w.readframes(w.getnframes()), dtype='<i2').astype(np.float32) / 32768\n"
+        f"backend = TorchWhisperBackend({str(tiny_dir)!r}, cpu_threads=1)\n"
+        "print(backend.transcribe_batch([TranscribeRequest(audio)])[0].text)\n"
+    )
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=300,
+                          cwd=Path(__file__).resolve().parents[1])
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert "faced Gregson across the table" in done.stdout
+
+
 def test_dtw_takes_the_cheapest_monotonic_path():
     cost = np.array([[0.0, 5, 5, 5], [5, 0, 0, 5], [5, 5, 5, 0]])
     tokens, frames = dtw(cost)

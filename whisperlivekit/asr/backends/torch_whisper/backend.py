@@ -30,6 +30,7 @@ from whisperlivekit.asr.backends.torch_whisper.alignment import align, word_time
 from whisperlivekit.asr.backends.torch_whisper.decoding import SpecialTokens, greedy_decode
 from whisperlivekit.asr.backends.torch_whisper.features import HOP, log_mel
 from whisperlivekit.asr.backends.torch_whisper.model import Whisper, WhisperDims, default_alignment_heads
+from whisperlivekit.asr.backends.torch_whisper.tokenizer import WhisperTokenizer
 from whisperlivekit.asr.types import TranscribeRequest, TranscribeResult, Word
 from whisperlivekit.audio import SAMPLE_RATE
 from whisperlivekit.errors import ModelLoadError
@@ -72,8 +73,6 @@ class TorchWhisperBackend:
         cpu_threads: int = 0,
         lanes: int = 1,
     ) -> None:
-        import tokenizers
-
         from whisperlivekit.weights.torch_state import load_whisper_weights
 
         if beam_size != 1:
@@ -102,34 +101,21 @@ class TorchWhisperBackend:
         self.alignment_heads: Dict[int, List[int]] = {}
         for layer, head in sorted(heads):
             self.alignment_heads.setdefault(layer, []).append(head)
-        self._hf_tokenizer = tokenizers.Tokenizer.from_file(str(weights.tokenizer_file))
+        self._base_tokenizer = WhisperTokenizer.from_file(weights.tokenizer_file, self.multilingual)
         del weights
-        self._tokenizers: Dict[Tuple[Optional[str], str], object] = {}
-        base = self._tokenizer("en", "transcribe")
+        self._tokenizers: Dict[Tuple[Optional[str], str], WhisperTokenizer] = {}
+        base = self._base_tokenizer
         self.special = SpecialTokens(
             eot=base.eot, no_timestamps=base.no_timestamps, timestamp_begin=base.timestamp_begin,
-            no_speech=base.no_speech,
-            suppress=tuple(sorted(self._suppressed(base))), begin_suppress=(base.encode(" ")[0], base.eot),
+            no_speech=base.no_speech, suppress=base.suppressed, begin_suppress=(base.encode(" ")[0], base.eot),
         )
 
     # -- helpers -------------------------------------------------------------------
-    def _tokenizer(self, language: Optional[str], task: str):
-        from faster_whisper.tokenizer import Tokenizer
-
+    def _tokenizer(self, language: Optional[str], task: str) -> WhisperTokenizer:
         key = (language if self.multilingual else None, task)
         if key not in self._tokenizers:
-            self._tokenizers[key] = Tokenizer(
-                self._hf_tokenizer, self.multilingual,
-                task=task if self.multilingual else None,
-                language=(language or "en") if self.multilingual else None,
-            )
+            self._tokenizers[key] = self._base_tokenizer.with_language(*key)
         return self._tokenizers[key]
-
-    @staticmethod
-    def _suppressed(tokenizer) -> List[int]:
-        """Whisper's default suppressed tokens (`suppress_tokens=[-1]`): symbols that are not speech, and the task tokens."""
-        return [*tokenizer.non_speech_tokens, tokenizer.transcribe, tokenizer.translate, tokenizer.sot,
-                tokenizer.sot_prev, tokenizer.sot_lm, tokenizer.no_speech]
 
     def window_frames(self, request: TranscribeRequest) -> int:
         """Encoder window for one request: its audio plus padding, in 2 s buckets, at least `min_window_s`.
@@ -151,14 +137,13 @@ class TorchWhisperBackend:
 
     @torch.inference_mode()
     def _detect_languages(self, audio_features: torch.Tensor) -> List[str]:
-        base = self._tokenizer("en", "transcribe")
-        language_ids = [base.tokenizer.token_to_id(f"<|{code}|>") for code in _language_codes()]
-        known = [(code, token) for code, token in zip(_language_codes(), language_ids) if token is not None]
+        """The likeliest language token after start-of-transcript, per row."""
+        base = self._base_tokenizer
         state = self._model.decoder.start(audio_features)
         sot = torch.full((audio_features.shape[0], 1), base.sot, dtype=torch.long, device=audio_features.device)
         logits, _, _ = self._model.decoder(sot, state)
-        best = logits[:, 0, [token for _, token in known]].argmax(dim=-1).tolist()
-        return [known[i][0] for i in best]
+        best = logits[:, 0, [base.language_token(code) for code in base.languages]].argmax(dim=-1).tolist()
+        return [base.languages[i] for i in best]
 
     # -- the backend interface -----------------------------------------------------
     def transcribe_batch(self, requests: Sequence[TranscribeRequest]) -> List[TranscribeResult]:
@@ -241,8 +226,3 @@ class TorchWhisperBackend:
             del model
             torch.cuda.empty_cache()  # hand the GPU memory back so another model can be loaded there
 
-
-def _language_codes() -> Tuple[str, ...]:
-    from faster_whisper.tokenizer import _LANGUAGE_CODES
-
-    return tuple(_LANGUAGE_CODES)
