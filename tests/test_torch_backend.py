@@ -224,6 +224,17 @@ def test_hugging_face_directory_written_for_the_test_is_one_transformers_loads(t
     assert model.config.decoder_layers == 4 and model.config.vocab_size == 51864
 
 
+def test_bfloat16_weights_give_the_same_harvard_transcript(tiny_dir: Path, clips, ours):
+    """The half-precision path a GPU takes (dtype casts in features, masks, attention), run on the CPU."""
+    half = TorchWhisperBackend(tiny_dir, compute_type="bfloat16", cpu_threads=1)
+    try:
+        assert half.compute_type == "bfloat16"
+        requests = [TranscribeRequest(clips["harvard"]), TranscribeRequest(clips["arctic_a0007"], prompt="And you")]
+        assert [r.text for r in half.transcribe_batch(requests)] == [r.text for r in ours.transcribe_batch(requests)]
+    finally:
+        half.close()
+
+
 def test_missing_model_and_unknown_layout_fail_with_typed_errors(tmp_path: Path):
     with pytest.raises(ModelNotFound):
         TorchWhisperBackend(tmp_path / "absent")

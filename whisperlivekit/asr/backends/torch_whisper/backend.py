@@ -10,8 +10,8 @@ not need equal prompts: each window bucket of a batch is one encoder call and
 one incremental decode whose rows carry their own prompts and stop on their own.
 
 Weights come from a CTranslate2 directory, an openai-whisper `.pt` or a Hugging
-Face directory (`weights/torch_state.py`); float32 on the CPU, float16 (or
-`--compute-type bfloat16|float32`) on CUDA. Greedy only: `--beam-size` above 1
+Face directory (`weights/torch_state.py`); float32 on the CPU (or `--compute-type
+bfloat16`), float16 on CUDA (or `--compute-type bfloat16|float32`). Greedy only: `--beam-size` above 1
 is not implemented here yet and is refused at start-up.
 """
 
@@ -46,10 +46,11 @@ DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.
 
 
 def _dtype(compute_type: str, device: str) -> torch.dtype:
-    if compute_type in DTYPES and (device.startswith("cuda") or compute_type == "float32"):
+    """float16 on CUDA unless told otherwise; float32 on the CPU, where float16 matmuls are slow (bfloat16 if asked)."""
+    if compute_type in DTYPES and (device.startswith("cuda") or compute_type != "float16"):
         return DTYPES[compute_type]
     if compute_type not in ("auto", *DTYPES):
-        logger.info("compute type %s is CTranslate2's; the torch backend runs float32/float16", compute_type)
+        logger.info("compute type %s is CTranslate2's; the torch backend runs float32, float16 or bfloat16", compute_type)
     return torch.float16 if device.startswith("cuda") else torch.float32
 
 
