@@ -54,36 +54,53 @@ def _left_pad(prompts: Sequence[Sequence[int]], pad: int, device) -> tuple:
     return tokens.to(device), valid.to(device)
 
 
-def _apply_rules(logits: torch.Tensor, generated: List[List[int]], special: SpecialTokens, always: torch.Tensor) -> None:
-    """Mask `logits` (rows, vocab) in place with the suppression and timestamp rules (`always`: a vocab mask)."""
+@dataclass
+class _RowHistory:
+    """What the timestamp rules need to know of each row's generated tokens, as tensors (no per-row Python)."""
+
+    count: torch.Tensor  # tokens generated so far
+    last: torch.Tensor  # the last one (-1: none)
+    penultimate: torch.Tensor  # the one before (-1: none)
+    last_timestamp: torch.Tensor  # the latest timestamp token (-1: none)
+
+    @classmethod
+    def empty(cls, rows: int, device) -> "_RowHistory":
+        none = torch.full((rows,), -1, dtype=torch.long, device=device)
+        return cls(torch.zeros(rows, dtype=torch.long, device=device), none, none.clone(), none.clone())
+
+    def push(self, tokens: torch.Tensor, timestamp_begin: int) -> "_RowHistory":
+        stamped = torch.where(tokens >= timestamp_begin, tokens, self.last_timestamp)
+        return _RowHistory(self.count + 1, tokens, self.last, stamped)
+
+    def select(self, rows: torch.Tensor) -> "_RowHistory":
+        return _RowHistory(*(t.index_select(0, rows) for t in (self.count, self.last, self.penultimate, self.last_timestamp)))
+
+
+def _apply_rules(logits: torch.Tensor, history: _RowHistory, special: SpecialTokens, always: torch.Tensor,
+                 at_start: torch.Tensor) -> None:
+    """Mask `logits` (rows, vocab) in place with the suppression and timestamp rules.
+
+    `always` is the vocabulary mask suppressed at every step, `at_start` the one
+    of the first step (blank, end-of-text, text, late timestamps).
+    """
     tb = special.timestamp_begin
-    logits.masked_fill_(always, NEG_INF)
-    check = []
-    for row, tokens in enumerate(generated):
-        if not tokens:
-            logits[row, list(special.begin_suppress)] = NEG_INF
-            logits[row, :tb] = NEG_INF
-            logits[row, tb + special.max_initial_timestamp_index + 1:] = NEG_INF
-            continue
-        if tokens[-1] >= tb:
-            penultimate = tokens[-2] if len(tokens) > 1 else tokens[-1]
-            if penultimate >= tb:
-                logits[row, tb:] = NEG_INF  # a pair is complete: text (or end) next
-            else:
-                logits[row, : special.eot] = NEG_INF  # a lone timestamp: another one or end-of-text
-                check.append(row)
-        else:
-            check.append(row)
-        last_timestamp = next((t for t in reversed(tokens) if t >= tb), None)
-        if last_timestamp is not None:
-            logits[row, tb:last_timestamp] = NEG_INF
-    if check:
-        rows = torch.tensor(check, device=logits.device)
-        logprobs = torch.log_softmax(logits.index_select(0, rows), dim=-1)
-        timestamps = torch.logsumexp(logprobs[:, tb:], dim=-1)
-        best_other = logprobs[:, :tb].max(dim=-1).values
-        for row in rows[timestamps > best_other].tolist():
-            logits[row, :tb] = NEG_INF
+    vocab = torch.arange(logits.shape[-1], device=logits.device)[None]
+    first = (history.count == 0)[:, None]
+    last_is_time = (history.last >= tb)[:, None]
+    # with one token generated, the "penultimate" is that token itself (a lone first timestamp pairs with itself)
+    before = torch.where(history.count >= 2, history.penultimate, history.last)
+    pair_done = last_is_time & (before >= tb)[:, None]
+    lone_time = last_is_time & ~pair_done
+    mask = always[None] | (first & at_start[None])
+    mask |= ~first & pair_done & (vocab >= tb)  # a pair is complete: text (or end) next
+    mask |= ~first & lone_time & (vocab < special.eot)  # a lone timestamp: another one or end-of-text
+    mask |= ~first & (vocab >= tb) & (vocab < history.last_timestamp[:, None])  # timestamps never decrease
+    logits.masked_fill_(mask, NEG_INF)
+    # where the timestamps together are likelier than any other single token, a timestamp it is
+    check = ~first[:, 0] & ~pair_done[:, 0]
+    logprobs = torch.log_softmax(logits, dim=-1)
+    force = check & (torch.logsumexp(logprobs[:, tb:], dim=-1) > logprobs[:, :tb].max(dim=-1).values)
+    logits.masked_fill_(force[:, None] & (vocab < tb), NEG_INF)
 
 
 @torch.inference_mode()
@@ -109,16 +126,22 @@ def greedy_decode(
     no_speech = torch.softmax(logits[:, 0], dim=-1)[:, special.no_speech].tolist()
     logits = logits[:, 1]
 
-    always = torch.zeros(logits.shape[-1], dtype=torch.bool, device=logits.device)
+    vocab_size, device = logits.shape[-1], logits.device
+    always = torch.zeros(vocab_size, dtype=torch.bool, device=device)
     always[[*special.suppress, special.no_timestamps]] = True
+    at_start = torch.ones(vocab_size, dtype=torch.bool, device=device)
+    at_start[special.timestamp_begin : special.timestamp_begin + special.max_initial_timestamp_index + 1] = False
+    at_start[list(special.begin_suppress)] = True
+    history = _RowHistory.empty(batch, device)
     generated: List[List[int]] = [[] for _ in range(batch)]
     scores = [0.0] * batch
     alive = list(range(batch))  # original row of each row still in the batch
     for step in range(max_steps):
-        _apply_rules(logits, [generated[r] for r in alive], special, always)
+        _apply_rules(logits, history, special, always, at_start)
         logprobs = torch.log_softmax(logits, dim=-1)
         best = logprobs.argmax(dim=-1)
         best_logprob = logprobs.gather(1, best[:, None])[:, 0]
+        history = history.push(best, special.timestamp_begin)
         keep = []
         for i, (token, logprob) in enumerate(zip(best.tolist(), best_logprob.tolist())):
             row = alive[i]
@@ -131,7 +154,7 @@ def greedy_decode(
             break
         if len(keep) != len(alive):
             index = torch.tensor(keep, device=best.device)
-            state, best = state.select(index), best.index_select(0, index)
+            state, best, history = state.select(index), best.index_select(0, index), history.select(index)
             alive = [alive[i] for i in keep]
         logits, state, _ = decoder(best[:, None], state)
         logits = logits[:, -1]
