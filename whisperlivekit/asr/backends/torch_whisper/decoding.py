@@ -77,30 +77,33 @@ class _RowHistory:
 
 
 def _apply_rules(logits: torch.Tensor, history: _RowHistory, special: SpecialTokens, always: torch.Tensor,
-                 at_start: torch.Tensor) -> None:
+                 first: bool) -> None:
     """Mask `logits` (rows, vocab) in place with the suppression and timestamp rules.
 
-    `always` is the vocabulary mask suppressed at every step, `at_start` the one
-    of the first step (blank, end-of-text, text, late timestamps).
+    `always` holds the token ids suppressed at every step. Every row starts at
+    the same step, so the first step is the same for all; each rule touches only
+    the columns it concerns (text or timestamps), which keeps a step cheap on the CPU.
     """
-    tb = special.timestamp_begin
-    vocab = torch.arange(logits.shape[-1], device=logits.device)[None]
-    first = (history.count == 0)[:, None]
-    last_is_time = (history.last >= tb)[:, None]
+    tb, eot = special.timestamp_begin, special.eot
+    logits[:, always] = NEG_INF
+    if first:
+        logits[:, list(special.begin_suppress)] = NEG_INF
+        logits[:, :tb] = NEG_INF  # the first token is a timestamp...
+        logits[:, tb + special.max_initial_timestamp_index + 1:] = NEG_INF  # ...and an early one
+        return
+    last_is_time = history.last >= tb
     # with one token generated, the "penultimate" is that token itself (a lone first timestamp pairs with itself)
     before = torch.where(history.count >= 2, history.penultimate, history.last)
-    pair_done = last_is_time & (before >= tb)[:, None]
-    lone_time = last_is_time & ~pair_done
-    mask = always[None] | (first & at_start[None])
-    mask |= ~first & pair_done & (vocab >= tb)  # a pair is complete: text (or end) next
-    mask |= ~first & lone_time & (vocab < special.eot)  # a lone timestamp: another one or end-of-text
-    mask |= ~first & (vocab >= tb) & (vocab < history.last_timestamp[:, None])  # timestamps never decrease
-    logits.masked_fill_(mask, NEG_INF)
+    pair_done = last_is_time & (before >= tb)
+    times = logits[:, tb:]
+    times.masked_fill_(pair_done[:, None], NEG_INF)  # a pair is complete: text (or end) next
+    logits[:, :eot].masked_fill_((last_is_time & ~pair_done)[:, None], NEG_INF)  # a lone one: another or end
+    offsets = torch.arange(times.shape[-1], device=logits.device)[None]
+    times.masked_fill_(offsets < (history.last_timestamp - tb)[:, None], NEG_INF)  # timestamps never decrease
     # where the timestamps together are likelier than any other single token, a timestamp it is
-    check = ~first[:, 0] & ~pair_done[:, 0]
     logprobs = torch.log_softmax(logits, dim=-1)
-    force = check & (torch.logsumexp(logprobs[:, tb:], dim=-1) > logprobs[:, :tb].max(dim=-1).values)
-    logits.masked_fill_(force[:, None] & (vocab < tb), NEG_INF)
+    force = ~pair_done & (torch.logsumexp(logprobs[:, tb:], dim=-1) > logprobs[:, :tb].max(dim=-1).values)
+    logits[:, :tb].masked_fill_(force[:, None], NEG_INF)
 
 
 @torch.inference_mode()
@@ -126,18 +129,14 @@ def greedy_decode(
     no_speech = torch.softmax(logits[:, 0], dim=-1)[:, special.no_speech].tolist()
     logits = logits[:, 1]
 
-    vocab_size, device = logits.shape[-1], logits.device
-    always = torch.zeros(vocab_size, dtype=torch.bool, device=device)
-    always[[*special.suppress, special.no_timestamps]] = True
-    at_start = torch.ones(vocab_size, dtype=torch.bool, device=device)
-    at_start[special.timestamp_begin : special.timestamp_begin + special.max_initial_timestamp_index + 1] = False
-    at_start[list(special.begin_suppress)] = True
+    device = logits.device
+    always = torch.tensor([*special.suppress, special.no_timestamps], device=device)
     history = _RowHistory.empty(batch, device)
     generated: List[List[int]] = [[] for _ in range(batch)]
     scores = [0.0] * batch
     alive = list(range(batch))  # original row of each row still in the batch
     for step in range(max_steps):
-        _apply_rules(logits, history, special, always, at_start)
+        _apply_rules(logits, history, special, always, first=step == 0)
         logprobs = torch.log_softmax(logits, dim=-1)
         best = logprobs.argmax(dim=-1)
         best_logprob = logprobs.gather(1, best[:, None])[:, 0]
