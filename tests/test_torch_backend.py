@@ -167,6 +167,23 @@ def test_greedy_decode_matches_ctranslate2_generate_in_tokens_score_and_no_speec
     assert mine.no_speech_prob == pytest.approx(theirs.no_speech_prob, abs=1e-4)
 
 
+def test_rows_forced_to_begin_with_part_of_a_hypothesis_continue_it_in_one_batch(ours, clips):
+    """Per-row prefixes (what AlignAtt forces), without timestamps: each row picks up where its prefix stops."""
+    from whisperlivekit.asr.backends.torch_whisper.decoding import greedy_decode
+
+    features = ours._encode([clips["arctic_a0009"]], 1000)
+    tokenizer = ours._tokenizer(None, "transcribe")
+    prompt = [*tokenizer.sot_sequence, tokenizer.no_timestamps]
+    whole = greedy_decode(ours._model.decoder, features, [prompt], 2, 60, ours.special, timestamps=False)[0]
+    assert "Gregson" in tokenizer.decode(whole.tokens)
+    cuts = (0, 2, 5)
+    rows = greedy_decode(ours._model.decoder, features.expand(len(cuts), -1, -1).contiguous(), [prompt] * len(cuts),
+                         2, 60, ours.special, prefixes=[whole.tokens[:k] for k in cuts], timestamps=False)
+    for k, row in zip(cuts, rows):
+        assert row.tokens == whole.tokens[k:], k
+        assert row.no_speech_prob == pytest.approx(whole.no_speech_prob, abs=1e-5)
+
+
 def test_near_silence_gives_what_faster_whisper_gives(reference, ours):
     quiet = np.random.default_rng(0).normal(0, 1e-3, 3 * 16000).astype(np.float32)
     request = TranscribeRequest(quiet)

@@ -17,7 +17,7 @@ sum of the chosen tokens' log-probabilities (end-of-text included) under those r
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import List, Sequence
+from typing import List, Optional, Sequence
 
 import torch
 
@@ -77,10 +77,12 @@ class _RowHistory:
 
 
 def _apply_rules(logits: torch.Tensor, history: _RowHistory, special: SpecialTokens, always: torch.Tensor,
-                 first: bool) -> None:
+                 first: bool, timestamps: bool = True) -> None:
     """Mask `logits` (rows, vocab) in place with the suppression and timestamp rules.
 
-    `always` holds the token ids suppressed at every step. Every row starts at
+    `always` holds the token ids suppressed at every step; without `timestamps`
+    (a prompt ending in `<|notimestamps|>`) only those and the first step's
+    blank and end-of-text are suppressed. Every row starts at
     the same step, so the first step is the same for all; each rule touches only
     the columns it concerns (text or timestamps), which keeps a step cheap on the CPU.
     """
@@ -88,6 +90,9 @@ def _apply_rules(logits: torch.Tensor, history: _RowHistory, special: SpecialTok
     logits[:, always] = NEG_INF
     if first:
         logits[:, list(special.begin_suppress)] = NEG_INF
+    if not timestamps:
+        return
+    if first:
         logits[:, :tb] = NEG_INF  # the first token is a timestamp...
         logits[:, tb + special.max_initial_timestamp_index + 1:] = NEG_INF  # ...and an early one
         return
@@ -114,29 +119,34 @@ def greedy_decode(
     sot_offset: int,
     max_steps: int,
     special: SpecialTokens,
+    prefixes: Optional[Sequence[Sequence[int]]] = None,
+    timestamps: bool = True,
 ) -> List[Generation]:
     """Decode every row of `audio_features` (B, frames, state) after its prompt, greedily.
 
     `sot_offset` is where start-of-transcript sits counted from each prompt's end
     (1 for English-only models, 3 with language and task); the no-speech
-    probability is read there. At most `max_steps` tokens per row, end-of-text included.
+    probability is read there. A row's `prefixes` entry is text it is forced to
+    begin with (decoded in the prompt's pass, not returned; the rules start after
+    it). At most `max_steps` tokens per row, end-of-text included.
     """
     batch = len(prompts)
-    tokens, valid = _left_pad(prompts, special.eot, audio_features.device)
-    width = tokens.shape[1]
+    prefixes = prefixes or [[] for _ in range(batch)]
+    tokens, valid = _left_pad([[*p, *f] for p, f in zip(prompts, prefixes)], special.eot, audio_features.device)
+    width, device = tokens.shape[1], audio_features.device
+    columns = torch.tensor([[width - len(f) - sot_offset, width - 1] for f in prefixes], device=device)
     state = decoder.start(audio_features)
-    logits, state, _ = decoder(tokens, state, valid=valid, logits_at=[width - sot_offset, width - 1])
+    logits, state, _ = decoder(tokens, state, valid=valid, logits_at=columns)
     no_speech = torch.softmax(logits[:, 0], dim=-1)[:, special.no_speech].tolist()
     logits = logits[:, 1]
 
-    device = logits.device
-    always = torch.tensor([*special.suppress, special.no_timestamps], device=device)
+    always = torch.tensor([*special.suppress, *([special.no_timestamps] if timestamps else [])], device=device)
     history = _RowHistory.empty(batch, device)
     generated: List[List[int]] = [[] for _ in range(batch)]
     scores = [0.0] * batch
     alive = list(range(batch))  # original row of each row still in the batch
     for step in range(max_steps):
-        _apply_rules(logits, history, special, always, first=step == 0)
+        _apply_rules(logits, history, special, always, first=step == 0, timestamps=timestamps)
         logprobs = torch.log_softmax(logits, dim=-1)
         best = logprobs.argmax(dim=-1)
         best_logprob = logprobs.gather(1, best[:, None])[:, 0]

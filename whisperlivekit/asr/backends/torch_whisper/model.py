@@ -161,14 +161,14 @@ class TextDecoder(nn.Module):
         state: DecoderState,
         valid: Optional[Tensor] = None,
         heads: Optional[Dict[int, Sequence[int]]] = None,
-        logits_at: Optional[Sequence[int]] = None,
+        logits_at: Optional[Tensor] = None,
     ) -> Tuple[Tensor, DecoderState, Optional[Tensor]]:
         """Decode `tokens` (B, T) after what `state` holds.
 
         `valid` (B, T) marks real tokens (False: left padding, which takes no
         position and is never attended to). `heads` {layer: [head, ...]} asks for
-        those heads' cross-attention. `logits_at` limits the logits to those
-        columns (a prompt needs only its last one). Returns (logits (B, T, vocab) in float32,
+        those heads' cross-attention. `logits_at` (B, k) limits the logits to
+        those columns of each row (a prompt needs only its last one). Returns (logits (B, T or k, vocab) in float32,
         the extended state, the chosen heads' attention (B, n_chosen, T, frames)
         in the order of `heads`, or None).
         """
@@ -215,7 +215,9 @@ class TextDecoder(nn.Module):
                 attended = F.scaled_dot_product_attention(q, ck, cv)
             x = x + c.out(_merge(attended))
             x = x + block.mlp(block.mlp_ln(x))
-        x = self.ln(x if logits_at is None else x[:, list(logits_at)])
+        if logits_at is not None:
+            x = x.gather(1, logits_at[:, :, None].expand(-1, -1, x.shape[-1]))
+        x = self.ln(x)
         logits = (x @ self.token_embedding.weight.to(x.dtype).T).float()
         new_state = DecoderState(keys, values, state.cross, all_valid, state.positions + valid.long().sum(dim=1))
         return logits, new_state, (torch.cat(chosen, dim=1) if chosen else None)
