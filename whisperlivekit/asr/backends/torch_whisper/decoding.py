@@ -1,8 +1,8 @@
 """Batched greedy decoding with Whisper's timestamp rules: many streams, one decoder call per token.
 
 Each row has its own prompt (committed text, then the start-of-transcript
-sequence); prompts are left-padded to one length, so every row's next token is
-in the last column. A row leaves the batch when it emits end-of-text, so the
+sequence) and may have a prefix it is forced to begin with; prompts are
+left-padded to one length, so every row's next token is in the last column. A row leaves the batch when it emits end-of-text, so the
 batch shrinks as rows finish instead of decoding padding.
 
 The rules are those of CTranslate2's Whisper `generate` (what faster-whisper
