@@ -92,11 +92,14 @@ def align(
     tokens = torch.full((len(rows), width), eot, dtype=torch.long)
     for i, sequence in enumerate(sequences):
         tokens[i, : len(sequence)] = torch.tensor(sequence)  # right padding: causal attention never reads it
-    index = torch.tensor(rows, device=audio_features.device)
-    state: DecoderState = decoder.start(audio_features.index_select(0, index))
-    logits, _, attention = decoder(tokens.to(audio_features.device), state, heads=heads)
-    text_probs = torch.softmax(logits[..., :eot], dim=-1)
+    device = audio_features.device
     offset = len(sot_sequences[rows[0]])
+    # logits only where a text token is predicted (the vocabulary projection is most of this pass's cost)
+    longest = max(len(text_tokens[r]) for r in rows)
+    columns = torch.tensor([[offset + min(t, len(text_tokens[r]) - 1) for t in range(longest)] for r in rows], device=device)
+    state: DecoderState = decoder.start(audio_features.index_select(0, torch.tensor(rows, device=device)))
+    logits, _, attention = decoder(tokens.to(device), state, heads=heads, logits_at=columns)
+    text_probs = torch.softmax(logits[..., :eot], dim=-1)
     for i, row in enumerate(rows):
         length = len(sequences[i])
         frames = max(1, num_frames[row] // 2)
@@ -107,7 +110,7 @@ def align(
         matrix = _median_filter(weights, MEDIAN_FILTER_WIDTH).mean(dim=0)[offset:-1]
         token_index, frame_index = dtw(-matrix.double().cpu().numpy())
         targets = torch.tensor(text_tokens[row], device=logits.device)
-        probs = text_probs[i, offset : offset + len(text_tokens[row])].gather(1, targets[:, None])[:, 0]
+        probs = text_probs[i, : len(text_tokens[row])].gather(1, targets[:, None])[:, 0]
         out[row] = (token_index, frame_index, probs.float().cpu().numpy())
     return out
 
