@@ -141,6 +141,20 @@ def test_batched_inference_equals_unbatched_and_never_mixes_streams(backend, spe
             assert abs(a.start - b.start) <= 0.05 and abs(a.end - b.end) <= 0.05
 
 
+def test_streams_with_different_committed_prompts_batch_together_with_their_own_results(backend, speech_pcm):
+    """A GPU batches streams whose committed text differs: CTranslate2 needs <|startoftranscript|> at one
+    position per batch, so rows are grouped by prompt length, never trimmed to fit each other."""
+    clip = pcm_to_float(speech_pcm("harvard")[0])
+    requests = [
+        TranscribeRequest(clip[16000 * 3 : 16000 * 6], prompt="The birch canoe slid on the smooth planks."),
+        TranscribeRequest(clip[16000 * 3 : 16000 * 6], prompt=""),
+        TranscribeRequest(clip[16000 * 6 : 16000 * 9], prompt="Glue the sheet"),
+    ]
+    alone = [backend.transcribe_batch([r])[0] for r in requests]
+    together = backend.transcribe_batch(requests)  # raised ValueError before rows were grouped by prompt length
+    assert [r.text for r in together] == [r.text for r in alone]
+
+
 def test_connection_state_is_freed_at_close(speech_pcm):
     app = create_app(Settings(pcm_input=True))
     services = app.state.services

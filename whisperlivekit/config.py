@@ -12,7 +12,7 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Literal, Optional, Tuple
 
-BackendName = Literal["auto", "faster-whisper", "openai-whisper", "simulstreaming"]  # see asr/backends/__init__.py
+BackendName = Literal["auto", "faster-whisper", "openai-whisper", "torch", "simulstreaming"]  # see asr/backends/__init__.py
 PolicyName = Literal["localagreement", "simulstreaming"]
 DeviceChoice = Literal["auto", "cpu", "cuda"]
 GpuPolicy = Literal["least-loaded", "round-robin"]

@@ -21,10 +21,12 @@ BACKENDS: Dict[Tuple[str, str], str] = {
     ("faster-whisper", "localagreement"): "whisperlivekit.asr.backends.faster_whisper:FasterWhisperBackend",
     ("openai-whisper", "localagreement"): "whisperlivekit.asr.backends.openai_whisper:OpenAIWhisperBackend",
     ("openai-whisper", "simulstreaming"): "whisperlivekit.asr.backends.alignatt:AlignAttBackend",
+    ("torch", "localagreement"): "whisperlivekit.asr.backends.torch_whisper:TorchWhisperBackend",
 }
 
-# Backends that read openai-whisper checkpoints (a CTranslate2 model is converted once for them).
-CHECKPOINT_BACKENDS = frozenset({"openai-whisper"})
+# Backends that also read openai-whisper `.pt` checkpoints (openai-whisper converts a CTranslate2 model once;
+# torch reads either directly).
+CHECKPOINT_BACKENDS = frozenset({"openai-whisper", "torch"})
 
 # `--backend simulstreaming` names a policy, kept as the documented shorthand for this pair.
 BACKEND_ALIASES: Dict[str, Tuple[str, str]] = {"simulstreaming": ("openai-whisper", "simulstreaming")}

@@ -138,14 +138,24 @@ class FasterWhisperBackend:
             return self._transcribe_batch(requests)
 
     def _transcribe_batch(self, requests: Sequence[TranscribeRequest]) -> List[TranscribeResult]:
+        """Batches share an encoder window and a prompt length: CTranslate2's `generate` needs
+        <|startoftranscript|> at the same position in every row, and trimming prompts to match
+        would make a stream's result depend on its batch mates."""
         results: List[Optional[TranscribeResult]] = [None] * len(requests)
-        groups: Dict[int, List[int]] = {}
+        groups: Dict[Tuple[int, int], List[int]] = {}
         for i, request in enumerate(requests):
-            groups.setdefault(self.window_frames(request), []).append(i)
-        for frames, indices in groups.items():
+            groups.setdefault((self.window_frames(request), len(self._prompt_tokens(request.prompt))), []).append(i)
+        for (frames, _), indices in groups.items():
             for i, result in zip(indices, self._transcribe_window([requests[i] for i in indices], frames)):
                 results[i] = result
         return results  # type: ignore[return-value]
+
+    def _prompt_tokens(self, prompt: str) -> List[int]:
+        """The previous-text tokens before <|startoftranscript|> (the same BPE whatever the language)."""
+        if not prompt.strip():
+            return []
+        tokenizer = self._tokenizer(None, "transcribe")
+        return [tokenizer.sot_prev] + tokenizer.encode(" " + prompt.strip())[-MAX_PROMPT_TOKENS:]
 
     def _transcribe_window(self, requests: List[TranscribeRequest], frames: int) -> List[TranscribeResult]:
         results, degenerate = self._run(list(requests), frames)
@@ -170,12 +180,7 @@ class FasterWhisperBackend:
             return self._run_per_language(requests, languages, frames)
         tokenizer = self._tokenizer(languages[0], requests[0].task)
 
-        prompts = []
-        for request in requests:
-            prompt: List[int] = []
-            if request.prompt.strip():
-                prompt = [tokenizer.sot_prev] + tokenizer.encode(" " + request.prompt.strip())[-MAX_PROMPT_TOKENS:]
-            prompts.append(prompt + list(tokenizer.sot_sequence))
+        prompts = [self._prompt_tokens(request.prompt) + list(tokenizer.sot_sequence) for request in requests]
         durations = [len(r.audio) / SAMPLE_RATE for r in requests]
         max_new = min(224, int(max(durations) * MAX_TOKENS_PER_S) + 10)
         generated = self._model.model.generate(

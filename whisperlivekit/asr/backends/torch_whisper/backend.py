@@ -1,0 +1,229 @@
+"""The `torch` backend: LocalAgreement on our own PyTorch Whisper, batched across streams.
+
+It behaves as `FasterWhisperBackend` does, step for step, so the two give the
+same transcripts: the encoder window is the buffer plus 1 s of padding in 2 s
+buckets (at least `min_window_s`), decoding is greedy with Whisper's timestamp
+tokens and the committed text as prompt, word times come from the alignment
+heads' cross-attention (`alignment.py`), and a degenerate hypothesis is redone
+on the full 30 s window without the prompt. What it adds is batching that does
+not need equal prompts: each window bucket of a batch is one encoder call and
+one incremental decode whose rows carry their own prompts and stop on their own.
+
+Weights come from a CTranslate2 directory, an openai-whisper `.pt` or a Hugging
+Face directory (`weights/torch_state.py`); float32 on the CPU (or `--compute-type
+bfloat16`), float16 on CUDA (or `--compute-type bfloat16|float32`). Greedy only: `--beam-size` above 1
+is not implemented here yet and is refused at start-up.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from pathlib import Path
+from typing import Dict, List, Optional, Sequence, Tuple
+
+import numpy as np
+import torch
+
+from whisperlivekit.asr.backends.degenerate import MAX_TOKENS_PER_S, looks_degenerate
+from whisperlivekit.asr.backends.torch_whisper.alignment import align, word_times
+from whisperlivekit.asr.backends.torch_whisper.decoding import SpecialTokens, greedy_decode
+from whisperlivekit.asr.backends.torch_whisper.features import HOP, log_mel
+from whisperlivekit.asr.backends.torch_whisper.model import Whisper, WhisperDims, default_alignment_heads
+from whisperlivekit.asr.backends.torch_whisper.tokenizer import WhisperTokenizer
+from whisperlivekit.asr.types import TranscribeRequest, TranscribeResult, Word
+from whisperlivekit.audio import SAMPLE_RATE
+from whisperlivekit.errors import ModelLoadError
+
+logger = logging.getLogger(__name__)
+
+FULL_WINDOW_FRAMES = 3000
+PADDING_S = 1.0
+WINDOW_BUCKET_FRAMES = 200  # 2 s
+MAX_PROMPT_TOKENS = 223
+MAX_NEW_TOKENS = 224
+DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
+
+
+def _dtype(compute_type: str, device: str) -> torch.dtype:
+    """float16 on CUDA unless told otherwise; float32 on the CPU, where float16 matmuls are slow (bfloat16 if asked)."""
+    if compute_type in DTYPES and (device.startswith("cuda") or compute_type != "float16"):
+        return DTYPES[compute_type]
+    if compute_type not in ("auto", *DTYPES):
+        logger.info("compute type %s is CTranslate2's; the torch backend runs float32, float16 or bfloat16", compute_type)
+    return torch.float16 if device.startswith("cuda") else torch.float32
+
+
+class TorchWhisperBackend:
+    name = "torch"
+
+    @classmethod
+    def from_settings(cls, settings, model_path: Path, device: str, lanes: int) -> "TorchWhisperBackend":
+        return cls(
+            model_path, device=device, compute_type=settings.compute_type, beam_size=settings.beam_size,
+            min_window_s=settings.min_encoder_window_s, cpu_threads=settings.cpu_threads, lanes=lanes,
+        )
+
+    def __init__(
+        self,
+        model_path: Path,
+        device: str = "cpu",
+        compute_type: str = "auto",
+        beam_size: int = 1,
+        min_window_s: float = 10.0,
+        cpu_threads: int = 0,
+        lanes: int = 1,
+    ) -> None:
+        from whisperlivekit.weights.torch_state import load_whisper_weights
+
+        if beam_size != 1:
+            raise ModelLoadError("the torch backend decodes greedily; run it with --beam-size 1")
+        model_path = Path(model_path)
+        weights = load_whisper_weights(model_path)
+        dims = WhisperDims.from_dict(weights.dims)
+        self.dtype = _dtype(compute_type, device)
+        try:
+            with torch.device("meta"):  # no random initialisation: every tensor comes from the file
+                model = Whisper(dims)
+            model.load_state_dict(weights.state, strict=True, assign=True)
+            self._model = model.to(device=device, dtype=self.dtype).eval()
+        except (RuntimeError, ValueError) as exc:
+            raise ModelLoadError(f"Could not load {model_path} into the torch Whisper on {device}: "
+                                 f"{str(exc).splitlines()[0]}") from exc
+        if device == "cpu":  # one lane per core (model_pool.lanes_for): each lane's ops get their share
+            torch.set_num_threads(cpu_threads or max(1, (os.cpu_count() or 1) // max(1, lanes)))
+        self.device = device
+        self.model_label = model_path.name if model_path.name != "model" else str(model_path)
+        self.compute_type = str(self.dtype).replace("torch.", "")
+        self.weights_format = weights.source_format
+        self.min_window_frames = int(min_window_s * SAMPLE_RATE / HOP)
+        self.multilingual = self._model.is_multilingual
+        heads = weights.alignment_heads or default_alignment_heads(dims)
+        self.alignment_heads: Dict[int, List[int]] = {}
+        for layer, head in sorted(heads):
+            self.alignment_heads.setdefault(layer, []).append(head)
+        self._base_tokenizer = WhisperTokenizer.from_file(weights.tokenizer_file, self.multilingual)
+        del weights
+        self._tokenizers: Dict[Tuple[Optional[str], str], WhisperTokenizer] = {}
+        base = self._base_tokenizer
+        self.special = SpecialTokens(
+            eot=base.eot, no_timestamps=base.no_timestamps, timestamp_begin=base.timestamp_begin,
+            no_speech=base.no_speech, suppress=base.suppressed, begin_suppress=(base.encode(" ")[0], base.eot),
+        )
+
+    # -- helpers -------------------------------------------------------------------
+    def _tokenizer(self, language: Optional[str], task: str) -> WhisperTokenizer:
+        key = (language if self.multilingual else None, task)
+        if key not in self._tokenizers:
+            self._tokenizers[key] = self._base_tokenizer.with_language(*key)
+        return self._tokenizers[key]
+
+    def window_frames(self, request: TranscribeRequest) -> int:
+        """Encoder window for one request: its audio plus padding, in 2 s buckets, at least `min_window_s`.
+
+        A function of the request alone, so batching never changes a stream's result.
+        """
+        frames = len(request.audio) / HOP + PADDING_S * SAMPLE_RATE / HOP
+        bucketed = int(-(-frames // WINDOW_BUCKET_FRAMES) * WINDOW_BUCKET_FRAMES)
+        return min(FULL_WINDOW_FRAMES, max(self.min_window_frames, bucketed))
+
+    @torch.inference_mode()
+    def _encode(self, audios: Sequence[np.ndarray], frames: int) -> torch.Tensor:
+        batch = np.zeros((len(audios), frames * HOP), dtype=np.float32)
+        for row, audio in enumerate(audios):
+            audio = np.asarray(audio, dtype=np.float32)[-frames * HOP:]
+            batch[row, : len(audio)] = audio
+        mel = log_mel(torch.from_numpy(batch).to(self.device), self._model.dims.n_mels)
+        return self._model.encoder(mel.to(self.dtype))
+
+    @torch.inference_mode()
+    def _detect_languages(self, audio_features: torch.Tensor) -> List[str]:
+        """The likeliest language token after start-of-transcript, per row."""
+        base = self._base_tokenizer
+        state = self._model.decoder.start(audio_features)
+        sot = torch.full((audio_features.shape[0], 1), base.sot, dtype=torch.long, device=audio_features.device)
+        logits, _, _ = self._model.decoder(sot, state)
+        best = logits[:, 0, [base.language_token(code) for code in base.languages]].argmax(dim=-1).tolist()
+        return [base.languages[i] for i in best]
+
+    # -- the backend interface -----------------------------------------------------
+    def transcribe_batch(self, requests: Sequence[TranscribeRequest]) -> List[TranscribeResult]:
+        """Requests sharing an encoder window run as one batch; others as separate batches."""
+        results: List[Optional[TranscribeResult]] = [None] * len(requests)
+        groups: Dict[int, List[int]] = {}
+        for i, request in enumerate(requests):
+            groups.setdefault(self.window_frames(request), []).append(i)
+        for frames, indices in groups.items():
+            for i, result in zip(indices, self._transcribe_window([requests[i] for i in indices], frames)):
+                results[i] = result
+        return results  # type: ignore[return-value]
+
+    def _transcribe_window(self, requests: List[TranscribeRequest], frames: int) -> List[TranscribeResult]:
+        results, degenerate = self._run(list(requests), frames)
+        if degenerate:
+            # Retry on Whisper's native 30 s window without the prompt (prompts feed loops).
+            retry = [TranscribeRequest(requests[i].audio, "", requests[i].language, requests[i].task) for i in degenerate]
+            redo, still = self._run(retry, FULL_WINDOW_FRAMES)
+            for j, i in enumerate(degenerate):
+                results[i] = redo[j]
+                results[i].degenerate = j in still
+        return results
+
+    def _run(self, requests: List[TranscribeRequest], frames: int) -> Tuple[List[TranscribeResult], List[int]]:
+        audio_features = self._encode([r.audio for r in requests], frames)
+        languages: List[Optional[str]] = [r.language for r in requests]
+        if not self.multilingual:
+            languages = ["en"] * len(requests)
+        elif any(lang is None for lang in languages):
+            detected = self._detect_languages(audio_features)
+            languages = [lang or det for lang, det in zip(languages, detected)]
+        tokenizers = [self._tokenizer(lang, r.task) for lang, r in zip(languages, requests)]
+
+        prompts = []
+        for request, tokenizer in zip(requests, tokenizers):
+            prompt: List[int] = []
+            if request.prompt.strip():
+                prompt = [tokenizer.sot_prev] + tokenizer.encode(" " + request.prompt.strip())[-MAX_PROMPT_TOKENS:]
+            prompts.append(prompt + list(tokenizer.sot_sequence))
+        durations = [len(r.audio) / SAMPLE_RATE for r in requests]
+        max_new = min(MAX_NEW_TOKENS, int(max(durations) * MAX_TOKENS_PER_S) + 10)
+        # CTranslate2's budget for the same request (what faster-whisper gets): half the total length at most.
+        longest = max(len(p) for p in prompts)
+        total = longest + max_new
+        max_steps = min(total // 2, total - (longest - 1))
+        sot_length = len(tokenizers[0].sot_sequence)
+        generations = greedy_decode(self._model.decoder, audio_features, prompts, sot_length, max_steps, self.special)
+
+        text_tokens: List[List[int]] = []
+        degenerate: List[int] = []
+        for i, (generation, duration, tokenizer) in enumerate(zip(generations, durations, tokenizers)):
+            tokens = [t for t in generation.tokens if t < self.special.eot]
+            score = generation.sum_logprob / max(1, len(generation.tokens))  # CTranslate2's length-normalised score
+            avg_logprob = score / max(1, len(tokens) + 1)  # as FasterWhisperBackend computes it from that score
+            if generation.no_speech_prob > 0.6 and avg_logprob < -1.0:
+                tokens = []
+            if looks_degenerate(tokenizer.decode(tokens), len(tokens), duration):
+                degenerate.append(i)
+            text_tokens.append(tokens)
+
+        num_frames = [min(frames, int(len(r.audio) / HOP)) for r in requests]
+        paths = align(
+            self._model.decoder, audio_features, [t.sot_sequence for t in tokenizers], text_tokens, num_frames,
+            self.alignment_heads, self.special.no_timestamps, self.special.eot,
+        )
+        results = []
+        for tokens, path, duration, language, tokenizer in zip(text_tokens, paths, durations, languages, tokenizers):
+            words = word_times(tokenizer, tokens, *path) if path is not None else []
+            results.append(TranscribeResult(
+                words=[Word(min(w["start"], duration), min(w["end"], duration), w["word"], w["probability"]) for w in words],
+                language=language,
+            ))
+        return results, degenerate
+
+    def close(self) -> None:
+        model = getattr(self, "_model", None)
+        self._model = None
+        if model is not None and self.device.startswith("cuda"):
+            del model
+            torch.cuda.empty_cache()  # hand the GPU memory back so another model can be loaded there
+
