@@ -328,10 +328,13 @@ def test_a_finalize_with_nothing_new_still_answers_with_an_empty_from_finalize_r
     [final] = translator.on_event(Committed((word,)), 1.0)
     assert final["channel"]["alternatives"][0]["words"][0] == {
         "word": "hello", "punctuated_word": "Hello.", "start": 0.5, "end": 0.9, "confidence": 0.8}
-    [answer] = translator.on_event(Committed((), BY_FINALIZE), 1.2)
+    [with_stop] = translator.on_event(Committed((Word(1.0, 1.2, " World", 0.9), Word(1.2, 1.3, ".", 0.5))), 1.3)
+    assert [(w["word"], w["punctuated_word"]) for w in with_stop["channel"]["alternatives"][0]["words"]] == [
+        ("world", "World.")]  # Whisper's separate "." joins its word, as Deepgram shows it
+    [answer] = translator.on_event(Committed((), BY_FINALIZE), 1.3)
     assert answer["from_finalize"] and answer["is_final"] and not answer["speech_final"]
     [closing] = translator.on_event(Committed((), BY_VAD), 2.0)  # words since the last speech_final
-    assert closing["speech_final"] and closing["start"] == pytest.approx(1.2)
+    assert closing["speech_final"] and closing["start"] == pytest.approx(1.3)
     assert translator.on_event(Committed((), BY_VAD), 3.0) == []  # nothing new: no empty result
     assert translator.on_event(SpeechStarted(0.1), 0.2) == []  # vad_events not asked for
 

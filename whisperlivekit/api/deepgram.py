@@ -220,10 +220,19 @@ class ListenTranslator:
     def results(self, words: Sequence[Word], start_s: float, end_s: float, *, is_final: bool,
                 speech_final: bool = False, from_finalize: bool = False) -> dict:
         speakers = self.speakers(words) if self.speakers is not None and words else None
-        listed = []
+        listed: List[dict] = []
+        prefix = ""  # opening punctuation waits for its word
         for i, word in enumerate(words):
-            item = {"word": _plain(word.text), "punctuated_word": word.text.strip(), "start": round(word.start, 3),
+            text = word.text.strip()
+            if text and not text.strip(_EDGE_PUNCTUATION):  # Whisper gives punctuation its own "word"
+                if listed:
+                    listed[-1]["punctuated_word"] += text
+                else:
+                    prefix += text
+                continue
+            item = {"word": _plain(text), "punctuated_word": prefix + text, "start": round(word.start, 3),
                     "end": round(word.end, 3), "confidence": round(float(word.probability), 4)}
+            prefix = ""
             if speakers is not None:
                 item["speaker"] = speakers[i]
             listed.append(item)
