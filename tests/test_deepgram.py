@@ -186,6 +186,11 @@ def test_close_stream_gives_the_final_results_then_metadata_and_a_normal_close(h
     assert wer(reference, session.text) <= 0.10  # nothing lost at the end
 
 
+def test_deepgram_streams_are_counted_under_their_protocol(server, harvard_session):
+    metrics = server.get("/metrics").text
+    assert 'whisperlivekit_streams_total{protocol="deepgram"}' in metrics
+
+
 @pytest.fixture(scope="module")
 def paused_session(server, speech_pcm):
     """Two ARCTIC utterances with 1.5 s of silence between them, with every event switched on."""
@@ -341,3 +346,54 @@ def test_a_finalize_with_nothing_new_still_answers_with_an_empty_from_finalize_r
 
 def test_every_error_in_the_table_has_a_deepgram_row():
     assert set(error_table.DEEPGRAM_ENDINGS) == set(error_table.ENDINGS)
+
+
+def test_undecodable_audio_gets_deepgrams_error_then_close_1008_and_leaves_no_ffmpeg(server):
+    from helpers import eventually, ffmpeg_children
+
+    async def scenario():
+        url = f"ws://127.0.0.1:{server.port}/v1/listen"
+        async with websockets.connect(url, additional_headers={"Authorization": f"Token {TOKEN}"}) as ws:
+            messages = []
+            try:
+                for _ in range(20):
+                    await ws.send(b"\x13not audio at all\x00" * 400)
+                    await asyncio.sleep(0.05)
+                await ws.send(json.dumps({"type": "CloseStream"}))
+                async for message in ws:
+                    messages.append(json.loads(message))
+            except websockets.exceptions.ConnectionClosed:
+                pass
+            return messages, ws.close_code, ws.close_reason
+
+    messages, code, reason = run(scenario())
+    assert code == 1008 and reason == "DATA-0000"
+    assert messages[-1]["type"] == "Error" and messages[-1]["code"] == "DATA-0000"
+    eventually(lambda: not ffmpeg_children(server.proc.pid))
+
+
+def test_keepalive_and_unknown_control_messages_do_not_end_the_stream(server, speech_pcm):
+    pcm, reference = speech_pcm("arctic_a0007")
+
+    async def scenario() -> Session:
+        session = Session()
+        async with sdk_client(server.port).listen.v1.connect(model="nova-3", encoding="linear16", sample_rate="16000") as c:
+            reader = asyncio.create_task(_collect(c, session))
+            await c.send_keep_alive()
+            await c._websocket.send(json.dumps({"type": "SomethingNew"}))
+            for sent in range(0, len(pcm), 3200):
+                await c.send_media(pcm[sent:sent + 3200])
+                await asyncio.sleep(0.1 / SPEED)
+            await c.send_close_stream()
+            await asyncio.wait_for(reader, 60)
+            session.close_code = c._websocket.close_code
+        return session
+
+    session = run(scenario())
+    assert session.close_code == 1000 and session.messages[-1]["type"] == "Metadata"
+    assert wer(reference, session.text) <= 0.10
+
+
+async def _collect(connection, session: Session) -> None:
+    async for message in connection:
+        session.messages.append(message.dict() if hasattr(message, "dict") else message)

@@ -499,6 +499,7 @@ async def listen(websocket: WebSocket, services: Services = Depends(get_ws_servi
         slot, engine = await _build(services, acquired, connection_id, options)
         metrics.slot_wait.observe(time.monotonic() - waited_from)
         metrics.accepted.inc()
+        metrics.streams.labels("deepgram").inc()
         connection.log = log = logging.LoggerAdapter(logger, {"connection_id": connection_id, "device": slot.label})
         log.info("deepgram stream: %s", options)
         services.active_engines.add(engine)
