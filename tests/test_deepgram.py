@@ -397,3 +397,16 @@ def test_keepalive_and_unknown_control_messages_do_not_end_the_stream(server, sp
 async def _collect(connection, session: Session) -> None:
     async for message in connection:
         session.messages.append(message.dict() if hasattr(message, "dict") else message)
+
+
+@pytest.mark.slow
+def test_diarize_puts_a_speaker_on_every_word_and_tells_two_voices_apart(speech_pcm):
+    man, _ = speech_pcm("arctic_a0007")
+    woman, _ = speech_pcm("arctic_a0009")
+    audio = man + silence(0.8) + woman + silence(0.8) + man + silence(0.8)
+    with running_server("--diarization") as diarizing:
+        session = run(stream_with_sdk(diarizing.port, audio, 32_000, encoding="linear16", sample_rate="16000",
+                                      diarize="true"))
+    words = [w for r in session.finals for w in r["channel"]["alternatives"][0]["words"]]
+    assert words and all(isinstance(w.get("speaker"), int) and w["speaker"] >= 0 for w in words)
+    assert len({w["speaker"] for w in words}) >= 2, [(w["word"], w["speaker"]) for w in words]
