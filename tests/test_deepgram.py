@@ -410,3 +410,36 @@ def test_diarize_puts_a_speaker_on_every_word_and_tells_two_voices_apart(speech_
     words = [w for r in session.finals for w in r["channel"]["alternatives"][0]["words"]]
     assert words and all(isinstance(w.get("speaker"), int) and w["speaker"] >= 0 for w in words)
     assert len({w["speaker"] for w in words}) >= 2, [(w["word"], w["speaker"]) for w in words]
+
+
+def test_drain_deadline_ends_a_stream_with_its_final_results_metadata_and_1001(speech_pcm):
+    import signal
+
+    from conftest import wer_of_prefix
+
+    pcm, reference = speech_pcm("harvard")
+    with running_server("--drain-timeout", "3") as draining:
+        async def scenario() -> Session:
+            session = Session()
+            async with sdk_client(draining.port).listen.v1.connect(model="nova-3", encoding="linear16",
+                                                                     sample_rate="16000") as c:
+                reader = asyncio.create_task(_collect(c, session))
+                signalled = False
+                try:
+                    for sent in range(0, len(pcm), 3200):
+                        await c.send_media(pcm[sent:sent + 3200])
+                        await asyncio.sleep(0.1)
+                        if not signalled and session.finals:  # mid-stream: words are final
+                            draining.proc.send_signal(signal.SIGTERM)
+                            signalled = True
+                except websockets.exceptions.ConnectionClosed:
+                    pass
+                await asyncio.wait_for(reader, 60)
+                session.close_code = c._websocket.close_code
+            return session
+
+        session = run(scenario())
+        assert draining.proc.wait(timeout=60) == 0
+    assert session.close_code == 1001
+    assert session.messages[-1]["type"] == "Metadata"
+    assert session.text and wer_of_prefix(reference, session.text) <= 0.10, session.text
