@@ -19,7 +19,7 @@ from starlette.datastructures import QueryParams
 
 from conftest import run, running_server, wer
 from whisperlivekit.api import errors as error_table
-from whisperlivekit.api.deepgram import ListenOptions, ListenTranslator, parse_options
+from whisperlivekit.api.deepgram_messages import ListenOptions, ListenTranslator, parse_options
 from whisperlivekit.asr.types import Word
 from whisperlivekit.audio.decode import InputFormat
 from whisperlivekit.errors import BadParameters
