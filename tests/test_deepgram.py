@@ -443,3 +443,46 @@ def test_drain_deadline_ends_a_stream_with_its_final_results_metadata_and_1001(s
     assert session.close_code == 1001
     assert session.messages[-1]["type"] == "Metadata"
     assert session.text and wer_of_prefix(reference, session.text) <= 0.10, session.text
+
+
+def test_misbehaving_clients_never_leak_a_slot_or_an_ffmpeg_process(server, speech_pcm, webm):
+    """Non-JSON text, an oversized frame, a vanished client mid-stream, a client that stops after a
+    Finalize: each ends its stream, and the server holds nothing afterwards."""
+    from helpers import drop_tcp, eventually, ffmpeg_children
+
+    pcm, _ = speech_pcm("arctic_a0007")
+    headers = {"Authorization": f"Token {TOKEN}"}
+    url = f"ws://127.0.0.1:{server.port}/v1/listen"
+
+    async def one(kind: str) -> Optional[int]:
+        query = "" if kind == "vanish_webm" else "?encoding=linear16&sample_rate=16000"
+        async with websockets.connect(url + query, additional_headers=headers, max_size=None) as ws:
+            try:
+                if kind == "not_json":
+                    await ws.send(pcm[:3200])
+                    await ws.send("hello")
+                elif kind == "huge_frame":
+                    await ws.send(b"\0" * (8 * 1024 * 1024))
+                elif kind == "vanish_webm":
+                    await ws.send(webm(pcm)[:6000])
+                    await asyncio.sleep(0.3)
+                    drop_tcp(ws)
+                    return None
+                elif kind == "finalize_then_vanish":
+                    await ws.send(pcm[:16000])
+                    await ws.send(json.dumps({"type": "Finalize"}))
+                    drop_tcp(ws)
+                    return None
+                async for _ in ws:
+                    pass
+            except websockets.exceptions.ConnectionClosed:
+                pass
+            return ws.close_code
+
+    async def all_kinds():
+        return await asyncio.gather(*(one(k) for k in ("not_json", "huge_frame", "vanish_webm", "finalize_then_vanish")))
+
+    codes = run(all_kinds())
+    assert codes[0] == 1008 and codes[1] in (1009, 1008), codes
+    eventually(lambda: server.get("/health").json()["active_connections"] == 0, timeout=30)
+    eventually(lambda: not ffmpeg_children(server.proc.pid), timeout=30)
