@@ -212,6 +212,17 @@ def test_speech_final_marks_the_end_of_each_utterance(paused_session):
     assert wer(first_text, first_utterance) <= 0.15, first_utterance
 
 
+def test_endpointing_longer_than_the_pause_keeps_both_utterances_in_one(server, speech_pcm):
+    first, _ = speech_pcm("arctic_a0007")
+    second, _ = speech_pcm("arctic_a0009")
+    audio = first + silence(1.5) + second + silence(0.5)
+    session = run(stream_with_sdk(server.port, audio, 32_000, encoding="linear16", sample_rate="16000",
+                                  endpointing="2500"))
+    ends = [r for r in session.finals if r["speech_final"]]
+    assert len(ends) == 1 and ends[0] is session.finals[-1], [
+        (r["speech_final"], r["channel"]["alternatives"][0]["transcript"]) for r in session.finals]
+
+
 def test_utterance_end_follows_the_pause_after_the_last_word(paused_session):
     session, _, second_starts_s = paused_session
     utterance_ends = session.of_type("UtteranceEnd")
@@ -324,6 +335,7 @@ def test_language_multi_means_detection_and_regions_are_dropped():
     assert parse_options(QueryParams("language=multi"), "en", frozenset({"en", "de"}), "tiny").language is None
     assert parse_options(QueryParams("language=de-DE"), "en", frozenset({"en", "de"}), "tiny").language == "de"
     assert _options("endpointing=false").endpointing is False
+    assert _options("endpointing=1200").endpointing_s == pytest.approx(1.2)
 
 
 def test_a_finalize_with_nothing_new_still_answers_with_an_empty_from_finalize_result():

@@ -146,6 +146,12 @@ class TranscriptionEngine:
             self._last_partial = tentative
             self._emit(Partial(tentative))
 
+    def lengthen_endpoint_silence(self, silence_s: float) -> None:
+        """Wait for `silence_s` of silence (not the VAD's shorter default) before a segment ends;
+        call before feeding audio. Never shortens it: shorter cuts would cost accuracy."""
+        if self.vad is not None:
+            self.vad.min_silence_s = max(self.vad.min_silence_s, silence_s)
+
     async def finalize(self) -> None:
         """Commit everything the client has sent so far (a segment end) and keep listening.
 

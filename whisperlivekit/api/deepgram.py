@@ -273,6 +273,8 @@ async def listen(websocket: WebSocket, services: Services = Depends(get_ws_servi
         connection.log = log = logging.LoggerAdapter(logger, {"connection_id": connection_id, "device": slot.label})
         log.info("deepgram stream: %s", options)
         services.active_engines.add(engine)
+        if options.endpointing_s is not None:
+            engine.lengthen_endpoint_silence(options.endpointing_s)
         speakers = _speaker_lookup(engine) if options.diarize else None
         translator = ListenTranslator(options, connection_id, settings.model, speakers)
         outcome = await _stream(connection, services, engine, connection_id, translator)

@@ -33,7 +33,8 @@ class ListenOptions:
     input_format: InputFormat
     language: Optional[str]  # None: detect
     interim_results: bool = False
-    endpointing: bool = True  # `speech_final=true` when the speaker pauses (the VAD's silence)
+    endpointing: bool = True  # `speech_final=true` when the speaker pauses
+    endpointing_s: Optional[float] = None  # the pause asked for (the VAD's own silence is the floor)
     utterance_end_s: Optional[float] = None
     vad_events: bool = False
     diarize: bool = False
@@ -90,12 +91,12 @@ def parse_options(query: QueryParams, default_language: str, languages, model: s
     if _flag(query, "multichannel", False):
         raise BadParameters("multichannel=true is not supported: channels are mixed to one")
     endpointing_value = query.get("endpointing")
-    endpointing = True
+    endpointing, endpointing_ms = True, None
     if endpointing_value not in (None, ""):
         if endpointing_value.lower() == "false":
             endpointing = False
         else:
-            _integer(query, "endpointing", 0, 60_000)  # accepted; the VAD's own silence is the floor
+            endpointing_ms = _integer(query, "endpointing", 0, 60_000)
     utterance_end_ms = _integer(query, "utterance_end_ms", 1, 60_000)
     for accepted in ("punctuate", "smart_format", "numerals", "profanity_filter", "dictation"):
         _flag(query, accepted, False)  # Whisper punctuates and formats anyway
@@ -105,6 +106,7 @@ def parse_options(query: QueryParams, default_language: str, languages, model: s
         language=language,
         interim_results=_flag(query, "interim_results", False),
         endpointing=endpointing,
+        endpointing_s=endpointing_ms / 1000 if endpointing_ms else None,
         utterance_end_s=utterance_end_ms / 1000 if utterance_end_ms else None,
         vad_events=_flag(query, "vad_events", False),
         diarize=_flag(query, "diarize", False),
