@@ -7,6 +7,8 @@ lags are measured by `metrics.CommitLagMeter`, and diarization pieces come from
 global state, and frees everything in `close()`, which returns only once no
 job of this connection is still running on its state.
 Results are coalesced: a slow client gets the newest snapshot, never a backlog.
+Adapters for other protocols read typed events instead (`events()`, see `events.py`), choose
+the connection's input format, and may `finalize()` (commit everything heard, keep listening).
 """
 
 from __future__ import annotations
@@ -19,11 +21,14 @@ from typing import AsyncIterator, List, Optional
 import numpy as np
 
 from whisperlivekit.asr.policies import make_policy
-from whisperlivekit.audio.decode import SAMPLE_RATE, make_decoder
+from whisperlivekit.audio.decode import SAMPLE_RATE, InputFormat, decoder_for
 from whisperlivekit.audio.vad import VadStream
 from whisperlivekit.config import Settings
 from whisperlivekit.diarization.feed import DiarizationFeed
 from whisperlivekit.errors import DecodeError, WhisperLiveKitError
+from whisperlivekit.events import (
+    BY_END, BY_FINALIZE, BY_VAD, Committed, EngineEvent, Final, Partial, SpeechStarted, SpeechStopped,
+)
 from whisperlivekit.gpu.manager import Slot
 from whisperlivekit.metrics import CommitLagMeter
 from whisperlivekit.protocol import PipelineView, transcript_update
@@ -32,15 +37,18 @@ from whisperlivekit.runtime.device_worker import DeviceWorker
 logger = logging.getLogger(__name__)
 
 PREROLL_S = 0.4
+CATCH_UP_TIMEOUT_S = 2.0  # `finalize()` waits at most this long for the decoder to deliver what was sent
 
 
 class TranscriptionEngine:
-    def __init__(self, settings: Settings, slot: Slot, worker: DeviceWorker, language: Optional[str] = None) -> None:
+    def __init__(self, settings: Settings, slot: Slot, worker: DeviceWorker, language: Optional[str] = None,
+                 input_format: Optional[InputFormat] = None) -> None:
         self.settings = settings
         self.slot = slot
         self.worker = worker
         self.log = logging.LoggerAdapter(logger, {"connection_id": slot.connection_id, "device": slot.label})
-        self.decoder = make_decoder(settings.pcm_input, label=f"[{slot.connection_id[:8]}]")
+        self.input_format = input_format or InputFormat(pcm=settings.pcm_input)  # `--pcm-input`: the /asr default
+        self.decoder = decoder_for(self.input_format, label=f"[{slot.connection_id[:8]}]")
         self.policy = make_policy(settings, language)
         self.vad = VadStream(threshold=settings.vad_threshold) if settings.vac else None
         self.received_samples = 0
@@ -59,6 +67,9 @@ class TranscriptionEngine:
         self.diarization = worker.new_diarization_state() if settings.diarization else None
         self._diar_feed = DiarizationFeed(getattr(worker.diarizer, "latency_s", 1.0)) if self.diarization is not None else None
         self._diar_done = self.diarization is None
+        self._events: Optional[asyncio.Queue] = None  # created by `events()`: /asr never pays for it
+        self._last_partial: tuple = ()
+        self._finalize_waiters: List[asyncio.Event] = []
 
     # -- lifecycle -------------------------------------------------------------------
     async def start(self) -> None:
@@ -111,6 +122,73 @@ class TranscriptionEngine:
             if self.finished:
                 return
 
+    def events(self) -> AsyncIterator[EngineEvent]:
+        """Typed events from now on (call before feeding audio); ends after `Final`, or raises the
+        pipeline's typed failure. One reader per engine."""
+        if self._events is None:
+            self._events = asyncio.Queue()
+        return self._read_events(self._events)
+
+    async def _read_events(self, queue: asyncio.Queue) -> AsyncIterator[EngineEvent]:
+        while True:
+            event = await queue.get()
+            if event is None:
+                if self.failure is not None:
+                    raise self.failure
+                return
+            yield event
+
+    def _emit(self, event: Optional[EngineEvent]) -> None:
+        if self._events is not None:
+            self._events.put_nowait(event)
+
+    def _emit_partial(self) -> None:
+        tentative = tuple(self.policy.tentative)
+        if tentative != self._last_partial:
+            self._last_partial = tentative
+            self._emit(Partial(tentative))
+
+    def lengthen_endpoint_silence(self, silence_s: float) -> None:
+        """Wait for `silence_s` of silence (not the VAD's shorter default) before a segment ends;
+        call before feeding audio. Never shortens it: shorter cuts would cost accuracy."""
+        if self.vad is not None:
+            self.vad.min_silence_s = max(self.vad.min_silence_s, silence_s)
+
+    async def finalize(self) -> None:
+        """Commit everything the client has sent so far (a segment end) and keep listening.
+
+        Waits for the decoder to deliver the audio already fed, then for the commit; the words
+        come out as `Committed(closed_by=BY_FINALIZE)`. Returns at once after the stream ended.
+        """
+        if self.input_done or self.finished:
+            return
+        await self._catch_up()
+        if self.input_done or self.finished:
+            return
+        done = asyncio.Event()
+        self._finalize_waiters.append(done)
+        self.segment_end_pending = True
+        self._wake.set()
+        await done.wait()
+
+    async def _catch_up(self) -> None:
+        """Until the audio fed so far is decoded: known exactly for PCM; for a container, until
+        the decoder has been quiet for a moment (bounded by CATCH_UP_TIMEOUT_S either way)."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + CATCH_UP_TIMEOUT_S
+        bytes_per_s = self.input_format.bytes_per_s
+        last, quiet_since = self.received_samples, loop.time()
+        while loop.time() < deadline and not self.input_done:
+            if bytes_per_s is not None:
+                if self.received_s >= self.fed_bytes / bytes_per_s - 0.02:  # a resampler may keep a few ms
+                    return
+            elif self.received_samples == last:
+                if loop.time() - quiet_since >= 0.25:
+                    return
+            else:
+                last, quiet_since = self.received_samples, loop.time()
+            await asyncio.sleep(0.02)
+
     def _publish(self) -> None:
         self._latest = self.snapshot()
         self._changed.set()
@@ -143,7 +221,8 @@ class TranscriptionEngine:
         Container input is decoded by ffmpeg, whose pipe pushes back on a fast client; raw PCM is
         queued here, so its not-yet-decoded part is counted from the bytes fed.
         """
-        queued_s = max(0.0, self.fed_bytes / (2 * SAMPLE_RATE) - self.received_s) if self.settings.pcm_input else 0.0
+        passthrough = self.input_format.passthrough
+        queued_s = max(0.0, self.fed_bytes / (2 * SAMPLE_RATE) - self.received_s) if passthrough else 0.0
         return queued_s + (self.policy.unprocessed_s if self._speech_pending() else 0.0)
 
     @property
@@ -173,9 +252,12 @@ class TranscriptionEngine:
         if self._diar_feed is not None:
             self._diar_feed.push(chunk)
         if self.vad is not None:
-            for kind, _ in await self.worker.vad(self.vad, chunk):
+            for kind, at_s in await self.worker.vad(self.vad, chunk):
                 if kind == "end":
                     self.segment_end_pending = True
+                    self._emit(SpeechStopped(at_s))
+                else:
+                    self._emit(SpeechStarted(at_s))
             if not self.vad.in_speech and not self.segment_end_pending and not self.policy.tentative:
                 self._drop_silence()
         self._wake.set()
@@ -203,18 +285,23 @@ class TranscriptionEngine:
                         break
                 if self.segment_end_pending:
                     self.segment_end_pending = False
-                    if self.policy.unprocessed_s > 0.05:
+                    waiters, self._finalize_waiters = self._finalize_waiters, []
+                    # a Finalize in silence: the buffer holds only pre-roll, nothing to transcribe
+                    only_preroll = self.vad is not None and not self.vad.in_speech and not self.policy.tentative
+                    if self.policy.unprocessed_s > 0.05 and not (waiters and only_preroll):
                         await self._step()
                     finished = self.policy.finish()
                     self.log.debug("segment end: committed %r", "".join(w.text for w in finished))
-                    self._commit(finished)
+                    self._commit(finished, BY_FINALIZE if waiters else BY_VAD)
                     self._publish()
+                    for done in waiters:
+                        done.set()
                 if self.input_done:
                     break
             if self.failure is None:
                 if self.policy.unprocessed_s > 0.05 and self._has_speech():
                     await self._step()
-                self._commit(self.policy.finish())
+                self._commit(self.policy.finish(), BY_END)
                 if self._diar_feed is not None:
                     await self._diar_task
         except WhisperLiveKitError as exc:
@@ -223,6 +310,12 @@ class TranscriptionEngine:
         finally:
             self.finished = True
             self._publish()
+            for done in self._finalize_waiters:
+                done.set()
+            self._finalize_waiters = []
+            if self.failure is None:
+                self._emit(Final(self.received_s))
+            self._emit(None)
 
     async def _diarize(self) -> None:
         """Feed the connection's diarization state on the device worker, piece by piece."""
@@ -246,5 +339,8 @@ class TranscriptionEngine:
         self._commit(committed)
         self._publish()
 
-    def _commit(self, words) -> None:
+    def _commit(self, words, closed_by: Optional[str] = None) -> None:
         self.commit_lag.committed([w.end for w in words], self.policy.offset_s)
+        if words or closed_by is not None:
+            self._emit(Committed(tuple(words), closed_by))
+        self._emit_partial()

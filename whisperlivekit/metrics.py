@@ -109,6 +109,7 @@ class Metrics:
         self.registry = CollectorRegistry(auto_describe=True)
         r = self.registry
         self.accepted = Counter(f"{PREFIX}_connections_accepted", "Connections admitted (given a slot)", registry=r)
+        self.streams = Counter(f"{PREFIX}_streams", "Admitted streams, by protocol (asr, deepgram, ...)", ["protocol"], registry=r)
         self.refused = Counter(f"{PREFIX}_connections_refused", "Connections refused, by reason", ["reason"], registry=r)
         self.closed = Counter(f"{PREFIX}_connections_closed", "Admitted connections ended, by outcome", ["outcome"], registry=r)
         self.slot_wait = Histogram(f"{PREFIX}_slot_wait_seconds", "Time from connect to slot granted", registry=r,

@@ -8,6 +8,7 @@ from typing import TYPE_CHECKING, Awaitable, Callable, Optional
 
 from fastapi import Request, WebSocket
 
+from whisperlivekit.audio.decode import InputFormat
 from whisperlivekit.config import Settings
 from whisperlivekit.engine import TranscriptionEngine
 from whisperlivekit.gpu.manager import GpuManager, Slot
@@ -20,16 +21,18 @@ if TYPE_CHECKING:
     from whisperlivekit.metrics import Metrics
 
 
-async def build_engine(services: "Services", slot: Slot, language: Optional[str]) -> TranscriptionEngine:
-    """A started engine for `slot`, on its device's shared worker (or a private one in the baseline mode)."""
+async def build_engine(services: "Services", slot: Slot, language: Optional[str],
+                       input_format: Optional[InputFormat] = None) -> TranscriptionEngine:
+    """A started engine for `slot`, on its device's shared worker (or a private one in the baseline mode).
+    `input_format` None: what `--pcm-input` says (the /asr default)."""
     pool = services.pool
     worker = (await pool.private_worker(slot.device)) if services.settings.model_per_connection else await pool.worker(slot.device)
-    engine = TranscriptionEngine(services.settings, slot, worker, language=language)
+    engine = TranscriptionEngine(services.settings, slot, worker, language=language, input_format=input_format)
     await engine.start()
     return engine
 
 
-EngineFactory = Callable[["Services", Slot, Optional[str]], Awaitable[TranscriptionEngine]]
+EngineFactory = Callable[..., Awaitable[TranscriptionEngine]]  # (services, slot, language[, input_format=])
 
 
 @dataclass

@@ -221,6 +221,7 @@ async def asr(websocket: WebSocket, services: Services = Depends(get_ws_services
             return
         metrics.slot_wait.observe(time.monotonic() - waited_from)
         metrics.accepted.inc()
+        metrics.streams.labels("asr").inc()
         log = logging.LoggerAdapter(logger, {"connection_id": connection_id, "device": slot.label})
         services.active_engines.add(engine)
         await _send(websocket, config_message(

@@ -57,6 +57,48 @@ ENDINGS: Dict[Type[errors.WhisperLiveKitError], Ending] = {
 }
 
 
+@dataclass(frozen=True)
+class DeepgramEnding:
+    """How an ending looks on Deepgram's `/v1/listen`: the close code and the error code its
+    clients read (`{"type": "Error", "code": …}` in a stream; `err_code` in a refused handshake's
+    JSON body, whose HTTP status is the main table's)."""
+
+    close_code: int
+    err_code: str
+
+
+# Deepgram closes a stream with 1008 for bad data and 1011 for everything on its side
+# (DATA-0000 / NET-0000 / NET-0001); refusals before the handshake use HTTP errors instead.
+DEEPGRAM_ENDINGS: Dict[Type[errors.WhisperLiveKitError], DeepgramEnding] = {
+    errors.NoCapacity: DeepgramEnding(1008, "TOO_MANY_REQUESTS"),
+    errors.ServerShuttingDown: DeepgramEnding(1011, "NET-0001"),
+    errors.ModelNotFound: DeepgramEnding(1011, "NET-0001"),
+    errors.ModelLoadError: DeepgramEnding(1011, "NET-0001"),
+    errors.DeviceError: DeepgramEnding(1011, "NET-0001"),
+    errors.DecodeError: DeepgramEnding(1008, "DATA-0000"),
+    errors.TextFrame: DeepgramEnding(1008, "DATA-0000"),
+    errors.FrameTooBig: DeepgramEnding(1009, "DATA-0000"),
+    errors.BadParameters: DeepgramEnding(1008, "Bad Request"),
+    errors.Unauthorized: DeepgramEnding(1008, "INVALID_AUTH"),
+    errors.AuthThrottled: DeepgramEnding(1008, "TOO_MANY_REQUESTS"),
+    errors.OriginNotAllowed: DeepgramEnding(1008, "INSUFFICIENT_PERMISSIONS"),
+    errors.SessionTooLong: DeepgramEnding(1008, "LIMIT"),
+    errors.IdleTimeout: DeepgramEnding(1011, "NET-0000"),
+    errors.BacklogTooLarge: DeepgramEnding(1008, "LIMIT"),
+    errors.TooLittleAudio: DeepgramEnding(1011, "NET-0000"),
+    errors.TooManyConnectionsFromAddress: DeepgramEnding(1008, "TOO_MANY_REQUESTS"),
+}
+DEEPGRAM_INTERNAL = DeepgramEnding(1011, "NET-0001")
+
+
+def deepgram_ending_for(exc: BaseException) -> DeepgramEnding:
+    """The Deepgram row for `exc` (its nearest typed ancestor); anything untyped is NET-0001."""
+    for kind in type(exc).__mro__:
+        if kind in DEEPGRAM_ENDINGS:
+            return DEEPGRAM_ENDINGS[kind]
+    return DEEPGRAM_INTERNAL
+
+
 def ending_for(exc: BaseException) -> Ending:
     """The table's row for `exc` (its nearest typed ancestor); anything untyped is an internal error."""
     for kind in type(exc).__mro__:

@@ -85,10 +85,11 @@ def check_token(settings: Settings, throttle: AuthThrottle, address: str, header
 
 
 def presented_token(headers: Headers, query: QueryParams) -> Optional[str]:
-    """The token from `Authorization: Bearer …`, else from the `token` query parameter."""
+    """The token from `Authorization: Bearer …` (or `Token …`, what Deepgram's SDK sends), else
+    from the `token` query parameter."""
     authorization = headers.get("authorization", "")
     scheme, _, value = authorization.partition(" ")
-    if scheme.lower() == "bearer" and value.strip():
+    if scheme.lower() in ("bearer", "token") and value.strip():
         return value.strip()
     return query.get("token")
 

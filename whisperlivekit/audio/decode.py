@@ -10,7 +10,8 @@ from __future__ import annotations
 import asyncio
 import logging
 import shutil
-from typing import AsyncIterator, Optional, Protocol
+from dataclasses import dataclass
+from typing import AsyncIterator, Optional, Protocol, Sequence
 
 import numpy as np
 
@@ -32,6 +33,26 @@ class AudioDecoder(Protocol):
     async def finish(self) -> None: ...
     def chunks(self) -> AsyncIterator[np.ndarray]: ...
     async def close(self) -> None: ...
+
+
+@dataclass(frozen=True)
+class InputFormat:
+    """What one connection sends: a container for ffmpeg (`pcm=False`), or raw s16le PCM at
+    `sample_rate_hz` with `channels` interleaved channels (resampled and mixed to 16 kHz mono)."""
+
+    pcm: bool = False
+    sample_rate_hz: int = SAMPLE_RATE
+    channels: int = 1
+
+    @property
+    def passthrough(self) -> bool:
+        """Raw PCM already at 16 kHz mono: no ffmpeg, queued in the server as it arrives."""
+        return self.pcm and self.sample_rate_hz == SAMPLE_RATE and self.channels == 1
+
+    @property
+    def bytes_per_s(self) -> Optional[int]:
+        """Bytes per second of input for PCM; None for containers (unknown until decoded)."""
+        return 2 * self.sample_rate_hz * self.channels if self.pcm else None
 
 
 def pcm16_to_float32(data: bytes) -> np.ndarray:
@@ -84,8 +105,9 @@ class FFmpegDecoder:
     error: `chunks()` then ends without PCM and without raising.
     """
 
-    def __init__(self, ffmpeg: str = "ffmpeg", label: str = "") -> None:
+    def __init__(self, ffmpeg: str = "ffmpeg", label: str = "", input_args: Sequence[str] = ()) -> None:
         self._ffmpeg = ffmpeg
+        self._input_args = list(input_args)  # e.g. `-f s16le -ar 48000 -ac 1` for raw PCM to resample
         self._label = label
         self._proc: Optional[asyncio.subprocess.Process] = None
         self._stderr_tail = b""
@@ -106,7 +128,7 @@ class FFmpegDecoder:
         self._proc = await asyncio.create_subprocess_exec(
             self._ffmpeg, "-hide_banner", "-loglevel", "error", "-nostdin",
             "-probesize", "4096", "-analyzeduration", "0",
-            "-i", "pipe:0",
+            *self._input_args, "-i", "pipe:0",
             "-f", "s16le", "-acodec", "pcm_s16le", "-ac", "1", "-ar", str(SAMPLE_RATE), "pipe:1",
             stdin=asyncio.subprocess.PIPE,
             stdout=asyncio.subprocess.PIPE,
@@ -207,4 +229,15 @@ class FFmpegDecoder:
 
 
 def make_decoder(pcm_input: bool, label: str = "") -> AudioDecoder:
-    return PCMPassthrough() if pcm_input else FFmpegDecoder(label=label)
+    return decoder_for(InputFormat(pcm=pcm_input), label)
+
+
+def decoder_for(fmt: InputFormat, label: str = "") -> AudioDecoder:
+    """16 kHz mono PCM goes straight through; other PCM is resampled and mixed by ffmpeg (its
+    resampler, not a hand-written one), containers are decoded by ffmpeg."""
+    if fmt.passthrough:
+        return PCMPassthrough()
+    if fmt.pcm:
+        raw = ("-f", "s16le", "-ar", str(fmt.sample_rate_hz), "-ac", str(fmt.channels))
+        return FFmpegDecoder(label=label, input_args=raw)
+    return FFmpegDecoder(label=label)
