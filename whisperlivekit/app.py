@@ -97,7 +97,7 @@ def create_app(
         await history.stop()
         await asyncio.to_thread(pool.close)
 
-    from whisperlivekit.api import asr, security, status, web
+    from whisperlivekit.api import asr, openai_batch, security, status, web
 
     history = History(services)
     app = FastAPI(title="whisperlivekit", lifespan=lifespan, **security.api_docs_urls(settings))
@@ -108,6 +108,7 @@ def create_app(
 
     app.include_router(status.router)
     app.include_router(asr.router)
+    app.include_router(openai_batch.router)
     app.include_router(web.router)
     app.mount("/static", web.static_files(), name="static")
     return app

@@ -1,0 +1,283 @@
+"""`POST /v1/audio/transcriptions` and `GET /v1/models`, as OpenAI's API (a change of `base_url`).
+
+check (token, drain) → read the form (capped at `--max-file-bytes`) → decode the whole file
+(ffmpeg) → admit (a slot, as a live stream) → the device worker's file job (30 s windows,
+`--file-beam-size`, low priority) → one of OpenAI's response formats, or server-sent events.
+Errors come out in OpenAI's shape, with the status from `api/errors.py`'s one table.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import time
+import uuid
+from dataclasses import dataclass
+from typing import Any, AsyncIterator, Dict, List, Optional
+
+from fastapi import APIRouter, Depends, Request
+from fastapi.responses import JSONResponse, PlainTextResponse, Response, StreamingResponse
+from starlette.background import BackgroundTask
+from starlette.datastructures import UploadFile
+
+from whisperlivekit.api import security
+from whisperlivekit.api.errors import RETRY_AFTER_S, openai_error
+from whisperlivekit.api.params import parse_language
+from whisperlivekit.asr.types import FileSegment, FileTranscribeRequest
+from whisperlivekit.audio.file import decode_file
+from whisperlivekit.errors import (
+    AuthThrottled, BadParameters, DecodeError, FileTooLarge, NoCapacity, ServerShuttingDown, Unauthorized,
+    WhisperLiveKitError,
+)
+from whisperlivekit.services import Services, get_services
+
+logger = logging.getLogger(__name__)
+router = APIRouter()
+
+FORMATS = ("json", "text", "srt", "vtt", "verbose_json")
+GRANULARITIES = ("segment", "word")
+FORM_OVERHEAD_BYTES = 64 * 1024  # multipart boundaries and the small fields around the file
+
+
+@dataclass(frozen=True)
+class Params:
+    audio_bytes: bytes
+    language: Optional[str]
+    prompt: str
+    temperature: Optional[float]  # None: Whisper's fallback schedule (OpenAI's temperature 0)
+    response_format: str
+    granularities: tuple
+    stream: bool
+
+
+def _bad(param: str, message: str) -> BadParameters:
+    error = BadParameters(message)
+    error.param = param  # type: ignore[attr-defined]  # OpenAI names the offending field
+    return error
+
+
+def _error_response(exc: BaseException, log: Any) -> JSONResponse:
+    status, body = openai_error(exc, getattr(exc, "param", None))
+    headers: Dict[str, str] = {}
+    if isinstance(exc, (NoCapacity, ServerShuttingDown)):
+        headers["Retry-After"] = str(RETRY_AFTER_S)
+    if isinstance(exc, Unauthorized) and not isinstance(exc, AuthThrottled):
+        headers["WWW-Authenticate"] = "Bearer"
+    if status >= 500 and not isinstance(exc, (NoCapacity, ServerShuttingDown)):
+        log.error("file request failed", exc_info=exc)
+        if not isinstance(exc, WhisperLiveKitError):
+            body["error"]["message"] = "Server error: an internal error (see the server log)"
+    else:
+        log.info("refused: %s", exc)
+    return JSONResponse(body, status_code=status, headers=headers)
+
+
+def _check_access(services: Services, request: Request) -> None:
+    address = request.client.host if request.client else "unknown"
+    auth = security.check_token(services.settings, services.auth_throttle, address, request.headers, request.query_params)
+    if auth == security.AUTH_THROTTLED:
+        raise AuthThrottled("Too many failed attempts: try again later")
+    if auth == security.AUTH_FAILED:
+        raise Unauthorized("Incorrect API key provided")
+    if services.draining:
+        raise ServerShuttingDown("Server is shutting down")
+
+
+async def _read_form(request: Request, max_file_bytes: int):
+    """The multipart form, refused with `FileTooLarge` as soon as the body passes the limit
+    (whether or not the client declared its length)."""
+    cap = max_file_bytes + FORM_OVERHEAD_BYTES
+    declared = request.headers.get("content-length")
+    if declared and declared.isdigit() and int(declared) > cap:
+        raise FileTooLarge(f"The file exceeds the {max_file_bytes}-byte limit of this server")
+    body = bytearray()
+    async for chunk in request.stream():
+        body += chunk
+        if len(body) > cap:
+            raise FileTooLarge(f"The file exceeds the {max_file_bytes}-byte limit of this server")
+    replayed = False
+
+    async def receive() -> dict:
+        nonlocal replayed
+        if replayed:
+            return {"type": "http.disconnect"}
+        replayed = True
+        return {"type": "http.request", "body": bytes(body), "more_body": False}
+
+    try:
+        return await Request(request.scope, receive).form()
+    except Exception as exc:  # malformed multipart (starlette raises its own parse errors)
+        raise _bad("file", f"Could not read the multipart form: {exc}") from exc
+
+
+async def _parse(form, services: Services) -> Params:
+    settings = services.settings
+    upload = form.get("file")
+    if not isinstance(upload, UploadFile):
+        raise _bad("file", "A 'file' field with the audio is required (multipart/form-data)")
+    data = await upload.read()
+    if len(data) > settings.max_file_bytes:
+        raise FileTooLarge(f"The file exceeds the {settings.max_file_bytes}-byte limit of this server")
+    try:
+        language = parse_language(form.get("language") or None, settings.language, services.pool.languages(), settings.model)
+    except BadParameters as exc:
+        raise _bad("language", str(exc)) from exc
+    response_format = str(form.get("response_format") or "json")
+    if response_format == "diarized_json":
+        raise _bad("response_format", "diarized_json is not supported by this server; use verbose_json")
+    if response_format not in FORMATS:
+        raise _bad("response_format", f"response_format must be one of {', '.join(FORMATS)}")
+    granularities = tuple(str(g) for g in form.getlist("timestamp_granularities[]") + form.getlist("timestamp_granularities"))
+    if any(g not in GRANULARITIES for g in granularities):
+        raise _bad("timestamp_granularities", "timestamp_granularities must be 'segment' and/or 'word'")
+    try:
+        temperature = float(form.get("temperature") or 0.0)
+    except ValueError:
+        raise _bad("temperature", "temperature must be a number between 0 and 1") from None
+    if not 0.0 <= temperature <= 1.0:
+        raise _bad("temperature", "temperature must be a number between 0 and 1")
+    stream = str(form.get("stream") or "false").lower()
+    if stream not in ("true", "false"):
+        raise _bad("stream", "stream must be true or false")
+    return Params(data, language, str(form.get("prompt") or ""), temperature or None, response_format, granularities,
+                  stream == "true")
+
+
+# -- response formats ------------------------------------------------------------------
+
+
+def _timestamp(seconds: float, separator: str) -> str:
+    ms = int(round(max(0.0, seconds) * 1000))
+    hours, ms = divmod(ms, 3_600_000)
+    minutes, ms = divmod(ms, 60_000)
+    secs, ms = divmod(ms, 1000)
+    return f"{hours:02d}:{minutes:02d}:{secs:02d}{separator}{ms:03d}"
+
+
+def srt(segments: List[FileSegment]) -> str:
+    return "".join(
+        f"{i}\n{_timestamp(s.start, ',')} --> {_timestamp(s.end, ',')}\n{s.text.strip()}\n\n" for i, s in enumerate(segments, 1)
+    )
+
+
+def vtt(segments: List[FileSegment]) -> str:
+    return "WEBVTT\n\n" + "".join(f"{_timestamp(s.start, '.')} --> {_timestamp(s.end, '.')}\n{s.text.strip()}\n\n" for s in segments)
+
+
+def _usage(duration_s: float) -> dict:
+    return {"type": "duration", "seconds": int(math.ceil(duration_s))}
+
+
+def verbose_json(params: Params, language: str, duration_s: float, segments: List[FileSegment]) -> dict:
+    body: Dict[str, Any] = {"task": "transcribe", "language": language, "duration": round(duration_s, 3),
+                            "text": _text(segments)}
+    if not params.granularities or "segment" in params.granularities:
+        body["segments"] = [
+            {"id": s.id, "seek": s.seek, "start": s.start, "end": s.end, "text": s.text, "tokens": s.tokens,
+             "temperature": s.temperature, "avg_logprob": s.avg_logprob, "compression_ratio": s.compression_ratio,
+             "no_speech_prob": s.no_speech_prob}
+            for s in segments
+        ]
+    if "word" in params.granularities:
+        body["words"] = [{"word": w.text.strip(), "start": w.start, "end": w.end, "probability": w.probability}
+                         for s in segments for w in s.words]
+    body["usage"] = _usage(duration_s)
+    return body
+
+
+def _text(segments: List[FileSegment]) -> str:
+    return "".join(s.text for s in segments).strip()
+
+
+def _sse(event: dict) -> bytes:
+    return f"data: {json.dumps(event)}\n\n".encode()
+
+
+# -- the routes ------------------------------------------------------------------------
+
+
+@router.post("/v1/audio/transcriptions")
+async def transcriptions(request: Request, services: Services = Depends(get_services)) -> Response:
+    request_id = f"file-{uuid.uuid4()}"
+    log = logging.LoggerAdapter(logger, {"connection_id": request_id, "device": "unassigned"})
+    settings, manager, metrics = services.settings, services.manager, services.metrics
+    slot = None
+    try:
+        _check_access(services, request)
+        params = await _parse(await _read_form(request, settings.max_file_bytes), services)
+        try:
+            audio = await decode_file(params.audio_bytes)
+        except DecodeError as exc:
+            exc.param = "file"  # type: ignore[attr-defined]
+            raise
+        slot = await manager.acquire_waiting(request_id, settings.queue_timeout_s)
+        metrics.accepted.inc()
+        log = logging.LoggerAdapter(logger, {"connection_id": request_id, "device": slot.label})
+        worker = await services.pool.worker(slot.device)
+        started = time.monotonic()
+        info, segments = await worker.file_segments(FileTranscribeRequest(
+            audio, language=params.language, prompt=params.prompt, temperature=params.temperature,
+            beam_size=settings.file_beam_size, word_timestamps="word" in params.granularities, task=settings.task,
+        ))
+    except Exception as exc:  # typed errors and bugs alike: the table says the status
+        if slot is not None:
+            manager.release(slot)
+        if isinstance(exc, WhisperLiveKitError):
+            metrics.refused.labels(openai_error(exc)[1]["error"]["code"] or type(exc).__name__).inc()
+        return _error_response(exc, log)
+    log.info("transcribing a %.1f s file (%s)", info.duration_s, params.response_format)
+
+    if params.stream:
+        return StreamingResponse(_events(services, slot, segments, info.duration_s, log), media_type="text/event-stream",
+                                 background=BackgroundTask(manager.release, slot))
+    try:
+        collected = [segment async for segment in segments]
+    except Exception as exc:
+        metrics.closed.labels("error").inc()
+        return _error_response(exc, log)
+    finally:
+        manager.release(slot)
+    metrics.closed.labels("completed").inc()
+    log.info("transcribed %.1f s in %.1f s", info.duration_s, time.monotonic() - started)
+    if params.response_format == "text":
+        return PlainTextResponse(_text(collected) + "\n")
+    if params.response_format == "srt":
+        return PlainTextResponse(srt(collected))
+    if params.response_format == "vtt":
+        return PlainTextResponse(vtt(collected), media_type="text/vtt")
+    if params.response_format == "verbose_json":
+        return JSONResponse(verbose_json(params, info.language, info.duration_s, collected))
+    return JSONResponse({"text": _text(collected), "usage": _usage(info.duration_s)})
+
+
+async def _events(services: Services, slot, segments: AsyncIterator[FileSegment], duration_s: float, log) -> AsyncIterator[bytes]:
+    """`transcript.text.delta` per decoded segment, then `transcript.text.done`; an error as an `error` event."""
+    texts: List[str] = []
+    try:
+        async for segment in segments:
+            delta = segment.text if texts else segment.text.lstrip()
+            texts.append(delta)
+            yield _sse({"type": "transcript.text.delta", "delta": delta})
+        yield _sse({"type": "transcript.text.done", "text": "".join(texts).strip(), "usage": _usage(duration_s)})
+        services.metrics.closed.labels("completed").inc()
+    except Exception as exc:  # the status line is sent: the SDK raises on an `error` event
+        services.metrics.closed.labels("error").inc()
+        log.error("file stream failed", exc_info=exc)
+        yield _sse(openai_error(exc)[1])
+    finally:
+        services.manager.release(slot)
+
+
+@router.get("/v1/models")
+async def models(request: Request, services: Services = Depends(get_services)) -> Response:
+    """The one model this server runs; any `model` a request names is answered by it."""
+    try:
+        _check_access(services, request)
+    except WhisperLiveKitError as exc:
+        return _error_response(exc, logger)
+    model = {"id": services.settings.model, "object": "model", "created": int(services.started_at), "owned_by": "whisperlivekit"}
+    return JSONResponse({"object": "list", "data": [model]})
+
+
+__all__ = ["router", "srt", "vtt", "verbose_json"]
