@@ -147,11 +147,14 @@ async def _parse(form, services: Services) -> Params:
 # -- response formats ------------------------------------------------------------------
 
 
+MS_PER_S = 10**3
+
+
 def _timestamp(seconds: float, separator: str) -> str:
-    ms = int(round(max(0.0, seconds) * 1000))
-    hours, ms = divmod(ms, 3_600_000)
-    minutes, ms = divmod(ms, 60_000)
-    secs, ms = divmod(ms, 1000)
+    ms = int(round(max(0.0, seconds) * MS_PER_S))
+    hours, ms = divmod(ms, 3600 * MS_PER_S)
+    minutes, ms = divmod(ms, 60 * MS_PER_S)
+    secs, ms = divmod(ms, MS_PER_S)
     return f"{hours:02d}:{minutes:02d}:{secs:02d}{separator}{ms:03d}"
 
 
