@@ -271,13 +271,40 @@ def test_a_full_server_answers_503_with_retry_after(server, client, clip_file):
             time.sleep(0.3)
 
 
+def _long_recording(speech_pcm, times: int = 6):
+    """The phone call and the clips (48 s) `times` over: no 30 s window repeats itself, which would
+    make Whisper's compression-ratio check fall back to sampling (slow, and not what a real file does)."""
+    parts = ["pyannote", *CLIPS] * times
+    return b"".join(speech_pcm(p)[0] for p in parts), " ".join(speech_pcm(p)[1] for p in parts)
+
+
+def test_a_client_that_leaves_a_streamed_transcription_frees_its_slot(server, speech_pcm):
+    import httpx
+
+    from helpers import eventually
+
+    long_file = encode_webm_opus(_long_recording(speech_pcm)[0])
+    with httpx.Client(base_url=server.base_url, timeout=120) as http:
+        with http.stream("POST", "/v1/audio/transcriptions", headers={"Authorization": f"Bearer {TOKEN}"},
+                         files={"file": ("long.webm", long_file)}, data={"model": "whisper-1", "stream": "true"}) as response:
+            assert response.status_code == 200
+            lines = response.iter_lines()  # kept: dropping httpx's iterator would close the connection now
+            first = next(line for line in lines if line.startswith("data: "))
+            assert "transcript.text.delta" in first
+            assert server.get("/health").json()["active_connections"] == 1
+            assert "client left" not in server.log()
+        # the client closed the connection mid-transcription
+    assert eventually(lambda: "client left" in server.log(), timeout=60), "the transcription was not stopped"
+    assert eventually(lambda: server.get("/health").json()["active_connections"] == 0, timeout=60)
+
+
 # -- files fill idle capacity ------------------------------------------------------------
 
 
 @pytest.mark.slow
 def test_a_long_file_uploaded_during_a_live_stream_does_not_make_it_fail(server, speech_pcm):
     harvard, reference = speech_pcm("harvard")
-    long_pcm = b"".join(speech_pcm(c)[0] for c in CLIPS) * 3  # ~50 s
+    long_pcm, long_reference = _long_recording(speech_pcm)
     long_file = encode_webm_opus(long_pcm)
     client = openai.AsyncOpenAI(api_key=TOKEN, base_url=server.base_url + "/v1", max_retries=0, timeout=300)
 
@@ -289,8 +316,7 @@ def test_a_long_file_uploaded_during_a_live_stream_does_not_make_it_fail(server,
 
     live, upload = run(scenario())
     check_finished_stream(live, reference, 0.10)
-    references = " ".join(speech_pcm(c)[1] for c in CLIPS)
-    assert wer(" ".join([references] * 3), upload.text) <= 0.15
+    assert wer(long_reference, upload.text) <= 0.25  # tiny.en on a real phone call
 
 
 # -- the device worker's file job ----------------------------------------------------------

@@ -8,6 +8,7 @@ Errors come out in OpenAI's shape, with the status from `api/errors.py`'s one ta
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 import math
@@ -22,7 +23,7 @@ from starlette.background import BackgroundTask
 from starlette.datastructures import UploadFile
 
 from whisperlivekit.api import security
-from whisperlivekit.api.errors import RETRY_AFTER_S, openai_error
+from whisperlivekit.api.errors import RETRY_AFTER_S, ending_for, openai_error
 from whisperlivekit.api.params import parse_language
 from whisperlivekit.asr.types import FileSegment, FileTranscribeRequest
 from whisperlivekit.audio.file import decode_file
@@ -227,7 +228,7 @@ async def transcriptions(request: Request, services: Services = Depends(get_serv
         if slot is not None:
             manager.release(slot)
         if isinstance(exc, WhisperLiveKitError):
-            metrics.refused.labels(openai_error(exc)[1]["error"]["code"] or type(exc).__name__).inc()
+            metrics.refused.labels(ending_for(exc).label_for(exc)).inc()
         return _error_response(exc, log)
     log.info("transcribing a %.1f s file (%s)", info.duration_s, params.response_format)
 
@@ -264,6 +265,10 @@ async def _events(services: Services, slot, segments: AsyncIterator[FileSegment]
             yield _sse({"type": "transcript.text.delta", "delta": delta})
         yield _sse({"type": "transcript.text.done", "text": "".join(texts).strip(), "usage": _usage(duration_s)})
         services.metrics.closed.labels("completed").inc()
+    except (asyncio.CancelledError, GeneratorExit):
+        services.metrics.closed.labels("client_gone").inc()
+        log.info("client left after %d segment(s): transcription stopped", len(texts))
+        raise
     except Exception as exc:  # the status line is sent: the SDK raises on an `error` event
         services.metrics.closed.labels("error").inc()
         log.error("file stream failed", exc_info=exc)
