@@ -241,6 +241,30 @@ def test_diarized_json_is_refused_with_what_to_use_instead(client, clip_file):
     assert "verbose_json" in caught.value.body["message"]
 
 
+def test_bad_uploads_get_400s_and_leave_no_slot_or_ffmpeg_behind(server):
+    import httpx
+
+    from helpers import eventually, ffmpeg_children
+
+    auth = {"Authorization": f"Bearer {TOKEN}"}
+    url = server.base_url + "/v1/audio/transcriptions"
+    rng = np.random.default_rng(7)
+    bad_files = [b"", rng.bytes(5000), b"RIFF\x24\x00\x00\x00WAVEfmt ", b"\x1aE\xdf\xa3" + rng.bytes(3000),
+                 b"ID3\x03\x00" + rng.bytes(2000), b"OggS" + rng.bytes(800)]
+    for payload in bad_files:
+        response = httpx.post(url, headers=auth, files={"file": ("upload.bin", payload)}, data={"model": "whisper-1"}, timeout=60)
+        assert response.status_code == 400, (payload[:8], response.text)
+        assert response.json()["error"]["type"] == "invalid_request_error"
+    for kwargs in ({"json": {"model": "whisper-1"}}, {"data": {"model": "whisper-1"}},
+                   {"content": b"--x\r\nnot a form", "headers": {"Content-Type": "multipart/form-data; boundary=x"}}):
+        headers = {**auth, **kwargs.pop("headers", {})}
+        response = httpx.post(url, headers=headers, timeout=60, **kwargs)
+        assert response.status_code == 400, response.text
+        assert response.json()["error"]["param"] == "file"
+    assert eventually(lambda: server.get("/health").json()["active_connections"] == 0)
+    assert eventually(lambda: ffmpeg_children(server.proc.pid) == [])
+
+
 def test_a_full_server_answers_503_with_retry_after(server, client, clip_file):
     path, _ = clip_file("arctic_a0009")
 

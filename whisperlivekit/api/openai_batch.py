@@ -12,6 +12,7 @@ import asyncio
 import json
 import logging
 import math
+import threading
 import time
 import uuid
 from dataclasses import dataclass
@@ -28,8 +29,8 @@ from whisperlivekit.api.params import parse_language
 from whisperlivekit.asr.types import FileSegment, FileTranscribeRequest
 from whisperlivekit.audio.file import decode_file
 from whisperlivekit.errors import (
-    AuthThrottled, BadParameters, DecodeError, FileTooLarge, NoCapacity, ServerShuttingDown, Unauthorized,
-    WhisperLiveKitError,
+    AuthThrottled, BadParameters, DecodeError, FileTooLarge, NoCapacity, ServerShuttingDown,
+    TooManyConnectionsFromAddress, Unauthorized, WhisperLiveKitError,
 )
 from whisperlivekit.services import Services, get_services
 
@@ -50,6 +51,29 @@ class Params:
     response_format: str
     granularities: tuple
     stream: bool
+
+
+class _Held:
+    """What one request holds (its address's count, then a slot); `release()` gives both back once."""
+
+    def __init__(self, services: Services, address: str) -> None:
+        self.services, self.address = services, address
+        self.counted = False
+        self.slot = None
+        self._lock = threading.Lock()  # a streamed response's BackgroundTask runs in a thread
+
+    def count_address(self) -> None:
+        if not self.services.addresses.try_add(self.address):
+            raise TooManyConnectionsFromAddress("Too many connections from this address")
+        self.counted = True
+
+    def release(self) -> None:
+        with self._lock:
+            slot, counted, self.slot, self.counted = self.slot, self.counted, None, False
+        if slot is not None:
+            self.services.manager.release(slot)
+        if counted:
+            self.services.addresses.remove(self.address)
 
 
 def _bad(param: str, message: str) -> BadParameters:
@@ -206,16 +230,17 @@ async def transcriptions(request: Request, services: Services = Depends(get_serv
     request_id = f"file-{uuid.uuid4()}"
     log = logging.LoggerAdapter(logger, {"connection_id": request_id, "device": "unassigned"})
     settings, manager, metrics = services.settings, services.manager, services.metrics
-    slot = None
+    held = _Held(services, request.client.host if request.client else "unknown")
     try:
         _check_access(services, request)
+        held.count_address()
         params = await _parse(await _read_form(request, settings.max_file_bytes), services)
         try:
             audio = await decode_file(params.audio_bytes)
         except DecodeError as exc:
             exc.param = "file"  # type: ignore[attr-defined]
             raise
-        slot = await manager.acquire_waiting(request_id, settings.queue_timeout_s)
+        slot = held.slot = await manager.acquire_waiting(request_id, settings.queue_timeout_s)
         metrics.accepted.inc()
         log = logging.LoggerAdapter(logger, {"connection_id": request_id, "device": slot.label})
         worker = await services.pool.worker(slot.device)
@@ -225,23 +250,22 @@ async def transcriptions(request: Request, services: Services = Depends(get_serv
             beam_size=settings.file_beam_size, word_timestamps="word" in params.granularities, task=settings.task,
         ))
     except Exception as exc:  # typed errors and bugs alike: the table says the status
-        if slot is not None:
-            manager.release(slot)
+        held.release()
         if isinstance(exc, WhisperLiveKitError):
             metrics.refused.labels(ending_for(exc).label_for(exc)).inc()
         return _error_response(exc, log)
     log.info("transcribing a %.1f s file (%s)", info.duration_s, params.response_format)
 
     if params.stream:
-        return StreamingResponse(_events(services, slot, segments, info.duration_s, log), media_type="text/event-stream",
-                                 background=BackgroundTask(manager.release, slot))
+        return StreamingResponse(_events(services, held, segments, info.duration_s, log), media_type="text/event-stream",
+                                 background=BackgroundTask(held.release))
     try:
         collected = [segment async for segment in segments]
     except Exception as exc:
         metrics.closed.labels("error").inc()
         return _error_response(exc, log)
     finally:
-        manager.release(slot)
+        held.release()
     metrics.closed.labels("completed").inc()
     log.info("transcribed %.1f s in %.1f s", info.duration_s, time.monotonic() - started)
     if params.response_format == "text":
@@ -255,7 +279,7 @@ async def transcriptions(request: Request, services: Services = Depends(get_serv
     return JSONResponse({"text": _text(collected), "usage": _usage(info.duration_s)})
 
 
-async def _events(services: Services, slot, segments: AsyncIterator[FileSegment], duration_s: float, log) -> AsyncIterator[bytes]:
+async def _events(services: Services, held: _Held, segments: AsyncIterator[FileSegment], duration_s: float, log) -> AsyncIterator[bytes]:
     """`transcript.text.delta` per decoded segment, then `transcript.text.done`; an error as an `error` event."""
     texts: List[str] = []
     try:
@@ -274,7 +298,7 @@ async def _events(services: Services, slot, segments: AsyncIterator[FileSegment]
         log.error("file stream failed", exc_info=exc)
         yield _sse(openai_error(exc)[1])
     finally:
-        services.manager.release(slot)
+        held.release()
 
 
 @router.get("/v1/models")
