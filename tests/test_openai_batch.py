@@ -188,6 +188,10 @@ def test_a_webm_opus_upload_is_decoded(client, speech_pcm):
 
 def test_models_lists_the_servers_model(client):
     assert [m.id for m in client.models.list()] == ["tiny.en"]
+    assert client.models.retrieve("tiny.en").owned_by == "whisperlivekit"
+    with pytest.raises(openai.NotFoundError) as caught:
+        client.models.retrieve("whisper-1")
+    assert caught.value.body["code"] == "model_not_found"
 
 
 # -- errors, in OpenAI's shape -----------------------------------------------------------
@@ -320,6 +324,29 @@ def test_a_client_that_leaves_a_streamed_transcription_frees_its_slot(server, sp
         # the client closed the connection mid-transcription
     assert eventually(lambda: "client left" in server.log(), timeout=60), "the transcription was not stopped"
     assert eventually(lambda: server.get("/health").json()["active_connections"] == 0, timeout=60)
+
+
+def test_file_requests_count_toward_the_per_address_limit(clip_file):
+    path, _ = clip_file("arctic_a0009")
+    with running_server("--model", "tiny.en", "--device", "cpu", "--max-connections-per-ip", "1", "--pcm-input") as limited:
+        client = openai.OpenAI(api_key="unused", base_url=limited.base_url + "/v1", max_retries=0)
+
+        async def scenario():
+            ws, first, _ = await open_session(limited.ws_url)  # this address's one connection
+            try:
+                assert first and first["type"] == "config"
+                with pytest.raises(openai.RateLimitError) as caught:
+                    await asyncio.to_thread(_transcribe, client, path)
+                return caught.value
+            finally:
+                await ws.close()
+
+        refusal = run(scenario())
+        assert refusal.status_code == 429 and refusal.body["type"] == "rate_limit_error"
+        from helpers import eventually
+
+        assert eventually(lambda: limited.get("/health").json()["active_connections"] == 0)
+        assert _transcribe(client, path).text  # the address's count came back
 
 
 # -- files fill idle capacity ------------------------------------------------------------

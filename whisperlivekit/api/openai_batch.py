@@ -9,9 +9,7 @@ Errors come out in OpenAI's shape, with the status from `api/errors.py`'s one ta
 from __future__ import annotations
 
 import asyncio
-import json
 import logging
-import math
 import threading
 import time
 import uuid
@@ -25,6 +23,7 @@ from starlette.datastructures import UploadFile
 
 from whisperlivekit.api import security
 from whisperlivekit.api.errors import RETRY_AFTER_S, ending_for, openai_error
+from whisperlivekit.api.openai_formats import srt, sse, text, usage, verbose_json, vtt
 from whisperlivekit.api.params import parse_language
 from whisperlivekit.asr.types import FileSegment, FileTranscribeRequest
 from whisperlivekit.audio.file import decode_file
@@ -169,59 +168,6 @@ async def _parse(form, services: Services) -> Params:
                   stream == "true")
 
 
-# -- response formats ------------------------------------------------------------------
-
-
-MS_PER_S = 10**3
-
-
-def _timestamp(seconds: float, separator: str) -> str:
-    ms = int(round(max(0.0, seconds) * MS_PER_S))
-    hours, ms = divmod(ms, 3600 * MS_PER_S)
-    minutes, ms = divmod(ms, 60 * MS_PER_S)
-    secs, ms = divmod(ms, MS_PER_S)
-    return f"{hours:02d}:{minutes:02d}:{secs:02d}{separator}{ms:03d}"
-
-
-def srt(segments: List[FileSegment]) -> str:
-    return "".join(
-        f"{i}\n{_timestamp(s.start, ',')} --> {_timestamp(s.end, ',')}\n{s.text.strip()}\n\n" for i, s in enumerate(segments, 1)
-    )
-
-
-def vtt(segments: List[FileSegment]) -> str:
-    return "WEBVTT\n\n" + "".join(f"{_timestamp(s.start, '.')} --> {_timestamp(s.end, '.')}\n{s.text.strip()}\n\n" for s in segments)
-
-
-def _usage(duration_s: float) -> dict:
-    return {"type": "duration", "seconds": int(math.ceil(duration_s))}
-
-
-def verbose_json(params: Params, language: str, duration_s: float, segments: List[FileSegment]) -> dict:
-    body: Dict[str, Any] = {"task": "transcribe", "language": language, "duration": round(duration_s, 3),
-                            "text": _text(segments)}
-    if not params.granularities or "segment" in params.granularities:
-        body["segments"] = [
-            {"id": s.id, "seek": s.seek, "start": s.start, "end": s.end, "text": s.text, "tokens": s.tokens,
-             "temperature": s.temperature, "avg_logprob": s.avg_logprob, "compression_ratio": s.compression_ratio,
-             "no_speech_prob": s.no_speech_prob}
-            for s in segments
-        ]
-    if "word" in params.granularities:
-        body["words"] = [{"word": w.text.strip(), "start": w.start, "end": w.end, "probability": w.probability}
-                         for s in segments for w in s.words]
-    body["usage"] = _usage(duration_s)
-    return body
-
-
-def _text(segments: List[FileSegment]) -> str:
-    return "".join(s.text for s in segments).strip()
-
-
-def _sse(event: dict) -> bytes:
-    return f"data: {json.dumps(event)}\n\n".encode()
-
-
 # -- the routes ------------------------------------------------------------------------
 
 
@@ -269,14 +215,14 @@ async def transcriptions(request: Request, services: Services = Depends(get_serv
     metrics.closed.labels("completed").inc()
     log.info("transcribed %.1f s in %.1f s", info.duration_s, time.monotonic() - started)
     if params.response_format == "text":
-        return PlainTextResponse(_text(collected) + "\n")
+        return PlainTextResponse(text(collected) + "\n")
     if params.response_format == "srt":
         return PlainTextResponse(srt(collected))
     if params.response_format == "vtt":
         return PlainTextResponse(vtt(collected), media_type="text/vtt")
     if params.response_format == "verbose_json":
-        return JSONResponse(verbose_json(params, info.language, info.duration_s, collected))
-    return JSONResponse({"text": _text(collected), "usage": _usage(info.duration_s)})
+        return JSONResponse(verbose_json(params.granularities, info.language, info.duration_s, collected))
+    return JSONResponse({"text": text(collected), "usage": usage(info.duration_s)})
 
 
 async def _events(services: Services, held: _Held, segments: AsyncIterator[FileSegment], duration_s: float, log) -> AsyncIterator[bytes]:
@@ -286,8 +232,8 @@ async def _events(services: Services, held: _Held, segments: AsyncIterator[FileS
         async for segment in segments:
             delta = segment.text if texts else segment.text.lstrip()
             texts.append(delta)
-            yield _sse({"type": "transcript.text.delta", "delta": delta})
-        yield _sse({"type": "transcript.text.done", "text": "".join(texts).strip(), "usage": _usage(duration_s)})
+            yield sse({"type": "transcript.text.delta", "delta": delta})
+        yield sse({"type": "transcript.text.done", "text": "".join(texts).strip(), "usage": usage(duration_s)})
         services.metrics.closed.labels("completed").inc()
     except (asyncio.CancelledError, GeneratorExit):
         services.metrics.closed.labels("client_gone").inc()
@@ -296,9 +242,13 @@ async def _events(services: Services, held: _Held, segments: AsyncIterator[FileS
     except Exception as exc:  # the status line is sent: the SDK raises on an `error` event
         services.metrics.closed.labels("error").inc()
         log.error("file stream failed", exc_info=exc)
-        yield _sse(openai_error(exc)[1])
+        yield sse(openai_error(exc)[1])
     finally:
         held.release()
+
+
+def _model(services: Services) -> dict:
+    return {"id": services.settings.model, "object": "model", "created": int(services.started_at), "owned_by": "whisperlivekit"}
 
 
 @router.get("/v1/models")
@@ -308,8 +258,21 @@ async def models(request: Request, services: Services = Depends(get_services)) -
         _check_access(services, request)
     except WhisperLiveKitError as exc:
         return _error_response(exc, logger)
-    model = {"id": services.settings.model, "object": "model", "created": int(services.started_at), "owned_by": "whisperlivekit"}
-    return JSONResponse({"object": "list", "data": [model]})
+    return JSONResponse({"object": "list", "data": [_model(services)]})
 
 
-__all__ = ["router", "srt", "vtt", "verbose_json"]
+@router.get("/v1/models/{model_id:path}")
+async def model(model_id: str, request: Request, services: Services = Depends(get_services)) -> Response:
+    """The server's model under its own name; 404 in OpenAI's shape for any other."""
+    try:
+        _check_access(services, request)
+    except WhisperLiveKitError as exc:
+        return _error_response(exc, logger)
+    if model_id != services.settings.model:
+        error = {"message": f"The model {model_id!r} does not exist; this server runs {services.settings.model!r}",
+                 "type": "invalid_request_error", "param": "model", "code": "model_not_found"}
+        return JSONResponse({"error": error}, status_code=404)
+    return JSONResponse(_model(services))
+
+
+__all__ = ["router"]
