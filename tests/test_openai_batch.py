@@ -238,11 +238,26 @@ def test_an_unsupported_language_is_a_400_naming_the_parameter(client, clip_file
     assert caught.value.body["param"] == "language" and "English-only" in caught.value.body["message"]
 
 
-def test_diarized_json_is_refused_with_what_to_use_instead(client, clip_file):
+def test_diarized_json_without_diarization_says_what_to_run(client, clip_file):
     path, _ = clip_file("arctic_a0009")
     with pytest.raises(openai.BadRequestError) as caught:
         _transcribe(client, path, response_format="diarized_json")
-    assert "verbose_json" in caught.value.body["message"]
+    assert "--diarization" in caught.value.body["message"] and caught.value.body["param"] == "response_format"
+
+
+def test_diarized_json_gives_each_sentence_its_speaker(clip_file):
+    import audio_assets
+
+    path, reference = clip_file("harvard")  # man, woman, man, woman
+    with running_server("--model", "tiny.en", "--device", "cpu", "--diarization") as diarizing:
+        client = openai.OpenAI(api_key="unused", base_url=diarizing.base_url + "/v1", max_retries=0, timeout=300)
+        result = _transcribe(client, path, response_format="diarized_json")
+    assert wer(reference, result.text) <= 0.10
+    assert [s.speaker for s in result.segments] == ["A", "B", "A", "B"], result.segments
+    for segment, (sentence, _, start_s, end_s) in zip(result.segments, audio_assets.HARVARD_SENTENCES):
+        assert segment.type == "transcript.text.segment"
+        assert wer(sentence, segment.text) <= 0.15, (sentence, segment.text)
+        assert abs(segment.start - start_s) <= 0.5 and abs(segment.end - end_s) <= 0.5
 
 
 def test_bad_uploads_get_400s_and_leave_no_slot_or_ffmpeg_behind(server):

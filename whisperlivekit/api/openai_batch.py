@@ -23,10 +23,11 @@ from starlette.datastructures import UploadFile
 
 from whisperlivekit.api import security
 from whisperlivekit.api.errors import RETRY_AFTER_S, ending_for, openai_error
-from whisperlivekit.api.openai_formats import srt, sse, text, usage, verbose_json, vtt
+from whisperlivekit.api.openai_formats import diarized_json, srt, sse, text, usage, verbose_json, vtt
 from whisperlivekit.api.params import parse_language
 from whisperlivekit.asr.types import FileSegment, FileTranscribeRequest
 from whisperlivekit.audio.file import decode_file
+from whisperlivekit.diarization.assign import assign_speakers
 from whisperlivekit.errors import (
     AuthThrottled, BadParameters, DecodeError, FileTooLarge, NoCapacity, ServerShuttingDown,
     TooManyConnectionsFromAddress, Unauthorized, WhisperLiveKitError,
@@ -36,7 +37,7 @@ from whisperlivekit.services import Services, get_services
 logger = logging.getLogger(__name__)
 router = APIRouter()
 
-FORMATS = ("json", "text", "srt", "vtt", "verbose_json")
+FORMATS = ("json", "text", "srt", "vtt", "verbose_json", "diarized_json")
 GRANULARITIES = ("segment", "word")
 FORM_OVERHEAD_BYTES = 64 * 1024  # multipart boundaries and the small fields around the file
 
@@ -148,8 +149,8 @@ async def _parse(form, services: Services) -> Params:
     except BadParameters as exc:
         raise _bad("language", str(exc)) from exc
     response_format = str(form.get("response_format") or "json")
-    if response_format == "diarized_json":
-        raise _bad("response_format", "diarized_json is not supported by this server; use verbose_json")
+    if response_format == "diarized_json" and not settings.diarization:
+        raise _bad("response_format", "diarized_json needs a server run with --diarization; use verbose_json")
     if response_format not in FORMATS:
         raise _bad("response_format", f"response_format must be one of {', '.join(FORMATS)}")
     granularities = tuple(str(g) for g in form.getlist("timestamp_granularities[]") + form.getlist("timestamp_granularities"))
@@ -193,7 +194,8 @@ async def transcriptions(request: Request, services: Services = Depends(get_serv
         started = time.monotonic()
         info, segments = await worker.file_segments(FileTranscribeRequest(
             audio, language=params.language, prompt=params.prompt, temperature=params.temperature,
-            beam_size=settings.file_beam_size, word_timestamps="word" in params.granularities, task=settings.task,
+            beam_size=settings.file_beam_size, task=settings.task,
+            word_timestamps="word" in params.granularities or params.response_format == "diarized_json",
         ))
     except Exception as exc:  # typed errors and bugs alike: the table says the status
         held.release()
@@ -202,11 +204,14 @@ async def transcriptions(request: Request, services: Services = Depends(get_serv
         return _error_response(exc, log)
     log.info("transcribing a %.1f s file (%s)", info.duration_s, params.response_format)
 
-    if params.stream:
+    if params.stream and params.response_format != "diarized_json":
         return StreamingResponse(_events(services, held, segments, info.duration_s, log), media_type="text/event-stream",
                                  background=BackgroundTask(held.release))
     try:
         collected = [segment async for segment in segments]
+        if params.response_format == "diarized_json":
+            speaker_segments = await worker.diarize_file(audio)
+            speakers = assign_speakers([w for s in collected for w in s.words], speaker_segments)
     except Exception as exc:
         metrics.closed.labels("error").inc()
         return _error_response(exc, log)
@@ -220,6 +225,8 @@ async def transcriptions(request: Request, services: Services = Depends(get_serv
         return PlainTextResponse(srt(collected))
     if params.response_format == "vtt":
         return PlainTextResponse(vtt(collected), media_type="text/vtt")
+    if params.response_format == "diarized_json":
+        return JSONResponse(diarized_json(info.duration_s, collected, speakers))
     if params.response_format == "verbose_json":
         return JSONResponse(verbose_json(params.granularities, info.language, info.duration_s, collected))
     return JSONResponse({"text": text(collected), "usage": usage(info.duration_s)})

@@ -57,3 +57,22 @@ def text(segments: List[FileSegment]) -> str:
 
 def sse(event: dict) -> bytes:
     return f"data: {json.dumps(event)}\n\n".encode()
+
+
+def diarized_json(duration_s: float, segments: List[FileSegment], speakers: Sequence[int]) -> dict:
+    """`diarized_json`: runs of consecutive words with one speaker (`speakers`: one per word, in
+    order; 1-based, 0 = unknown), named A, B, ... in order of appearance."""
+    words = [w for s in segments for w in s.words]
+    names: Dict[int, str] = {}
+    runs: List[Dict[str, Any]] = []
+    for word, speaker in zip(words, speakers):
+        name = names.setdefault(speaker, chr(ord("A") + len(names)) if speaker else "unknown")
+        if runs and runs[-1]["speaker"] == name:
+            runs[-1]["end"], runs[-1]["text"] = word.end, runs[-1]["text"] + word.text
+        else:
+            runs.append({"type": "transcript.text.segment", "id": f"seg_{len(runs)}", "start": word.start,
+                         "end": word.end, "text": word.text, "speaker": name})
+    for run in runs:
+        run["text"] = run["text"].strip()
+    return {"task": "transcribe", "duration": round(duration_s, 3), "text": text(segments), "segments": runs,
+            "usage": usage(duration_s)}

@@ -182,6 +182,18 @@ class DeviceWorker:
 
         return info, segments()
 
+    async def diarize_file(self, audio: np.ndarray, piece_s: float = 2.0) -> list:
+        """Speaker segments of a whole file: a fresh diarization state fed `piece_s` at a time, then
+        a little silence to settle the last labels; each piece is a low-priority job like a file step."""
+        if self.diarizer is None:
+            raise NotSupported("diarization is off on this server: run it with --diarization")
+        state = self.diarizer.new_stream()
+        piece = max(1, int(piece_s * SAMPLE_RATE))
+        settle = np.zeros(int((getattr(self.diarizer, "latency_s", 1.0) + 0.2) * SAMPLE_RATE), np.float32)
+        for chunk in [audio[i:i + piece] for i in range(0, len(audio), piece)] + [settle]:
+            await self._submit(self._file_queue, "file", lambda chunk=chunk: self.diarizer.process(state, chunk))
+        return list(state.segments)
+
     async def vad(self, stream: Any, audio: np.ndarray) -> List[Tuple[str, float]]:
         """Run one connection's `VadStream` over `audio` on this device's VAD session; its events."""
         if self.vad_model is None:
