@@ -208,7 +208,14 @@ async def transcriptions(request: Request, services: Services = Depends(get_serv
         return StreamingResponse(_events(services, held, segments, info.duration_s, log), media_type="text/event-stream",
                                  background=BackgroundTask(held.release))
     try:
-        collected = [segment async for segment in segments]
+        collected: List[FileSegment] = []
+        async for segment in segments:
+            collected.append(segment)
+            if await request.is_disconnected():  # nobody will read the answer: free the slot now
+                await segments.aclose()
+                metrics.closed.labels("client_gone").inc()
+                log.info("client left after %d segment(s): transcription stopped", len(collected))
+                return Response(status_code=204)
         if params.response_format == "diarized_json":
             speaker_segments = await worker.diarize_file(audio)
             speakers = assign_speakers([w for s in collected for w in s.words], speaker_segments)
