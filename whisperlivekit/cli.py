@@ -140,6 +140,12 @@ def build_parser() -> argparse.ArgumentParser:
     inp.add_argument("--pcm-input", action="store_true", help="clients send raw PCM s16le 16 kHz mono instead of a container")
     inp.add_argument("--max-frame-bytes", type=int, default=DEFAULTS.max_frame_bytes)
 
+    files = p.add_argument_group("files (POST /v1/audio/transcriptions)")
+    files.add_argument("--file-beam-size", type=int, default=DEFAULTS.file_beam_size,
+                       help="beam search width for uploaded files (30 s windows, as Whisper was trained)")
+    files.add_argument("--max-file-bytes", type=int, default=DEFAULTS.max_file_bytes,
+                       help="largest upload accepted; larger ones get HTTP 413")
+
     gpu = p.add_argument_group("GPU allocation")
     gpu.add_argument("--gpus", type=_gpu_list, default=None, help="use only these GPU indices, e.g. 0,2,3")
     gpu.add_argument("--max-connections-per-gpu", type=int, default=DEFAULTS.max_connections_per_gpu)

@@ -96,6 +96,10 @@ class Settings:
     pcm_input: bool = False
     max_frame_bytes: int = 1_048_576
 
+    # --- files (POST /v1/audio/transcriptions) --------------------------------------
+    file_beam_size: int = 5  # beam search for whole files (live streams use beam_size)
+    max_file_bytes: int = 26_214_400  # 25 MiB, OpenAI's own limit; larger uploads get 413
+
     # --- GPU allocation -----------------------------------------------------------
     gpus: Optional[Tuple[int, ...]] = None
     max_connections_per_gpu: int = 4

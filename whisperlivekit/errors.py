@@ -37,6 +37,10 @@ class DeviceError(WhisperLiveKitError):
     """The device failed (CUDA error, out of device memory): the GPU, not the request, is at fault."""
 
 
+class NotSupported(WhisperLiveKitError):
+    """The request asks for something this server (its backend, its flags) does not do."""
+
+
 class ServerShuttingDown(WhisperLiveKitError):
     """The server is draining before it exits: it admits no new connection."""
 
@@ -90,6 +94,10 @@ class BacklogTooLarge(LimitExceeded):
 
 class TooLittleAudio(LimitExceeded):
     """After `--start-grace`, less than `--min-audio-rate` seconds of decoded audio per second: a slot hog."""
+
+
+class FileTooLarge(LimitExceeded):
+    """An uploaded file over `--max-file-bytes`."""
 
 
 class TooManyConnectionsFromAddress(LimitExceeded):

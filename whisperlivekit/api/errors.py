@@ -53,6 +53,8 @@ ENDINGS: Dict[Type[errors.WhisperLiveKitError], Ending] = {
     errors.IdleTimeout: Ending(1001, "Idle timeout", 408, True, "limit"),
     errors.BacklogTooLarge: Ending(1008, "Client sends faster than real time", 429, False, "limit"),
     errors.TooLittleAudio: Ending(1008, "Too little audio", 408, False, "limit"),
+    errors.FileTooLarge: Ending(1009, "", 413, False, "file_too_large"),
+    errors.NotSupported: Ending(1003, "", 501, False, "not_supported"),
     errors.TooManyConnectionsFromAddress: Ending(1008, "Too many connections from this address", 429, False, "per_address"),
 }
 
@@ -105,6 +107,28 @@ def ending_for(exc: BaseException) -> Ending:
         if kind in ENDINGS:
             return ENDINGS[kind]
     return INTERNAL_ERROR
+
+
+# OpenAI's error `type` per HTTP status, for the OpenAI-compatible HTTP routes (`api/openai_batch.py`).
+OPENAI_ERROR_TYPES: Dict[int, str] = {
+    400: "invalid_request_error", 401: "invalid_request_error", 403: "invalid_request_error",
+    408: "timeout_error", 413: "invalid_request_error", 429: "rate_limit_error",
+    500: "server_error", 501: "invalid_request_error", 503: "server_error",
+}
+OPENAI_ERROR_CODES: Dict[int, str] = {401: "invalid_api_key", 413: "file_too_large", 503: "server_overloaded"}
+RETRY_AFTER_S = 2  # told to an HTTP client refused for capacity (a slot frees when a stream or file ends)
+
+
+def openai_error(exc: BaseException, param: Optional[str] = None) -> "tuple[int, dict]":
+    """The HTTP status and OpenAI-shaped body (`{"error": {message, type, param, code}}`) for `exc`."""
+    ending = ending_for(exc)
+    status = ending.http_status
+    message = str(exc) if isinstance(exc, errors.WhisperLiveKitError) else ending.reason
+    body = {"error": {
+        "message": message, "type": OPENAI_ERROR_TYPES.get(status, "server_error"), "param": param,
+        "code": OPENAI_ERROR_CODES.get(status, ending.label_for(exc) if ending.label else None),
+    }}
+    return status, body
 
 
 def is_device_fault(exc: BaseException) -> bool:

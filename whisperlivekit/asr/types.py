@@ -102,6 +102,10 @@ class WhisperBackend(Protocol):
 
     def close(self) -> None: ...
 
+    # Optional: backends that can transcribe whole files also have
+    # `transcribe_file(request: FileTranscribeRequest) -> Tuple[FileTranscription, Iterator[FileSegment]]`,
+    # whose iterator decodes one 30 s window at a time as it is advanced.
+
 
 class StreamingPolicy(Protocol):
     """Per-connection streaming state over a shared backend (LocalAgreement-2, AlignAtt, ...).
@@ -125,3 +129,48 @@ class StreamingPolicy(Protocol):
     def next_request(self) -> TranscribeRequest: ...
     def apply(self, result: TranscribeResult) -> List[Word]: ...  # returns newly committed words
     def finish(self) -> List[Word]: ...  # end of a voiced segment / stream: commit the tentative tail
+
+
+# -- whole files (POST /v1/audio/transcriptions) ---------------------------------------------
+
+
+@dataclass
+class FileTranscribeRequest:
+    """A whole recording, transcribed the way Whisper was trained: 30 s windows, beam search.
+
+    `temperature` None means Whisper's fallback schedule (0.0, then higher when a window
+    decodes badly); a number means that one temperature. `prompt` is the initial prompt.
+    """
+
+    audio: np.ndarray
+    language: Optional[str] = None
+    prompt: str = ""
+    temperature: Optional[float] = None
+    beam_size: int = 5
+    word_timestamps: bool = False
+    task: str = "transcribe"
+
+
+@dataclass
+class FileSegment:
+    """One decoded segment of a file; times in seconds from the file's start."""
+
+    id: int
+    start: float
+    end: float
+    text: str
+    words: List[Word] = field(default_factory=list)
+    tokens: List[int] = field(default_factory=list)
+    seek: int = 0
+    temperature: float = 0.0
+    avg_logprob: float = 0.0
+    compression_ratio: float = 0.0
+    no_speech_prob: float = 0.0
+
+
+@dataclass
+class FileTranscription:
+    """What is known before the first segment: the language and the audio's length."""
+
+    language: str
+    duration_s: float

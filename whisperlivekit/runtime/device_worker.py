@@ -14,6 +14,13 @@ wait that step out (~590 ms for 4 s of audio on tiny.en, CPU); on its own lane
 the round trip stays ~3 ms with every Whisper lane busy (`scripts/bench_vad_lane.py`).
 The VAD session is only ever run from that one lane thread.
 
+Files (`POST /v1/audio/transcriptions`) fill idle capacity: `file_segments()` advances
+the backend's long-form loop one step (one 30 s window at most) per job, and those jobs
+wait in a queue of their own that a lane reads only when no live job waits. A live step
+therefore waits at most for one file window already running, never for a whole file. File
+work is not recorded in the load meter: admission measures what live streams demand, and
+file work gives way to it.
+
 Cancellation: a job whose awaiting connection is cancelled is skipped if it has
 not started; if it is running, the cancelled await waits for it to finish before
 re-raising. So once an engine's tasks are cancelled and gathered, no job of that
@@ -32,13 +39,15 @@ import threading
 import time
 from collections import deque
 from dataclasses import dataclass, field
-from typing import Any, Deque, List, Optional, Protocol, Tuple
+from typing import Any, AsyncIterator, Callable, Deque, List, Optional, Protocol, Tuple
 
 import numpy as np
 
-from whisperlivekit.asr.types import TranscribeRequest, TranscribeResult, WhisperBackend
+from whisperlivekit.asr.types import (
+    FileSegment, FileTranscribeRequest, FileTranscription, TranscribeRequest, TranscribeResult, WhisperBackend,
+)
 from whisperlivekit.audio import SAMPLE_RATE
-from whisperlivekit.errors import DeviceError
+from whisperlivekit.errors import DeviceError, NotSupported
 from whisperlivekit.runtime.load import LoadMeter
 
 logger = logging.getLogger(__name__)
@@ -54,7 +63,7 @@ class DeviceHealth(Protocol):
 
 @dataclass(eq=False)
 class _Job:
-    kind: str  # "transcribe", "diarize" or "vad"
+    kind: str  # "transcribe", "diarize", "vad" or "file" (payload: a step to call)
     payload: Any
     future: asyncio.Future
     loop: asyncio.AbstractEventLoop
@@ -134,6 +143,8 @@ class DeviceWorker:
         self.load = load or LoadMeter(max(1, lanes))
         self._queue: "queue.Queue[Any]" = queue.Queue()
         self._vad_queue: "queue.Queue[Any]" = queue.Queue()
+        self._file_queue: "queue.Queue[Any]" = queue.Queue()  # read only when `_queue` is empty
+        self._work = threading.Semaphore(0)  # released once per job put in `_queue` or `_file_queue`
         self._claim_lock = threading.Lock()
         self._stats_lock = threading.Lock()
         self.batches = 0
@@ -151,6 +162,37 @@ class DeviceWorker:
     # -- jobs, submitted from the event loop -------------------------------------------
     async def transcribe(self, request: TranscribeRequest) -> TranscribeResult:
         return await self._submit(self._queue, "transcribe", request, audio_s=len(request.audio) / SAMPLE_RATE)
+
+    async def file_segments(self, request: FileTranscribeRequest) -> Tuple[FileTranscription, AsyncIterator[FileSegment]]:
+        """A whole file: its language and length now, then its segments as each window is decoded.
+
+        Every step is a low-priority job (see the module docstring). Raises `NotSupported` when
+        the backend has no long-form loop."""
+        transcribe_file = getattr(self.backend, "transcribe_file", None)
+        if transcribe_file is None:
+            raise NotSupported(f"the {self.backend.name} backend cannot transcribe files; run the server with --backend faster-whisper")
+        info, steps = await self._submit(self._file_queue, "file", lambda: transcribe_file(request))
+
+        async def segments() -> AsyncIterator[FileSegment]:
+            while True:
+                segment = await self._submit(self._file_queue, "file", lambda: next(steps, None))
+                if segment is None:
+                    return
+                yield segment
+
+        return info, segments()
+
+    async def diarize_file(self, audio: np.ndarray, piece_s: float = 2.0) -> list:
+        """Speaker segments of a whole file: a fresh diarization state fed `piece_s` at a time, then
+        a little silence to settle the last labels; each piece is a low-priority job like a file step."""
+        if self.diarizer is None:
+            raise NotSupported("diarization is off on this server: run it with --diarization")
+        state = self.diarizer.new_stream()
+        piece = max(1, int(piece_s * SAMPLE_RATE))
+        settle = np.zeros(int((getattr(self.diarizer, "latency_s", 1.0) + 0.2) * SAMPLE_RATE), np.float32)
+        for chunk in [audio[i:i + piece] for i in range(0, len(audio), piece)] + [settle]:
+            await self._submit(self._file_queue, "file", lambda chunk=chunk: self.diarizer.process(state, chunk))
+        return list(state.segments)
 
     async def vad(self, stream: Any, audio: np.ndarray) -> List[Tuple[str, float]]:
         """Run one connection's `VadStream` over `audio` on this device's VAD session; its events."""
@@ -174,6 +216,8 @@ class DeviceWorker:
         loop = asyncio.get_running_loop()
         job = _Job(kind, payload, loop.create_future(), loop, audio_s=audio_s)
         lane_queue.put(job)
+        if lane_queue is not self._vad_queue:
+            self._work.release()
         try:
             return await asyncio.shield(job.future)
         except asyncio.CancelledError:
@@ -210,12 +254,26 @@ class DeviceWorker:
             batch.append(job)
         return batch, others
 
+    def _next_job(self) -> Any:
+        """The next live job, else the next file step; waits while both queues are empty."""
+        while True:
+            self._work.acquire()
+            for lane_queue in (self._queue, self._file_queue):
+                try:
+                    return lane_queue.get_nowait()
+                except queue.Empty:
+                    continue
+            # a batch took this wake-up's job along with its own: wait for the next one
+
     def _lane(self) -> None:
         pending: List[Any] = []
         while True:
-            job = pending.pop(0) if pending else self._queue.get()
+            job = pending.pop(0) if pending else self._next_job()
             if job is _STOP:
                 return
+            if job.kind == "file":
+                self._run_file_step(job)
+                continue
             if job.kind == "diarize":
                 self._run_diarize(job)
                 continue
@@ -248,6 +306,19 @@ class DeviceWorker:
             _deliver(job, error=exc if isinstance(exc, DeviceError) else DeviceError(f"diarization failed on {self.device}: {exc}"))
             return
         self.load.record(time.monotonic() - started)
+        _deliver(job, result)
+
+    def _run_file_step(self, job: _Job) -> None:
+        if not self._claim([job]):
+            return
+        step: Callable[[], Any] = job.payload
+        try:
+            result = step()
+        except BaseException as exc:  # noqa: BLE001 - handed to the awaiting request
+            if isinstance(exc, DeviceError):
+                self._fault(exc, "a file")
+            _deliver(job, error=exc)
+            return
         _deliver(job, result)
 
     def _run_batch(self, batch: List[_Job]) -> None:
@@ -290,6 +361,7 @@ class DeviceWorker:
         lanes = [t for t in self._threads if not t.name.endswith("-vad")]
         for _ in lanes:
             self._queue.put(_STOP)
+            self._work.release()
         self._vad_queue.put(_STOP)
         for thread in self._threads:
             thread.join(timeout=10)

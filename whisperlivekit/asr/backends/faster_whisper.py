@@ -22,12 +22,14 @@ from __future__ import annotations
 import logging
 import os
 from pathlib import Path
-from typing import Dict, List, Optional, Sequence, Tuple
+from typing import Dict, Iterator, List, Optional, Sequence, Tuple
 
 import numpy as np
 
 from whisperlivekit.asr.backends.degenerate import MAX_TOKENS_PER_S, looks_degenerate
-from whisperlivekit.asr.types import TranscribeRequest, TranscribeResult, Word
+from whisperlivekit.asr.types import (
+    FileSegment, FileTranscribeRequest, FileTranscription, TranscribeRequest, TranscribeResult, Word,
+)
 from whisperlivekit.errors import DeviceError, ModelLoadError, device_faults
 from whisperlivekit.audio import SAMPLE_RATE
 
@@ -232,6 +234,36 @@ class FasterWhisperBackend:
         """The whole recording in one piece (baseline for WER comparisons)."""
         segments, _ = self._model.transcribe(audio, language=language, beam_size=5, vad_filter=False)
         return " ".join(s.text.strip() for s in segments)
+
+    def transcribe_file(self, request: FileTranscribeRequest) -> Tuple[FileTranscription, Iterator[FileSegment]]:
+        """A whole file with faster-whisper's own long-form loop on the shared model: 30 s windows,
+        beam search, the previous window's text as context, temperature fallback.
+
+        The mel spectrogram (and language detection) are computed here; the returned iterator
+        decodes one window each time it needs more segments, so the device worker can advance
+        it a step at a time between live streams' jobs."""
+        with device_faults(self.device, "file transcription"):
+            segments, info = self._model.transcribe(
+                request.audio, language=request.language if self.multilingual else None, task=request.task,
+                beam_size=request.beam_size, word_timestamps=request.word_timestamps,
+                initial_prompt=request.prompt or None, vad_filter=False,
+                **({"temperature": request.temperature} if request.temperature is not None else {}),
+            )
+        return FileTranscription(info.language, info.duration), self._file_segments(segments)
+
+    def _file_segments(self, segments) -> Iterator[FileSegment]:
+        while True:
+            with device_faults(self.device, "file transcription"):
+                segment = next(segments, None)
+            if segment is None:
+                return
+            yield FileSegment(
+                id=segment.id, start=float(segment.start), end=float(segment.end), text=segment.text,
+                words=[Word(float(w.start), float(w.end), w.word, float(w.probability)) for w in segment.words or ()],
+                tokens=list(segment.tokens), seek=int(segment.seek), temperature=float(segment.temperature or 0.0),
+                avg_logprob=float(segment.avg_logprob), compression_ratio=float(segment.compression_ratio),
+                no_speech_prob=float(segment.no_speech_prob),
+            )
 
     def close(self) -> None:
         model = getattr(self, "_model", None)
