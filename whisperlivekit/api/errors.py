@@ -89,6 +89,8 @@ DEEPGRAM_ENDINGS: Dict[Type[errors.WhisperLiveKitError], DeepgramEnding] = {
     errors.BacklogTooLarge: DeepgramEnding(1008, "LIMIT"),
     errors.TooLittleAudio: DeepgramEnding(1011, "NET-0000"),
     errors.TooManyConnectionsFromAddress: DeepgramEnding(1008, "TOO_MANY_REQUESTS"),
+    errors.FileTooLarge: DeepgramEnding(1009, "DATA-0000"),  # batch uploads only; listed so every error has a row
+    errors.NotSupported: DeepgramEnding(1011, "NET-0001"),
 }
 DEEPGRAM_INTERNAL = DeepgramEnding(1011, "NET-0001")
 
