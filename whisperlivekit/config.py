@@ -71,7 +71,7 @@ class Settings:
     buffer_trimming_s: float = 8.0
     min_encoder_window_s: float = 10.0
     vac: bool = True
-    vad_threshold: float = 0.5
+    vad_threshold: float = 0.4
     pause_segmentation_s: float = 1.0
     no_audio_timeout_s: float = 5.0
 
