@@ -16,9 +16,10 @@ from fastapi import APIRouter, Depends, WebSocket
 from starlette.websockets import WebSocketDisconnect, WebSocketState
 
 from whisperlivekit.api import security
+from whisperlivekit.api.admission import build_on_slot
 from whisperlivekit.api.params import parse_language
 from whisperlivekit.engine import TranscriptionEngine
-from whisperlivekit.api.errors import FINISHED_AT_SHUTDOWN, INTERNAL_ERROR, NORMAL_END, Ending, ending_for, is_device_fault
+from whisperlivekit.api.errors import FINISHED_AT_SHUTDOWN, INTERNAL_ERROR, NORMAL_END, Ending, ending_for
 from whisperlivekit.errors import (
     AuthThrottled, BadParameters, DecodeError, FrameTooBig, NoCapacity, OriginNotAllowed, ServerShuttingDown, TextFrame,
     TooManyConnectionsFromAddress, Unauthorized, WhisperLiveKitError,
@@ -57,18 +58,7 @@ async def _admit_and_build(services: Services, websocket: WebSocket, connection_
 
     manager = services.manager
     slot = await manager.acquire_waiting(connection_id, services.settings.queue_timeout_s, on_queued)
-    for attempt in (1, 2):
-        try:
-            return slot, await services.engine_factory(services, slot, language)
-        except Exception as exc:
-            manager.release(slot)
-            if not is_device_fault(exc) or slot.gpu_id is None or attempt == 2:
-                raise
-            manager.mark_unhealthy(slot.gpu_id, f"engine build failed: {exc}")
-            logger.warning("engine build failed on %s (%s); retrying on another GPU", slot.label, exc,
-                           extra={"connection_id": connection_id, "device": slot.label})
-            slot = manager.acquire(connection_id, exclude=(slot.gpu_id,))
-    raise AssertionError("unreachable")
+    return await build_on_slot(services, slot, language)
 
 
 async def _receive_audio(websocket: WebSocket, engine: TranscriptionEngine, max_frame_bytes: int, guard: SessionGuard) -> bool:

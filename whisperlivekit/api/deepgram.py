@@ -20,10 +20,11 @@ from fastapi import APIRouter, Depends, WebSocket
 from starlette.responses import JSONResponse
 from starlette.websockets import WebSocketDisconnect, WebSocketState
 
+from whisperlivekit.api.admission import build_on_slot
 from whisperlivekit.api.asr import _gatekeeper
 from whisperlivekit.api.deepgram_messages import ListenOptions, ListenTranslator, error_message, parse_options
 from whisperlivekit.api.errors import (
-    FINISHED_AT_SHUTDOWN, INTERNAL_ERROR, NORMAL_END, deepgram_ending_for, ending_for, is_device_fault,
+    FINISHED_AT_SHUTDOWN, INTERNAL_ERROR, NORMAL_END, deepgram_ending_for, ending_for,
 )
 from whisperlivekit.asr.types import Word
 from whisperlivekit.engine import TranscriptionEngine
@@ -88,19 +89,7 @@ async def _deny(websocket: WebSocket, services: Services, refusal: WhisperLiveKi
 
 async def _build(services: Services, slot: Slot, connection_id: str, options: ListenOptions):
     """A running engine on `slot` (or, after a device fault, on another GPU); returns (slot, engine)."""
-    manager = services.manager
-    for attempt in (1, 2):
-        try:
-            return slot, await services.engine_factory(services, slot, options.language, input_format=options.input_format)
-        except Exception as exc:
-            manager.release(slot)
-            if not is_device_fault(exc) or slot.gpu_id is None or attempt == 2:
-                raise
-            manager.mark_unhealthy(slot.gpu_id, f"engine build failed: {exc}")
-            logger.warning("engine build failed on %s (%s); retrying on another GPU", slot.label, exc,
-                           extra={"connection_id": connection_id, "device": slot.label})
-            slot = manager.acquire(connection_id, exclude=(slot.gpu_id,))
-    raise AssertionError("unreachable")
+    return await build_on_slot(services, slot, options.language, options.input_format)
 
 
 def _control_type(text: str) -> str:
