@@ -15,11 +15,11 @@ CLIPS = [
     ("harvard", 0.10),
     ("arctic_a0007", 0.10),
     ("arctic_a0009", 0.10),
-    # The narrow-band call at float32: 17-23 % in 10 of 12 live runs, 25.3 % and 29.9 % in the other two
-    # (faster-whisper at float32 measured 24-41 % in the same session; at its default int8, 19.5 %):
-    # LocalAgreement's seams on this clip move with float32 numerics, so the bound here is the measured worst + 5.
-    pytest.param("pyannote", 0.35, marks=pytest.mark.slow),
 ]
+# Not the narrow-band phone call: live at float32 it measured 17-41 % across runs (faster-whisper at float32 too:
+# 24-41 %; int8: 16-23 %), so any bound either flakes or checks nothing. The torch backend's own correctness on
+# it is exact equality with faster-whisper float32 offline (tests/test_torch_backend.py); the spread is reported
+# in docs/backends.md.
 
 
 @pytest.fixture(scope="module")
