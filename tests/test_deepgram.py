@@ -109,6 +109,7 @@ def server():
 
 
 # -- accuracy per input format ---------------------------------------------------------
+@pytest.mark.slow
 @pytest.mark.parametrize("clip,max_wer", CLIPS)
 def test_linear16_at_16_khz_is_transcribed_within_wer_bound(server, speech_pcm, clip, max_wer):
     pcm, reference = speech_pcm(clip)
@@ -118,6 +119,7 @@ def test_linear16_at_16_khz_is_transcribed_within_wer_bound(server, speech_pcm, 
     assert error_rate <= max_wer, session.text
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("clip,max_wer", CLIPS)
 def test_linear16_at_48_khz_is_resampled_and_transcribed_within_wer_bound(server, speech_pcm, clip, max_wer):
     pcm, reference = speech_pcm(clip)
@@ -127,6 +129,7 @@ def test_linear16_at_48_khz_is_resampled_and_transcribed_within_wer_bound(server
     assert error_rate <= max_wer, session.text
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("clip,max_wer", CLIPS)
 def test_webm_opus_without_encoding_goes_through_ffmpeg_within_wer_bound(server, speech_pcm, webm, clip, max_wer):
     pcm, reference = speech_pcm(clip)
@@ -212,6 +215,7 @@ def test_speech_final_marks_the_end_of_each_utterance(paused_session):
     assert wer(first_text, first_utterance) <= 0.15, first_utterance
 
 
+@pytest.mark.slow
 def test_endpointing_longer_than_the_pause_keeps_both_utterances_in_one(server, speech_pcm):
     first, _ = speech_pcm("arctic_a0007")
     second, _ = speech_pcm("arctic_a0009")
@@ -239,6 +243,7 @@ def test_speech_started_is_sent_when_each_utterance_begins(paused_session):
     assert any(abs(t - second_starts_s) < 0.6 for t in starts[1:]), (starts, second_starts_s)
 
 
+@pytest.mark.slow
 def test_finalize_mid_stream_commits_what_was_sent_and_more_audio_loses_nothing(server, speech_pcm):
     pcm, reference = speech_pcm("harvard")
     session = run(stream_with_sdk(server.port, pcm, 32_000, finalize_after_s=5.0, encoding="linear16",
@@ -424,6 +429,7 @@ def test_diarize_puts_a_speaker_on_every_word_and_tells_two_voices_apart(speech_
     assert len({w["speaker"] for w in words}) >= 2, [(w["word"], w["speaker"]) for w in words]
 
 
+@pytest.mark.slow
 def test_drain_deadline_ends_a_stream_with_its_final_results_metadata_and_1001(speech_pcm):
     import signal
 
@@ -457,6 +463,7 @@ def test_drain_deadline_ends_a_stream_with_its_final_results_metadata_and_1001(s
     assert session.text and wer_of_prefix(reference, session.text) <= 0.10, session.text
 
 
+@pytest.mark.slow
 def test_misbehaving_clients_never_leak_a_slot_or_an_ffmpeg_process(server, speech_pcm, webm):
     """Non-JSON text, an oversized frame, a vanished client mid-stream, a client that stops after a
     Finalize: each ends its stream, and the server holds nothing afterwards."""

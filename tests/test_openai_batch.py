@@ -67,6 +67,7 @@ def _transcribe(client, path, **kwargs):
 # -- accuracy ----------------------------------------------------------------------------
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("clip", CLIPS)
 def test_file_wer_equals_offline_transcription_within_one_point(client, clip_file, speech_pcm, offline, clip):
     path, reference = clip_file(clip)
@@ -245,6 +246,7 @@ def test_diarized_json_without_diarization_says_what_to_run(client, clip_file):
     assert "--diarization" in caught.value.body["message"] and caught.value.body["param"] == "response_format"
 
 
+@pytest.mark.slow
 def test_diarized_json_gives_each_sentence_its_speaker(clip_file):
     import audio_assets
 
@@ -314,6 +316,7 @@ def test_a_full_server_answers_503_with_retry_after(server, client, clip_file):
             time.sleep(0.3)
 
 
+@pytest.mark.slow
 def test_a_client_that_gives_up_on_a_long_file_frees_its_slot(server, speech_pcm):
     import httpx
 
@@ -335,6 +338,7 @@ def _long_recording(speech_pcm, times: int = 6):
     return b"".join(speech_pcm(p)[0] for p in parts), " ".join(speech_pcm(p)[1] for p in parts)
 
 
+@pytest.mark.slow
 def test_a_client_that_leaves_a_streamed_transcription_frees_its_slot(server, speech_pcm):
     import httpx
 
