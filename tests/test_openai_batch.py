@@ -20,6 +20,8 @@ from whisperlivekit.client import encode_webm_opus, pcm_to_float, stream
 from whisperlivekit.errors import NotSupported
 from whisperlivekit.runtime.device_worker import DeviceWorker
 
+pytestmark = pytest.mark.slow  # the adapter suites: every test here uploads to a real server through the SDK (CI runs them; the fast tier does not)
+
 TOKEN = "openai-batch-test-token"
 MAX_FILE_BYTES = 2_000_000
 CLIPS = ["harvard", "arctic_a0007", "arctic_a0009"]
