@@ -21,8 +21,8 @@ from whisperlivekit.api.params import parse_language
 from whisperlivekit.engine import TranscriptionEngine
 from whisperlivekit.api.errors import FINISHED_AT_SHUTDOWN, INTERNAL_ERROR, NORMAL_END, Ending, ending_for
 from whisperlivekit.errors import (
-    AuthThrottled, BadParameters, DecodeError, FrameTooBig, NoCapacity, OriginNotAllowed, ServerShuttingDown, TextFrame,
-    TooManyConnectionsFromAddress, Unauthorized, WhisperLiveKitError,
+    BadParameters, DecodeError, FrameTooBig, NoCapacity, OriginNotAllowed, ServerShuttingDown, TextFrame,
+    TooManyConnectionsFromAddress, WhisperLiveKitError,
 )
 from whisperlivekit.gpu.manager import Slot
 from whisperlivekit.limits import SessionGuard
@@ -97,11 +97,9 @@ def _gatekeeper(services: Services, websocket: WebSocket, address: str) -> Optio
     settings = services.settings
     if not security.origin_ok(settings, websocket.headers):
         return OriginNotAllowed("Origin not allowed")
-    auth = security.check_token(settings, services.auth_throttle, address, websocket.headers, websocket.query_params)
-    if auth == security.AUTH_THROTTLED:
-        return AuthThrottled("Too many failed attempts: try again later")
-    if auth == security.AUTH_FAILED:
-        return Unauthorized("Unauthorized")
+    refusal = security.token_refusal(settings, services.auth_throttle, address, websocket.headers, websocket.query_params)
+    if refusal is not None:
+        return refusal
     if services.draining:
         return ServerShuttingDown("Server is shutting down")
     return None

@@ -100,11 +100,10 @@ def _error_response(exc: BaseException, log: Any) -> JSONResponse:
 
 def _check_access(services: Services, request: Request) -> None:
     address = request.client.host if request.client else "unknown"
-    auth = security.check_token(services.settings, services.auth_throttle, address, request.headers, request.query_params)
-    if auth == security.AUTH_THROTTLED:
-        raise AuthThrottled("Too many failed attempts: try again later")
-    if auth == security.AUTH_FAILED:
-        raise Unauthorized("Incorrect API key provided")
+    refusal = security.token_refusal(services.settings, services.auth_throttle, address, request.headers,
+                                     request.query_params, wrong_token="Incorrect API key provided")
+    if refusal is not None:
+        raise refusal
     if services.draining:
         raise ServerShuttingDown("Server is shutting down")
 

@@ -23,9 +23,6 @@ from whisperlivekit.config import Settings
 from whisperlivekit.errors import AuthThrottled, Unauthorized
 from whisperlivekit.services import Services
 
-AUTH_OK = "ok"
-AUTH_FAILED = "unauthorized"
-AUTH_THROTTLED = "auth_throttled"
 _MAX_TRACKED_ADDRESSES = 10_000
 
 
@@ -72,16 +69,20 @@ class AuthThrottle:
             failures.append(now)
 
 
-def check_token(settings: Settings, throttle: AuthThrottle, address: str, headers: Headers, query: QueryParams) -> str:
-    """AUTH_OK, AUTH_FAILED (wrong or missing token) or AUTH_THROTTLED (refused without comparing)."""
+def token_refusal(settings: Settings, throttle: AuthThrottle, address: str, headers: Headers, query: QueryParams,
+                  wrong_token: str = "Unauthorized",
+                  throttled: str = "Too many failed attempts: try again later") -> Optional[Unauthorized]:
+    """None when the request may pass; else the typed refusal: `AuthThrottled` while the address has
+    failed too often lately (refused without comparing), `Unauthorized` for a wrong or missing token.
+    Every route that takes the token asks this, so the check and the throttle are written once."""
     if not settings.api_token:
-        return AUTH_OK
+        return None
     if throttle.retry_after_s(address) > 0:
-        return AUTH_THROTTLED
+        return AuthThrottled(throttled)
     if token_ok(settings, headers, query):
-        return AUTH_OK
+        return None
     throttle.failed(address)
-    return AUTH_FAILED
+    return Unauthorized(wrong_token)
 
 
 def presented_token(headers: Headers, query: QueryParams) -> Optional[str]:
@@ -119,14 +120,13 @@ def require_status_token(request: Request) -> None:
     if not services.settings.protect_status:
         return
     address = request.client.host if request.client else "unknown"
-    outcome = check_token(services.settings, services.auth_throttle, address, request.headers, request.query_params)
-    if outcome == AUTH_THROTTLED:
-        refusal: Unauthorized = AuthThrottled("Too many failed attempts")
+    refusal = token_refusal(services.settings, services.auth_throttle, address, request.headers, request.query_params,
+                            throttled="Too many failed attempts")
+    if isinstance(refusal, AuthThrottled):
         retry_after = services.auth_throttle.retry_after_s(address)
         raise HTTPException(status_code=ending_for(refusal).http_status, detail=str(refusal),
                             headers={"Retry-After": str(max(1, round(retry_after)))})
-    if outcome == AUTH_FAILED:
-        refusal = Unauthorized("Unauthorized")
+    if refusal is not None:
         raise HTTPException(status_code=ending_for(refusal).http_status, detail=str(refusal), headers={"WWW-Authenticate": "Bearer"})
 
 
