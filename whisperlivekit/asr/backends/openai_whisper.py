@@ -22,6 +22,7 @@ import numpy as np
 from whisperlivekit.asr.types import TranscribeRequest, TranscribeResult, Word
 from whisperlivekit.errors import DeviceError, ModelLoadError, WhisperLiveKitError, device_faults
 from whisperlivekit.audio import SAMPLE_RATE
+from whisperlivekit.asr.backends.gpu_memory import release_cuda_cache
 
 logger = logging.getLogger(__name__)
 
@@ -127,10 +128,6 @@ class OpenAIWhisperBackend:
             return [self._transcribe_one(request) for request in requests]
 
     def close(self) -> None:
-        model = getattr(self, "_model", None)
-        self._model = None
-        if model is not None and self.device.startswith("cuda"):
-            import torch
-
-            del model
-            torch.cuda.empty_cache()  # hand the GPU memory back so another model can be loaded there
+        if getattr(self, "_model", None) is not None:
+            self._model = None
+            release_cuda_cache(self.device)

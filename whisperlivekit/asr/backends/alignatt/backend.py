@@ -31,6 +31,7 @@ from whisperlivekit.asr.backends.degenerate import MAX_TOKENS_PER_S, looks_degen
 from whisperlivekit.asr.types import AlignAttRequest, AlignAttResult, TranscribeRequest, Word
 from whisperlivekit.audio import SAMPLE_RATE
 from whisperlivekit.errors import device_faults
+from whisperlivekit.asr.backends.gpu_memory import release_cuda_cache
 
 logger = logging.getLogger(__name__)
 
@@ -238,9 +239,7 @@ class AlignAttBackend:
         return words
 
     def close(self) -> None:
-        model = getattr(self, "_model", None)
-        self._model = None
         self._decoder = None
-        if model is not None and self.device.startswith("cuda"):
-            del model
-            torch.cuda.empty_cache()
+        if getattr(self, "_model", None) is not None:
+            self._model = None
+            release_cuda_cache(self.device)

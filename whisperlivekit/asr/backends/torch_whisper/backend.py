@@ -34,6 +34,7 @@ from whisperlivekit.asr.backends.torch_whisper.tokenizer import WhisperTokenizer
 from whisperlivekit.asr.types import TranscribeRequest, TranscribeResult, Word
 from whisperlivekit.audio import SAMPLE_RATE
 from whisperlivekit.errors import ModelLoadError
+from whisperlivekit.asr.backends.gpu_memory import release_cuda_cache
 
 logger = logging.getLogger(__name__)
 
@@ -221,9 +222,7 @@ class TorchWhisperBackend:
         return results, degenerate
 
     def close(self) -> None:
-        model = getattr(self, "_model", None)
-        self._model = None
-        if model is not None and self.device.startswith("cuda"):
-            del model
-            torch.cuda.empty_cache()  # hand the GPU memory back so another model can be loaded there
+        if getattr(self, "_model", None) is not None:
+            self._model = None
+            release_cuda_cache(self.device)
 
