@@ -97,7 +97,7 @@ def create_app(
         await history.stop()
         await asyncio.to_thread(pool.close)
 
-    from whisperlivekit.api import asr, deepgram, openai_batch, security, status, web
+    from whisperlivekit.api import asr, deepgram, openai_batch, realtime, security, status, web
 
     history = History(services)
     app = FastAPI(title="whisperlivekit", lifespan=lifespan, **security.api_docs_urls(settings))
@@ -109,6 +109,7 @@ def create_app(
     app.include_router(status.router)
     app.include_router(asr.router)
     app.include_router(deepgram.router)
+    app.include_router(realtime.router)
     app.include_router(openai_batch.router)
     app.include_router(web.router)
     app.mount("/static", web.static_files(), name="static")

@@ -64,6 +64,15 @@ class BadParameters(ProtocolViolation):
     """A query parameter (e.g. `language`) the server cannot use."""
 
 
+class BadEvent(ProtocolViolation):
+    """A client event (OpenAI Realtime) the server cannot use: not JSON, an unknown type, a bad
+    field. The session goes on: only that event is refused."""
+
+    def __init__(self, message: str, param: "str | None" = None) -> None:
+        super().__init__(message)
+        self.param = param  # the offending field, as the client named it (`session.audio.input.format`)
+
+
 class Unauthorized(ProtocolViolation):
     """`--api-token` is set and the client presented no token, or a wrong one."""
 

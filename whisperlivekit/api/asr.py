@@ -6,7 +6,6 @@ metrics in `metrics.py`; they raise typed errors, and `api/errors.py` says how e
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import time
 import uuid
@@ -19,7 +18,8 @@ from whisperlivekit.api import security
 from whisperlivekit.api.admission import build_on_slot
 from whisperlivekit.api.params import parse_language
 from whisperlivekit.engine import TranscriptionEngine
-from whisperlivekit.api.errors import FINISHED_AT_SHUTDOWN, INTERNAL_ERROR, NORMAL_END, Ending, ending_for
+from whisperlivekit.api.errors import INTERNAL_ERROR, Ending, ending_for
+from whisperlivekit.api.stream_runner import CLIENT_GONE, StreamParts, release, run_stream
 from whisperlivekit.errors import (
     BadParameters, DecodeError, FrameTooBig, NoCapacity, OriginNotAllowed, ServerShuttingDown, TextFrame,
     TooManyConnectionsFromAddress, WhisperLiveKitError,
@@ -86,12 +86,6 @@ async def _send_results(websocket: WebSocket, engine: TranscriptionEngine) -> No
             return
 
 
-async def _cancel(*tasks: asyncio.Task) -> None:
-    for task in tasks:
-        task.cancel()
-    await asyncio.gather(*tasks, return_exceptions=True)
-
-
 def _gatekeeper(services: Services, websocket: WebSocket, address: str) -> Optional[WhisperLiveKitError]:
     """Why a connection is refused before admission, else None."""
     settings = services.settings
@@ -105,46 +99,17 @@ def _gatekeeper(services: Services, websocket: WebSocket, address: str) -> Optio
     return None
 
 
-async def _stream(websocket: WebSocket, services: Services, engine: TranscriptionEngine, connection_id: str, log) -> str:
-    """Run one admitted stream to its end; returns the outcome (a metric label). Raises typed errors."""
-    settings = services.settings
-    guard = SessionGuard(settings, lambda: engine.backlog_s, lambda: engine.received_s)
-    finish_now = services.sessions.register(connection_id)
-    sender = asyncio.create_task(_send_results(websocket, engine))
-    receiver = asyncio.create_task(_receive_audio(websocket, engine, settings.max_frame_bytes, guard))
-    watchdog = asyncio.create_task(guard.watch())
-    shutdown = asyncio.create_task(finish_now.wait())
-    tasks = (sender, receiver, watchdog, shutdown)
-    try:
-        done, _ = await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
-        if receiver in done and receiver.exception() is None and receiver.result():
-            # clean end of audio: finish transcribing (the session cap still applies), then say goodbye
-            done, _ = await asyncio.wait((sender, watchdog), return_when=asyncio.FIRST_COMPLETED)
-            if watchdog in done:
-                raise watchdog.exception()  # type: ignore[misc]
-            sender.result()
-            if engine.failure is not None:
-                raise engine.failure
-            await _send(websocket, READY_TO_STOP)
-            await _close(websocket, NORMAL_END)
-            return NORMAL_END.label
-        for task in (receiver, sender, watchdog):
-            if task in done and task.exception() is not None:
-                raise task.exception()  # type: ignore[misc]
-        if shutdown in done:
-            # drain deadline: treat as the end of audio, deliver the final transcript, then close
-            log.info("finishing the stream: the server is shutting down")
-            await _cancel(receiver, watchdog)
-            await engine.end_of_audio()
-            await sender
-            await _send(websocket, READY_TO_STOP)
-            await _close(websocket, FINISHED_AT_SHUTDOWN)
-            return FINISHED_AT_SHUTDOWN.label
-        log.info("client went away")
-        return "client_gone"
-    finally:
-        await _cancel(*tasks)
-        services.sessions.unregister(connection_id)
+def _parts(websocket: WebSocket, engine: TranscriptionEngine, max_frame_bytes: int) -> StreamParts:
+    """`/asr`'s side of the shared stream loop: binary frames in, snapshots out, `ready_to_stop` last."""
+    async def goodbye(_result: None, ending: Ending) -> None:
+        await _send(websocket, READY_TO_STOP)
+        await _close(websocket, ending)
+
+    return StreamParts(
+        receive=lambda guard: _receive_audio(websocket, engine, max_frame_bytes, guard),
+        send=lambda: _send_results(websocket, engine),
+        goodbye=goodbye,
+    )
 
 
 async def _refuse(websocket: WebSocket, services: Services, refusal: WhisperLiveKitError, log, tell: bool = False) -> None:
@@ -216,19 +181,11 @@ async def asr(websocket: WebSocket, services: Services = Depends(get_ws_services
             use_audio_worklet=services.settings.pcm_input, gpu_id=slot.gpu_id, device=slot.reported_device,
             connection_id=connection_id, simulated=slot.simulated,
         ))
-        outcome = await _stream(websocket, services, engine, connection_id, log)
+        outcome = await run_stream(services, engine, connection_id, log, _parts(websocket, engine, services.settings.max_frame_bytes))
     except WebSocketDisconnect:
-        outcome = "client_gone"
+        outcome = CLIENT_GONE
         log.info("client disconnected")
     except Exception as exc:  # typed errors and bugs alike: the table says how to close
         outcome = await _end_with_error(websocket, exc, log)
     finally:
-        services.addresses.remove(address)
-        if engine is not None:
-            services.active_engines.discard(engine)
-            await engine.close()
-            metrics.session_ended(engine, outcome)
-            if services.settings.model_per_connection:
-                await asyncio.to_thread(engine.worker.close)
-        if slot is not None:
-            services.manager.release(slot)
+        await release(services, address, engine, slot, outcome)

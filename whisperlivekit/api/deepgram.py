@@ -23,9 +23,8 @@ from starlette.websockets import WebSocketDisconnect, WebSocketState
 from whisperlivekit.api.admission import build_on_slot
 from whisperlivekit.api.asr import _gatekeeper
 from whisperlivekit.api.deepgram_messages import ListenOptions, ListenTranslator, error_message, parse_options
-from whisperlivekit.api.errors import (
-    FINISHED_AT_SHUTDOWN, INTERNAL_ERROR, NORMAL_END, deepgram_ending_for, ending_for,
-)
+from whisperlivekit.api.errors import INTERNAL_ERROR, Ending, deepgram_ending_for, ending_for
+from whisperlivekit.api.stream_runner import CLIENT_GONE, Connection, StreamParts, release, run_stream
 from whisperlivekit.asr.types import Word
 from whisperlivekit.engine import TranscriptionEngine
 from whisperlivekit.errors import (
@@ -43,31 +42,6 @@ REFUSAL_RETRY_AFTER_S = 5
 UTTERANCE_TICK_S = 0.1
 
 
-# -- the connection ---------------------------------------------------------------------
-class _Connection:
-    """One `/v1/listen` stream: sends are serialised (events, UtteranceEnd ticks, the goodbye)."""
-
-    def __init__(self, websocket: WebSocket, log) -> None:
-        self.websocket = websocket
-        self.log = log
-        self._lock = asyncio.Lock()
-
-    async def send(self, message: dict) -> bool:
-        async with self._lock:
-            try:
-                await self.websocket.send_text(json.dumps(message))
-                return True
-            except (WebSocketDisconnect, RuntimeError, ConnectionError):
-                return False
-
-    async def close(self, code: int, reason: str = "") -> None:
-        if self.websocket.application_state != WebSocketState.DISCONNECTED:
-            try:
-                await self.websocket.close(code=code, reason=reason[:120])
-            except (RuntimeError, WebSocketDisconnect):
-                pass
-
-
 async def _deny(websocket: WebSocket, services: Services, refusal: WhisperLiveKitError, request_id: str, log) -> None:
     """Refuse before the handshake, as Deepgram does: an HTTP error with its JSON body."""
     ending = ending_for(refusal)
@@ -82,7 +56,7 @@ async def _deny(websocket: WebSocket, services: Services, refusal: WhisperLiveKi
         await websocket.send_denial_response(JSONResponse(body, status_code=ending.http_status, headers=headers))
     except RuntimeError:  # a server without the denial extension: accept, tell, close
         await websocket.accept()
-        connection = _Connection(websocket, log)
+        connection = Connection(websocket, log)
         await connection.send(error_message(refusal))
         await connection.close(deepgram_ending_for(refusal).close_code, err_code)
 
@@ -132,7 +106,7 @@ async def _receive(websocket: WebSocket, engine: TranscriptionEngine, max_frame_
     return True
 
 
-async def _send_events(connection: _Connection, engine: TranscriptionEngine, events, translator: ListenTranslator) -> float:
+async def _send_events(connection: Connection, engine: TranscriptionEngine, events, translator: ListenTranslator) -> float:
     """Engine events → messages until `Final`; returns the audio duration."""
     async for event in events:
         if isinstance(event, Final):
@@ -142,7 +116,7 @@ async def _send_events(connection: _Connection, engine: TranscriptionEngine, eve
     return engine.received_s
 
 
-async def _tick_utterance_ends(connection: _Connection, engine: TranscriptionEngine, translator: ListenTranslator) -> None:
+async def _tick_utterance_ends(connection: Connection, engine: TranscriptionEngine, translator: ListenTranslator) -> None:
     while True:
         await asyncio.sleep(UTTERANCE_TICK_S)
         message = translator.utterance_end(engine.received_s)
@@ -150,54 +124,25 @@ async def _tick_utterance_ends(connection: _Connection, engine: TranscriptionEng
             await connection.send(message)
 
 
-async def _cancel(*tasks: asyncio.Task) -> None:
-    for task in tasks:
-        task.cancel()
-    await asyncio.gather(*tasks, return_exceptions=True)
+def _parts(connection: Connection, engine: TranscriptionEngine, translator: ListenTranslator,
+           max_frame_bytes: int) -> StreamParts:
+    """`/v1/listen`'s side of the shared stream loop: audio and control messages in, Deepgram
+    messages out, the `UtteranceEnd` ticker alongside, `Metadata` last."""
+    events = engine.events()  # before any audio is fed
+
+    async def goodbye(audio_s: float, ending: Ending) -> None:
+        await connection.send(translator.metadata(audio_s))
+        await connection.close(ending.code, ending.reason)
+
+    return StreamParts(
+        receive=lambda guard: _receive(connection.websocket, engine, max_frame_bytes, guard, connection.log),
+        send=lambda: _send_events(connection, engine, events, translator),
+        goodbye=goodbye,
+        extras=(lambda: _tick_utterance_ends(connection, engine, translator),),
+    )
 
 
-async def _stream(connection: _Connection, services: Services, engine: TranscriptionEngine, connection_id: str,
-                  translator: ListenTranslator) -> str:
-    """Run one admitted stream to its end; returns the outcome (a metric label). Raises typed errors."""
-    settings = services.settings
-    guard = SessionGuard(settings, lambda: engine.backlog_s, lambda: engine.received_s)
-    finish_now = services.sessions.register(connection_id)
-    events = engine.events()
-    sender = asyncio.create_task(_send_events(connection, engine, events, translator))
-    receiver = asyncio.create_task(_receive(connection.websocket, engine, settings.max_frame_bytes, guard, connection.log))
-    watchdog = asyncio.create_task(guard.watch())
-    shutdown = asyncio.create_task(finish_now.wait())
-    ticker = asyncio.create_task(_tick_utterance_ends(connection, engine, translator))
-    tasks = (sender, receiver, watchdog, shutdown, ticker)
-    try:
-        done, _ = await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
-        if receiver in done and receiver.exception() is None and receiver.result():
-            done, _ = await asyncio.wait((sender, watchdog), return_when=asyncio.FIRST_COMPLETED)
-            if watchdog in done:
-                raise watchdog.exception()  # type: ignore[misc]
-            audio_s = sender.result()
-            await connection.send(translator.metadata(audio_s))
-            await connection.close(NORMAL_END.code)
-            return NORMAL_END.label
-        for task in (receiver, sender, watchdog, ticker):
-            if task in done and task.exception() is not None:
-                raise task.exception()  # type: ignore[misc]
-        if shutdown in done:
-            connection.log.info("finishing the stream: the server is shutting down")
-            await _cancel(receiver, watchdog)
-            await engine.end_of_audio()
-            audio_s = await sender
-            await connection.send(translator.metadata(audio_s))
-            await connection.close(FINISHED_AT_SHUTDOWN.code, FINISHED_AT_SHUTDOWN.reason)
-            return FINISHED_AT_SHUTDOWN.label
-        connection.log.info("client went away")
-        return "client_gone"
-    finally:
-        await _cancel(*tasks)
-        services.sessions.unregister(connection_id)
-
-
-async def _end_with_error(connection: _Connection, exc: BaseException) -> str:
+async def _end_with_error(connection: Connection, exc: BaseException) -> str:
     """Deepgram's error message, then its close code; returns the outcome label."""
     ending = ending_for(exc)
     if ending.code == INTERNAL_ERROR.code and not isinstance(exc, WhisperLiveKitError):
@@ -245,7 +190,7 @@ async def listen(websocket: WebSocket, services: Services = Depends(get_ws_servi
     slot: Optional[Slot] = None
     engine: Optional[TranscriptionEngine] = None
     outcome = "error"
-    connection = _Connection(websocket, log)
+    connection = Connection(websocket, log)
     try:
         waited_from = time.monotonic()
         try:  # before the handshake, so that a full server answers with an HTTP error
@@ -266,21 +211,14 @@ async def listen(websocket: WebSocket, services: Services = Depends(get_ws_servi
             engine.lengthen_endpoint_silence(options.endpointing_s)
         speakers = _speaker_lookup(engine) if options.diarize else None
         translator = ListenTranslator(options, connection_id, settings.model, speakers)
-        outcome = await _stream(connection, services, engine, connection_id, translator)
+        parts = _parts(connection, engine, translator, settings.max_frame_bytes)
+        outcome = await run_stream(services, engine, connection_id, log, parts)
     except WebSocketDisconnect:
-        outcome = "client_gone"
+        outcome = CLIENT_GONE
         log.info("client disconnected")
     except Exception as exc:  # typed errors and bugs alike: the table says how to close
         if websocket.application_state == WebSocketState.CONNECTING:
             await websocket.accept()
         outcome = await _end_with_error(connection, exc)
     finally:
-        services.addresses.remove(address)
-        if engine is not None:
-            services.active_engines.discard(engine)
-            await engine.close()
-            metrics.session_ended(engine, outcome)
-            if settings.model_per_connection:
-                await asyncio.to_thread(engine.worker.close)
-        if slot is not None:
-            services.manager.release(slot)
+        await release(services, address, engine, slot, outcome)

@@ -56,6 +56,7 @@ ENDINGS: Dict[Type[errors.WhisperLiveKitError], Ending] = {
     errors.FileTooLarge: Ending(1009, "", 413, False, "file_too_large"),
     errors.NotSupported: Ending(1003, "", 501, False, "not_supported"),
     errors.TooManyConnectionsFromAddress: Ending(1008, "Too many connections from this address", 429, False, "per_address"),
+    errors.BadEvent: Ending(1003, "", 400, False, "protocol_error"),  # OpenAI Realtime: an error event, the session goes on
 }
 
 
@@ -91,6 +92,7 @@ DEEPGRAM_ENDINGS: Dict[Type[errors.WhisperLiveKitError], DeepgramEnding] = {
     errors.TooManyConnectionsFromAddress: DeepgramEnding(1008, "TOO_MANY_REQUESTS"),
     errors.FileTooLarge: DeepgramEnding(1009, "DATA-0000"),  # batch uploads only; listed so every error has a row
     errors.NotSupported: DeepgramEnding(1011, "NET-0001"),
+    errors.BadEvent: DeepgramEnding(1008, "DATA-0000"),  # /v1/realtime only; listed so every error has a row
 }
 DEEPGRAM_INTERNAL = DeepgramEnding(1011, "NET-0001")
 
@@ -131,6 +133,42 @@ def openai_error(exc: BaseException, param: Optional[str] = None) -> "tuple[int,
         "code": OPENAI_ERROR_CODES.get(status, ending.label_for(exc) if ending.label else None),
     }}
     return status, body
+
+
+# OpenAI Realtime (`/v1/realtime`): the `error.code` of its `error` event; `error.type` comes from the
+# main table's HTTP status (OPENAI_ERROR_TYPES). The adapter keeps the session after `BadEvent` and
+# after `BadParameters` in a `session.update`; after anything else it closes with the main table's code.
+REALTIME_ERROR_CODES: Dict[Type[errors.WhisperLiveKitError], str] = {
+    errors.NoCapacity: "server_overloaded",
+    errors.ServerShuttingDown: "server_shutting_down",
+    errors.ModelNotFound: "model_not_found",
+    errors.ModelLoadError: "server_error",
+    errors.DeviceError: "server_error",
+    errors.DecodeError: "invalid_audio",
+    errors.TextFrame: "invalid_event",
+    errors.FrameTooBig: "message_too_large",
+    errors.BadParameters: "invalid_value",
+    errors.Unauthorized: "invalid_api_key",
+    errors.AuthThrottled: "rate_limit_exceeded",
+    errors.OriginNotAllowed: "origin_not_allowed",
+    errors.SessionTooLong: "session_expired",
+    errors.IdleTimeout: "idle_timeout",
+    errors.BacklogTooLarge: "audio_faster_than_real_time",
+    errors.TooLittleAudio: "too_little_audio",
+    errors.FileTooLarge: "file_too_large",
+    errors.NotSupported: "unsupported",
+    errors.TooManyConnectionsFromAddress: "rate_limit_exceeded",
+    errors.BadEvent: "invalid_event",
+}
+
+
+def realtime_error(exc: BaseException, param: Optional[str] = None, event_id: Optional[str] = None) -> dict:
+    """The `error` object of an OpenAI Realtime `error` event for `exc`; a bug's details stay in the log."""
+    code = next((REALTIME_ERROR_CODES[kind] for kind in type(exc).__mro__ if kind in REALTIME_ERROR_CODES), "server_error")
+    status = ending_for(exc).http_status
+    message = str(exc) if isinstance(exc, errors.WhisperLiveKitError) else "internal error (see the server log)"
+    return {"type": OPENAI_ERROR_TYPES.get(status, "server_error"), "code": code, "message": message,
+            "param": param, "event_id": event_id}
 
 
 def is_device_fault(exc: BaseException) -> bool:
