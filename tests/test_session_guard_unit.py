@@ -65,6 +65,21 @@ def test_each_piece_of_decoded_audio_restarts_the_idle_timer():
         assert session.check() is None
 
 
+def test_overlapping_waits_for_the_server_count_once_and_keep_the_idle_timer_still():
+    """A Realtime commit (the receiver) overlaps the wait for an owed transcript (another task)."""
+    session, clock, _ = guard(idle_timeout_s=5.0)
+    owed = session.feeding()
+    owed.__enter__()
+    with session.feeding():  # the commit, inside the wait
+        clock.advance(4.0)
+    clock.advance(4.0)
+    assert session.check() is None  # 8 s without audio, all of it the server's
+    owed.__exit__(None, None, None)
+    assert session._server_busy_s(clock()) == pytest.approx(8.0)
+    clock.advance(5.0)
+    assert isinstance(session.check(), LimitExceeded)  # now the silence is the client's
+
+
 def test_the_session_cap_counts_from_the_start_whatever_the_client_sends():
     session, clock, _ = guard(max_session_s=60.0, idle_timeout_s=5.0)
     for _ in range(14):

@@ -76,6 +76,7 @@ class SessionGuard:
         self.last_audio_at = self.started_at
         self._last_decoded_s = 0.0
         self._feeding_since: Optional[float] = None
+        self._feeding_depth = 0
         self._fed_s = 0.0  # time spent inside `feeding()`: the server, not the client, was the holdup
         # (time, decoded seconds, time spent feeding) samples reaching back one grace period: the audio-rate window
         self._history: Deque[Tuple[float, float, float]] = deque([(self.started_at, 0.0, 0.0)])
@@ -83,13 +84,19 @@ class SessionGuard:
 
     @contextmanager
     def feeding(self) -> Iterator[None]:
-        """Wraps handing one frame to the engine, which may wait for the decoder."""
-        self._feeding_since = self._clock()
+        """Wraps handing one frame to the engine, which may wait for the decoder, or any other
+        time the client waits for the server (e.g. for a transcript it is owed). May nest or
+        overlap (two tasks of one connection); the time counts once."""
+        if self._feeding_depth == 0:
+            self._feeding_since = self._clock()
+        self._feeding_depth += 1
         try:
             yield
         finally:
-            self._fed_s += self._clock() - self._feeding_since
-            self._feeding_since = None
+            self._feeding_depth -= 1
+            if self._feeding_depth == 0:
+                self._fed_s += self._clock() - self._feeding_since
+                self._feeding_since = None
 
     def _server_busy_s(self, now: float) -> float:
         return self._fed_s + (now - self._feeding_since if self._feeding_since is not None else 0.0)

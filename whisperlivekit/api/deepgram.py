@@ -138,7 +138,7 @@ def _parts(connection: Connection, engine: TranscriptionEngine, translator: List
         receive=lambda guard: _receive(connection.websocket, engine, max_frame_bytes, guard, connection.log),
         send=lambda: _send_events(connection, engine, events, translator),
         goodbye=goodbye,
-        extras=(lambda: _tick_utterance_ends(connection, engine, translator),),
+        extras=(lambda _guard: _tick_utterance_ends(connection, engine, translator),),
     )
 
 

@@ -44,6 +44,7 @@ router = APIRouter()
 
 PROTOCOL = "openai_realtime"  # the `protocol` label of `whisperlivekit_streams_total`
 MIN_COMMIT_S = 0.1  # OpenAI refuses to commit less audio than this
+OWED_POLL_S = 0.1
 
 
 class _Session:
@@ -214,10 +215,20 @@ def _parts(session: _Session, engine: TranscriptionEngine, first_audio: bytes) -
             for message in session.translator.on_event(event):
                 await connection.send(message)
 
+    async def owed_transcripts(guard: SessionGuard) -> None:
+        """While committed turns wait for their transcript the client waits for the server: that
+        time is not the client's silence (no idle or audio-rate limit for it), as during a commit."""
+        while True:
+            while not session.translator.closing:
+                await asyncio.sleep(OWED_POLL_S)
+            with guard.feeding():
+                while session.translator.closing:
+                    await asyncio.sleep(OWED_POLL_S)
+
     async def goodbye(_result: None, ending: Ending) -> None:
         await connection.close(ending.code, ending.reason)
 
-    return StreamParts(receive=receive, send=send, goodbye=goodbye)
+    return StreamParts(receive=receive, send=send, goodbye=goodbye, extras=(owed_transcripts,))
 
 
 async def _refuse(connection: Connection, services: Services, refusal: WhisperLiveKitError) -> None:

@@ -63,13 +63,14 @@ class StreamParts:
     `send()`: engine output → client until the engine is finished; its result goes to `goodbye`.
     `goodbye(result, ending)`: the protocol's last messages and its close, for NORMAL_END or
     FINISHED_AT_SHUTDOWN.
-    `extras`: more tasks that run alongside (e.g. a ticker); an exception from one ends the stream.
+    `extras`: more tasks that run alongside (e.g. a ticker), given the guard; an exception from one
+    ends the stream.
     """
 
     receive: Callable[[SessionGuard], Awaitable[bool]]
     send: Callable[[], Awaitable[Any]]
     goodbye: Callable[[Any, Ending], Awaitable[None]]
-    extras: Sequence[Callable[[], Awaitable[None]]] = field(default_factory=tuple)
+    extras: Sequence[Callable[[SessionGuard], Awaitable[None]]] = field(default_factory=tuple)
 
 
 async def cancel(*tasks: asyncio.Task) -> None:
@@ -88,7 +89,7 @@ async def run_stream(services: Services, engine: TranscriptionEngine, connection
     receiver = asyncio.create_task(parts.receive(guard))
     watchdog = asyncio.create_task(guard.watch())
     shutdown = asyncio.create_task(finish_now.wait())
-    extras = [asyncio.create_task(extra()) for extra in parts.extras]
+    extras = [asyncio.create_task(extra(guard)) for extra in parts.extras]
     tasks = (sender, receiver, watchdog, shutdown, *extras)
     try:
         done, _ = await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
