@@ -291,3 +291,45 @@ def test_a_full_server_refuses_with_an_error_event_and_1008_then_admits_again(se
 
 def test_realtime_streams_are_counted_under_their_protocol(server, two_utterances):
     assert 'whisperlivekit_streams_total{protocol="openai_realtime"}' in server.get("/metrics").text
+
+
+def test_drain_on_sigterm_completes_the_open_turn_then_closes_1001(speech_pcm):
+    import signal
+
+    from conftest import wer_of_prefix
+
+    pcm, reference = speech_pcm("harvard")
+    with running_server("--drain-timeout", "3") as draining:
+        async def scenario() -> Session:
+            session = Session()
+            async with sdk_client(draining.port).realtime.connect(extra_query={"intent": "transcription"}) as c:
+                async def read() -> None:
+                    try:
+                        async for event in c:
+                            session.events.append(event.to_dict())
+                    except websockets.ConnectionClosed:
+                        pass
+
+                reader = asyncio.create_task(read())
+                await c.send(ga_update(16_000, turn_detection=None))
+                signalled = False
+                try:
+                    for sent in range(0, len(pcm), 3200):
+                        await c.send({"type": "input_audio_buffer.append",
+                                      "audio": base64.b64encode(pcm[sent:sent + 3200]).decode()})
+                        await asyncio.sleep(0.1)
+                        if not signalled and session.of_type("conversation.item.input_audio_transcription.delta"):
+                            draining.proc.send_signal(signal.SIGTERM)  # mid-turn: some words are in
+                            signalled = True
+                except websockets.ConnectionClosed:
+                    pass
+                await asyncio.wait_for(reader, 60)
+                session.close_code = c._connection.close_code
+            return session
+
+        session = run(scenario())
+        assert draining.proc.wait(timeout=60) == 0
+    assert session.close_code == 1001
+    assert [e["type"] for e in session.events[-2:]] == ["input_audio_buffer.committed",
+                                                         "conversation.item.input_audio_transcription.completed"]
+    assert session.text and wer_of_prefix(reference, session.text) <= 0.10, session.text
