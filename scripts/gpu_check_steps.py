@@ -340,6 +340,9 @@ def gpu_pytest(ctx: Context) -> Dict:
     """`pytest -m gpu` on the files that hold GPU tests (skipped, not failed, without CUDA)."""
     files = [f for f in GPU_TEST_FILES if (ROOT / f).exists()]
     env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")]))}
+    bundle = ctx.args.bundle
+    if bundle is not None:  # the tests' default model and speech, from the bundle (no registry, no ffmpeg needed)
+        env.update(HF_HUB_CACHE=str(Path(bundle).resolve() / "hub"), WLK_TEST_AUDIO_CACHE=str(Path(bundle).resolve() / "clips"))
     proc = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "-m", "gpu", *files],
                           cwd=ROOT, env=env, capture_output=True, text=True, timeout=max(10, ctx.left_s()))
     lines = proc.stdout.strip().splitlines()
