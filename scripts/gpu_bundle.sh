@@ -50,7 +50,8 @@ while [ $# -gt 0 ]; do
 done
 
 # Versions pinned to what the test suite runs here (pip freeze), so the host runs the same web stack.
-version() { "$PY" -m pip show "$1" 2>/dev/null | sed -n 's/^Version: //p'; }
+INSTALLED="$("$PY" -c 'import importlib.metadata as m; [print(d.metadata["Name"].lower().replace("_", "-"), d.version) for d in m.distributions()]')"
+version() { awk -v n="$(echo "$1" | tr 'A-Z_' 'a-z-')" '$1 == n { print $2; exit }' <<< "$INSTALLED"; }
 WHEELS=(fastapi starlette pydantic pydantic-core annotated-types typing-inspection annotated-doc opentelemetry-api
         typing-extensions anyio h11 uvicorn httptools websockets python-multipart silero-vad jiwer rapidfuzz more-itertools)
 PLATFORMS=(--platform manylinux_2_28_x86_64 --platform manylinux_2_27_x86_64 --platform manylinux_2_17_x86_64

@@ -417,6 +417,10 @@ def sortformer(ctx: Context) -> Dict:
     memory, then one capacity level with diarization on against the same level without."""
     import torch
 
+    try:
+        importlib.import_module("nemo.collections.asr")
+    except ImportError as exc:
+        raise RuntimeError(f"NeMo is not importable here ({exc}); the GPU bundle does not carry it (docs/gpu-check.md)") from exc
     from sortformer_tiny import build_tiny_sortformer_nemo
     from whisperlivekit.diarization import load_diarizer
 
