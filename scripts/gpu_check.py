@@ -78,7 +78,8 @@ class Runner:
         try:
             result = {"status": "ok", **fn(ctx)}
         except Exception as exc:  # recorded; the next step runs
-            result = {"status": "failed", "error": f"{type(exc).__name__}: {exc}"[:2000],
+            error = f"{type(exc).__name__}: {exc}"
+            result = {"status": "failed", "error": error if len(error) <= 2000 else error[:500] + " ... " + error[-1500:],
                       "traceback": traceback.format_exc()[-3000:]}
         result["seconds"] = round(time.monotonic() - started, 1)
         self.report["steps"][name] = result
