@@ -88,6 +88,9 @@ def _extract(archive: Path, member: str, dest: Path) -> Path:
 
 def harvard_wav() -> Path:
     if not HARVARD_WAV.is_file():
+        carried = CACHE / "harvard.wav"  # a copy carried to hosts without the Debian package (scripts/gpu_bundle.sh)
+        if carried.is_file():
+            return carried
         raise AssetUnavailable(f"{HARVARD_WAV} is missing: apt-get install codec2-examples")
     return HARVARD_WAV
 

@@ -68,8 +68,10 @@ class ServerProcess:
     every request made here verifies against it; the server's own TLS flags go in `flags`.
     """
 
-    def __init__(self, *flags: str, env: Optional[dict] = None, ssl_context: Optional[ssl.SSLContext] = None) -> None:
+    def __init__(self, *flags: str, env: Optional[dict] = None, ssl_context: Optional[ssl.SSLContext] = None,
+                 start_timeout_s: float = 90.0) -> None:
         self.port = free_port()
+        self.start_timeout_s = start_timeout_s  # NeMo's import alone can take a minute on busy cores
         self.ssl_context = ssl_context
         self.flags = list(flags)
         self.env = {**os.environ, **(env or {})}
@@ -91,7 +93,7 @@ class ServerProcess:
             stdout=self._log, stderr=subprocess.STDOUT, env=self.env,
         )
         try:
-            wait_healthy(self.base_url, proc=self.proc, verify=self.ssl_context or True)
+            wait_healthy(self.base_url, self.start_timeout_s, proc=self.proc, verify=self.ssl_context or True)
         except Exception:
             self.stop()
             raise RuntimeError(f"server failed to start; log:\n{self.log()}")
@@ -116,9 +118,9 @@ class ServerProcess:
 
 @contextmanager
 def running_server(
-    *flags: str, env: Optional[dict] = None, ssl_context: Optional[ssl.SSLContext] = None
+    *flags: str, env: Optional[dict] = None, ssl_context: Optional[ssl.SSLContext] = None, start_timeout_s: float = 90.0
 ) -> Iterator[ServerProcess]:
-    server = ServerProcess(*flags, env=env, ssl_context=ssl_context).start()
+    server = ServerProcess(*flags, env=env, ssl_context=ssl_context, start_timeout_s=start_timeout_s).start()
     try:
         yield server
     finally:

@@ -12,6 +12,7 @@ import json
 import ssl as ssl_lib
 import subprocess
 import time
+import wave
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, List, Optional
@@ -22,7 +23,14 @@ from whisperlivekit.audio import SAMPLE_RATE
 
 
 def load_pcm16(path: "str | Path") -> bytes:
-    """Any audio file → PCM s16le 16 kHz mono bytes (through ffmpeg)."""
+    """Any audio file → PCM s16le 16 kHz mono bytes (through ffmpeg; a WAV already in that format is
+    read directly, so hosts without ffmpeg, such as a bare GPU test host, can still stream it)."""
+    try:
+        with wave.open(str(path)) as w:
+            if (w.getframerate(), w.getnchannels(), w.getsampwidth(), w.getcomptype()) == (SAMPLE_RATE, 1, 2, "NONE"):
+                return w.readframes(w.getnframes())
+    except (wave.Error, EOFError, OSError):
+        pass
     return subprocess.run(
         ["ffmpeg", "-hide_banner", "-loglevel", "error", "-i", str(path), "-f", "s16le", "-ac", "1", "-ar", str(SAMPLE_RATE), "-"],
         check=True, capture_output=True,

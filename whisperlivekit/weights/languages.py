@@ -11,7 +11,12 @@ from __future__ import annotations
 from pathlib import Path
 from typing import FrozenSet, Optional
 
-from faster_whisper.tokenizer import _LANGUAGE_CODES  # Whisper's language tokens, in its own order
+try:
+    from faster_whisper.tokenizer import _LANGUAGE_CODES  # Whisper's language tokens, in its own order
+except ImportError:  # hosts with only the PyTorch backend (the GPU check's bundle): openai-whisper's, the same set
+    from whisper.tokenizer import LANGUAGES
+
+    _LANGUAGE_CODES = tuple(LANGUAGES)
 
 WHISPER_LANGUAGES: FrozenSet[str] = frozenset(_LANGUAGE_CODES)
 ENGLISH_ONLY: FrozenSet[str] = frozenset({"en"})
