@@ -50,6 +50,7 @@ class TranscriptionEngine:
         self.input_format = input_format or InputFormat(pcm=settings.pcm_input)  # `--pcm-input`: the /asr default
         self.decoder = decoder_for(self.input_format, label=f"[{slot.connection_id[:8]}]")
         self.policy = make_policy(settings, language)
+        self.detects_language = language is None  # `auto`: updates name the language once detected
         self.vad = VadStream(threshold=settings.vad_threshold) if settings.vac else None
         self.received_samples = 0
         self.fed_bytes = 0
@@ -206,6 +207,7 @@ class TranscriptionEngine:
             error=self.error,
             diarization=self.diarization,
             diarization_done=self._diar_done,
+            detected_language=self.policy.language if self.detects_language else None,
         )
         return transcript_update(view, self.settings.pause_segmentation_s, self.settings.no_audio_timeout_s)
 

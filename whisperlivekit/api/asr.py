@@ -17,7 +17,7 @@ from starlette.websockets import WebSocketDisconnect, WebSocketState
 
 from whisperlivekit.api import security
 from whisperlivekit.api.admission import build_on_slot
-from whisperlivekit.api.params import parse_language
+from whisperlivekit.api.params import parse_language, parse_mode
 from whisperlivekit.engine import TranscriptionEngine
 from whisperlivekit.api.errors import FINISHED_AT_SHUTDOWN, INTERNAL_ERROR, NORMAL_END, Ending, ending_for
 from whisperlivekit.errors import (
@@ -26,7 +26,7 @@ from whisperlivekit.errors import (
 )
 from whisperlivekit.gpu.manager import Slot
 from whisperlivekit.limits import SessionGuard
-from whisperlivekit.protocol import READY_TO_STOP, config_message, error_message
+from whisperlivekit.protocol import READY_TO_STOP, config_message, error_message, update_encoder
 from whisperlivekit.services import Services, get_ws_services
 
 logger = logging.getLogger(__name__)
@@ -80,9 +80,10 @@ async def _receive_audio(websocket: WebSocket, engine: TranscriptionEngine, max_
             await engine.feed(data)
 
 
-async def _send_results(websocket: WebSocket, engine: TranscriptionEngine) -> None:
+async def _send_results(websocket: WebSocket, engine: TranscriptionEngine, mode: str) -> None:
+    encode = update_encoder(mode)  # `?mode=diff`: a snapshot, then diffs
     async for update in engine.updates():
-        if not await _send(websocket, update):
+        if not await _send(websocket, encode(update)):
             return
 
 
@@ -105,12 +106,13 @@ def _gatekeeper(services: Services, websocket: WebSocket, address: str) -> Optio
     return None
 
 
-async def _stream(websocket: WebSocket, services: Services, engine: TranscriptionEngine, connection_id: str, log) -> str:
+async def _stream(websocket: WebSocket, services: Services, engine: TranscriptionEngine, connection_id: str, log,
+                  mode: str) -> str:
     """Run one admitted stream to its end; returns the outcome (a metric label). Raises typed errors."""
     settings = services.settings
     guard = SessionGuard(settings, lambda: engine.backlog_s, lambda: engine.received_s)
     finish_now = services.sessions.register(connection_id)
-    sender = asyncio.create_task(_send_results(websocket, engine))
+    sender = asyncio.create_task(_send_results(websocket, engine, mode))
     receiver = asyncio.create_task(_receive_audio(websocket, engine, settings.max_frame_bytes, guard))
     watchdog = asyncio.create_task(guard.watch())
     shutdown = asyncio.create_task(finish_now.wait())
@@ -191,6 +193,7 @@ async def asr(websocket: WebSocket, services: Services = Depends(get_ws_services
         settings = services.settings
         language = parse_language(websocket.query_params.get("language"), settings.language,
                                   services.pool.languages(), settings.model)
+        mode = parse_mode(websocket.query_params.get("mode"))
     except BadParameters as exc:
         await _refuse(websocket, services, exc, log, tell=True)
         return
@@ -214,9 +217,9 @@ async def asr(websocket: WebSocket, services: Services = Depends(get_ws_services
         services.active_engines.add(engine)
         await _send(websocket, config_message(
             use_audio_worklet=services.settings.pcm_input, gpu_id=slot.gpu_id, device=slot.reported_device,
-            connection_id=connection_id, simulated=slot.simulated,
+            connection_id=connection_id, mode=mode, simulated=slot.simulated,
         ))
-        outcome = await _stream(websocket, services, engine, connection_id, log)
+        outcome = await _stream(websocket, services, engine, connection_id, log, mode)
     except WebSocketDisconnect:
         outcome = "client_gone"
         log.info("client disconnected")

@@ -30,3 +30,13 @@ def parse_language(requested: Optional[str], default: str, allowed: FrozenSet[st
         f"invalid language {shown}: use 'auto' or one of the {len(allowed)} languages of model {model}: "
         + ", ".join(sorted(allowed))
     )
+
+
+def parse_mode(requested: Optional[str]) -> str:
+    """`?mode=`: `full` (every update carries all lines, the default) or `diff` (a snapshot, then diffs)."""
+    from whisperlivekit.protocol import FULL, MODES
+
+    mode = FULL if requested is None or requested == "" else requested
+    if mode not in MODES:
+        raise BadParameters(f"invalid mode {mode!r}: use one of {', '.join(MODES)}")
+    return mode
