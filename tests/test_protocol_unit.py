@@ -169,7 +169,20 @@ def test_when_the_only_line_changes_it_is_pruned_and_sent_again_as_whisperliveki
 
 
 def test_applying_every_diff_rebuilds_each_full_update_exactly():
-    """A session's updates as the engine makes them: lines appear, grow, a silence line grows, speakers change."""
+    fulls = _session_updates()
+    encoder, held, wire = DiffEncoder(), [], []
+    for full in fulls:
+        message = encoder.encode(full)
+        wire.append(message)
+        held = apply(message, held)
+        assert held == full["lines"], message
+        assert len(held) == message.get("n_lines", len(held))
+    assert sum(len(m.get("new_lines", ())) for m in wire[1:]) < sum(len(f["lines"]) for f in fulls[1:])
+
+
+def _session_updates() -> list:
+    """Full updates as a session makes them: lines appear, the last one grows, a silence line grows,
+    then the speakers are re-assigned (earlier lines change), then nothing is left."""
     texts = [" The", " birch", " canoe", " slid.", " Glue", " the", " sheet."]
     fulls, words = [], []
     for i, text in enumerate(texts):
@@ -181,14 +194,25 @@ def test_applying_every_diff_rebuilds_each_full_update_exactly():
     speakers = [1, 1, 2, 2, 2, 1, 1]
     fulls.append({**fulls[-1], "lines": [line.to_json() for line in build_lines(words, speakers, PAUSE_S)]})
     fulls.append(_update_with([]))  # everything gone (never happens live, but must still rebuild)
-    encoder, held, wire = DiffEncoder(), [], []
-    for full in fulls:
-        message = encoder.encode(full)
-        wire.append(message)
-        held = apply(message, held)
-        assert held == full["lines"], message
-        assert len(held) == message.get("n_lines", len(held))
-    assert sum(len(m.get("new_lines", ())) for m in wire[1:]) < sum(len(f["lines"]) for f in fulls[1:])
+    return fulls
+
+
+def test_the_pages_apply_diff_rebuilds_what_the_server_encodes(tmp_path):
+    import json
+    import shutil
+    import subprocess
+    from pathlib import Path
+
+    node = shutil.which("node")
+    if node is None:
+        pytest.skip("node is not installed")
+    encoder = DiffEncoder()
+    cases = tmp_path / "diff-cases.json"
+    cases.write_text(json.dumps([{"message": encoder.encode(full), "full": full} for full in _session_updates()]))
+    script = Path(__file__).resolve().parent / "js" / "apply_diff_cases.mjs"
+    result = subprocess.run([node, "--test", str(script)], capture_output=True, text=True, timeout=60,
+                            env={"PATH": "/usr/bin:/bin", "WLK_DIFF_CASES": str(cases)})
+    assert result.returncode == 0 and "# pass 1" in result.stdout, result.stdout + result.stderr
 
 
 def test_full_mode_sends_the_update_as_it_is_and_mode_is_checked():
