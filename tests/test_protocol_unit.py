@@ -222,3 +222,20 @@ def test_full_mode_sends_the_update_as_it_is_and_mode_is_checked():
     assert parse_mode(None) == parse_mode("") == FULL and parse_mode("diff") == DIFF
     with pytest.raises(BadParameters, match="full, diff"):
         parse_mode("delta")
+
+
+def test_the_line_cache_gives_the_same_updates_and_reuses_unchanged_lines():
+    """A connection's `LineCache` must never change what is sent; it only saves rebuilding old lines."""
+    from whisperlivekit.protocol import LineCache
+
+    cache = LineCache()
+    words = [word("one", 0.0, 0.4), word("two", 2.0, 2.4)]
+    first = transcript_update(_view(words), PAUSE_S, 0.0, cache)
+    grown = words + [word("three", 2.5, 2.9)]
+    second = transcript_update(_view(grown), PAUSE_S, 0.0, cache)
+    assert second == transcript_update(_view(grown), PAUSE_S, 0.0)  # as built without a cache
+    assert second["lines"][0] is first["lines"][0] and second["lines"][1] is first["lines"][1]  # " one", silence
+    assert second["lines"][2]["text"] == " two three"
+    extended = grown[:-1] + [Word(2.5, 2.9, " three-four", 0.8)]  # a policy extends the last word's text
+    assert transcript_update(_view(extended), PAUSE_S, 0.0, cache)["lines"][2]["text"] == " two three-four"
+    assert transcript_update(_view(extended, detected_language="en"), PAUSE_S, 0.0, cache)["lines"][0]["detected_language"] == "en"

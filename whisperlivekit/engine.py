@@ -31,7 +31,7 @@ from whisperlivekit.events import (
 )
 from whisperlivekit.gpu.manager import Slot
 from whisperlivekit.metrics import CommitLagMeter
-from whisperlivekit.protocol import PipelineView, transcript_update
+from whisperlivekit.protocol import LineCache, PipelineView, transcript_update
 from whisperlivekit.runtime.device_worker import DeviceWorker
 
 logger = logging.getLogger(__name__)
@@ -61,6 +61,7 @@ class TranscriptionEngine:
         self._wake = asyncio.Event()
         self._changed = asyncio.Event()
         self._latest: Optional[dict] = None
+        self._line_cache = LineCache()  # lines' JSON kept between updates: long sessions stay cheap
         self._last_sent: Optional[dict] = None
         self._tasks: List[asyncio.Task] = []
         self.commit_lag = CommitLagMeter()
@@ -209,7 +210,8 @@ class TranscriptionEngine:
             diarization_done=self._diar_done,
             detected_language=self.policy.language if self.detects_language else None,
         )
-        return transcript_update(view, self.settings.pause_segmentation_s, self.settings.no_audio_timeout_s)
+        return transcript_update(view, self.settings.pause_segmentation_s, self.settings.no_audio_timeout_s,
+                                 self._line_cache)
 
     # -- audio in --------------------------------------------------------------------
     @property

@@ -83,6 +83,34 @@ def build_lines(
     return lines
 
 
+class LineCache:
+    """One connection's lines as JSON, kept from one update to the next, so that an update costs
+    work for the lines that changed (usually the last one) rather than for every word of the session.
+
+    Committed words never change, except that a policy may extend the last word's text, so a line is
+    known by its speaker, times, number of words and last word. Only the lines of the latest update
+    are kept. Unchanged lines come back as the same dict objects, so comparing two updates
+    (the engine's "changed?" check, `DiffEncoder`) is cheap too.
+    """
+
+    def __init__(self) -> None:
+        self._json: dict = {}
+
+    def to_json(self, lines: Sequence[Line], detected_language: Optional[str]) -> List[dict]:
+        kept: dict = {}
+        out = []
+        for line in lines:
+            key = (line.speaker, line.start, line.end, len(line.words), line.words[-1] if line.words else None,
+                   detected_language)
+            built = self._json.get(key)
+            if built is None:
+                built = line.to_json(detected_language)
+            kept[key] = built
+            out.append(built)
+        self._json = kept
+        return out
+
+
 def update_message(
     status: str,
     lines: Sequence[Line],
@@ -92,10 +120,11 @@ def update_message(
     remaining_time_diarization: float,
     error: Optional[str] = None,
     detected_language: Optional[str] = None,
+    cache: Optional[LineCache] = None,
 ) -> dict:
     message = {
         "status": status,
-        "lines": [line.to_json(detected_language) for line in lines],
+        "lines": (cache or LineCache()).to_json(lines, detected_language),
         "buffer_transcription": buffer_transcription,
         "buffer_diarization": buffer_diarization,
         "remaining_time_transcription": round(max(0.0, remaining_time_transcription), 2),
@@ -124,8 +153,10 @@ class PipelineView:
     detected_language: Optional[str] = None  # set only when the client asked for detection (`auto`)
 
 
-def transcript_update(view: PipelineView, pause_s: float, no_audio_timeout_s: float) -> dict:
-    """The full-mode update message for a connection's current state.
+def transcript_update(view: PipelineView, pause_s: float, no_audio_timeout_s: float,
+                      cache: Optional[LineCache] = None) -> dict:
+    """The full-mode update message for a connection's current state (`cache`: the connection's
+    `LineCache`, so that a long session's update does not rebuild every line).
 
     With diarization, only words whose speaker is settled go into `lines`; the rest wait in
     `buffer_diarization`.
@@ -164,6 +195,7 @@ def transcript_update(view: PipelineView, pause_s: float, no_audio_timeout_s: fl
         remaining_time_diarization=diarization_lag_s,
         error=view.error,
         detected_language=view.detected_language,
+        cache=cache,
     )
 
 
@@ -208,7 +240,7 @@ class DiffEncoder:
             message["lines_pruned"] = pruned
         kept = 0
         limit = min(len(previous) - pruned, len(lines))
-        while kept < limit and previous[pruned + kept] == lines[kept]:
+        while kept < limit and (previous[pruned + kept] is lines[kept] or previous[pruned + kept] == lines[kept]):
             kept += 1
         if kept < len(lines):
             message["new_lines"] = lines[kept:]
@@ -222,7 +254,7 @@ def _pruned_from_front(previous: List[dict], lines: List[dict]) -> int:
     if not lines:
         return len(previous)
     for index, line in enumerate(previous):
-        if line == lines[0]:
+        if line is lines[0] or line == lines[0]:
             return index
     return len(previous)
 
