@@ -7,9 +7,10 @@ Two measurements:
   tiny.en with word times and probabilities, looped on one timeline with pauses between clips.
   Every `--update-every` seconds of audio the words older than `--commit-lag` are committed, the
   newer ones tentative, and `transcript_update` builds the update the engine would publish; it is
-  then serialised as the server sends it (compact JSON), whole (full mode) and through
-  `DiffEncoder` (diff mode). Reports per checkpoint: the largest message, bytes per second of audio
-  in the last minute, and the server's CPU time per update (building + encoding + JSON).
+  then serialised as the server sends it (compact JSON) in full mode (default: no `words`), full
+  mode with `?words=true`, and diff mode (with words). Reports per checkpoint: the largest message
+  (for diff: in the last minute; the snapshot is the first), bytes per second of audio in the last
+  minute, and the server's CPU time per update (building + encoding + JSON).
 - `live`: a real server (`--url`, or one started here with `--pcm-input`) and real speech looped,
   streamed once in each mode; reports the same sizes from the wire.
 
@@ -34,7 +35,7 @@ sys.path.insert(0, str(TESTS))
 import audio_assets  # noqa: E402
 
 from whisperlivekit.asr.types import Word  # noqa: E402
-from whisperlivekit.protocol import DiffEncoder, LineCache, PipelineView, transcript_update  # noqa: E402
+from whisperlivekit.protocol import LineCache, PipelineView, transcript_update, update_encoder  # noqa: E402
 
 CLIPS = ("harvard", "arctic_a0007", "arctic_a0009", "pyannote_call")
 PAUSE_S = 1.0  # --pause-segmentation default: a silence line for pauses this long
@@ -81,21 +82,26 @@ def timeline(clips, minutes: float) -> List[Word]:
     return [w for w in words if w.end <= minutes * 60]
 
 
+KINDS = {"full": ("full", False), "full_words": ("full", True), "diff": ("diff", True)}  # name → (mode, words)
+
+
 def simulate(args) -> Dict:
     clips = real_words()
     words = timeline(clips, args.minutes)
     checkpoints = sorted({1, 2, 5, 10, 20, 30, 60, int(args.minutes)} & set(range(1, int(args.minutes) + 1)))
-    encoder, cache = DiffEncoder(), (None if args.no_cache else LineCache())
-    rows, window = [], {"full": [], "diff": [], "full_no_words": []}
-    biggest = {"full": 0, "diff": 0, "full_no_words": 0}
-    cpu = {"full": [], "diff": []}
+    cache = None if args.no_cache else LineCache()
+    encoders = {kind: update_encoder(mode, with_words) for kind, (mode, with_words) in KINDS.items()}
+    rows = []
+    biggest = {kind: 0 for kind in KINDS}
+    window: Dict[str, List[int]] = {kind: [] for kind in KINDS}
+    cpu: Dict[str, List[float]] = {kind: [] for kind in KINDS}
     committed_upto = 0
     step = args.update_every
     now_s = step
     while now_s <= args.minutes * 60 + 1e-9:
         while committed_upto < len(words) and words[committed_upto].end <= now_s - args.commit_lag:
             committed_upto += 1
-        tentative = [w for w in words[committed_upto:] if w.start < now_s]
+        tentative = [w for w in words[committed_upto:committed_upto + 50] if w.start < now_s]
         last_end = words[committed_upto - 1].end if committed_upto else 0.0
         view = PipelineView(committed=words[:committed_upto], tentative=tentative, received_s=now_s,
                             transcribed_until_s=now_s, speech_pending=True, vad_silent=not tentative and now_s - last_end > 0.5,
@@ -103,34 +109,27 @@ def simulate(args) -> Dict:
         started = time.perf_counter()
         update = transcript_update(view, PAUSE_S, 0.0, cache)
         built_s = time.perf_counter() - started
-        started = time.perf_counter()
-        full_size = wire_bytes(update)
-        cpu["full"].append(built_s + time.perf_counter() - started)
-        started = time.perf_counter()
-        diff_size = wire_bytes(encoder.encode(update))
-        cpu["diff"].append(built_s + time.perf_counter() - started)
-        no_words = wire_bytes({**update, "lines": [{k: v for k, v in line.items() if k != "words"} for line in update["lines"]]})
-        for kind, size in (("full", full_size), ("diff", diff_size), ("full_no_words", no_words)):
+        for kind, encode in encoders.items():
+            started = time.perf_counter()
+            size = wire_bytes(encode(update))
+            cpu[kind].append(built_s + time.perf_counter() - started)
             window[kind].append(size)
             biggest[kind] = max(biggest[kind], size)
         minute = now_s / 60
-        if abs(minute - round(minute)) < 1e-9 and int(round(minute)) in checkpoints:
-            per_s = 60.0
-            rows.append({
-                "minute": int(round(minute)), "words": committed_upto,
-                "largest_full_bytes": biggest["full"], "largest_full_no_words_bytes": biggest["full_no_words"],
-                "largest_diff_bytes": max(window["diff"]),
-                "full_bytes_per_s": round(sum(window["full"]) / per_s), "diff_bytes_per_s": round(sum(window["diff"]) / per_s),
-                "full_no_words_bytes_per_s": round(sum(window["full_no_words"]) / per_s),
-                "cpu_ms_per_update_full": round(1000 * sum(cpu["full"]) / len(cpu["full"]), 3),
-                "cpu_ms_per_update_diff": round(1000 * sum(cpu["diff"]) / len(cpu["diff"]), 3),
-            })
-            print(json.dumps(rows[-1]), flush=True)
         if abs(minute - round(minute)) < 1e-9:
-            window = {kind: [] for kind in window}
-            cpu = {"full": [], "diff": []}
+            if int(round(minute)) in checkpoints:
+                row = {"minute": int(round(minute)), "words": committed_upto}
+                for kind in KINDS:
+                    row[f"largest_{kind}_bytes"] = biggest[kind] if kind != "diff" else max(window[kind])
+                    row[f"{kind}_bytes_per_s"] = round(sum(window[kind]) / 60.0)
+                    row[f"{kind}_cpu_ms_per_update"] = round(1000 * sum(cpu[kind]) / len(cpu[kind]), 3)
+                rows.append(row)
+                print(json.dumps(row), flush=True)
+            window = {kind: [] for kind in KINDS}
+            cpu = {kind: [] for kind in KINDS}
         now_s = round(now_s + step, 6)
-    return {"mode": "simulate", "line_cache": not args.no_cache, "minutes": args.minutes, "update_every_s": step, "commit_lag_s": args.commit_lag, "rows": rows}
+    return {"mode": "simulate", "line_cache": not args.no_cache, "minutes": args.minutes, "update_every_s": step,
+            "commit_lag_s": args.commit_lag, "rows": rows}
 
 
 async def _stream_once(url: str, pcm: bytes, speed: float) -> Dict:
@@ -162,7 +161,7 @@ def live(args) -> Dict:
         url = server.ws_url
     try:
         report = {"mode": "live", "audio_s": args.audio_s, "speed": args.speed}
-        for mode in ("full", "diff"):
+        for mode in ("full", "full&words=true", "diff"):
             outcome = asyncio.run(_stream_once(f"{url}?mode={mode}", looped, args.speed))
             outcome["bytes_per_audio_s"] = round(outcome["total_bytes"] / args.audio_s)
             report[mode] = outcome

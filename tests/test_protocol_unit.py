@@ -217,11 +217,28 @@ def test_the_pages_apply_diff_rebuilds_what_the_server_encodes(tmp_path):
 
 def test_full_mode_sends_the_update_as_it_is_and_mode_is_checked():
     update = _update_with([_line(" a", "0")])
-    assert update_encoder(FULL)(update) is update
-    assert update_encoder(DIFF)(update)["type"] == "snapshot"
+    assert update_encoder(FULL, words=True)(update) is update
+    assert update_encoder(DIFF, words=True)(update)["type"] == "snapshot"
     assert parse_mode(None) == parse_mode("") == FULL and parse_mode("diff") == DIFF
     with pytest.raises(BadParameters, match="full, diff"):
         parse_mode("delta")
+
+
+def test_words_are_sent_in_diff_mode_and_in_full_mode_only_when_asked():
+    from whisperlivekit.api.params import parse_words
+
+    assert parse_words(None, DIFF) is True and parse_words(None, FULL) is False
+    assert parse_words("true", FULL) is True and parse_words("0", DIFF) is False
+    with pytest.raises(BadParameters, match="words"):
+        parse_words("yes please", FULL)
+    update = _update(_view([word("one", 0.0, 0.4), word("two", 2.0, 2.4)]))
+    plain = update_encoder(FULL, words=False)
+    first = plain(update)
+    assert [sorted(line) for line in first["lines"]] == [["end", "speaker", "start", "text"]] * 3
+    assert first["lines"][0]["text"] == " one" and "words" in update["lines"][0]  # the engine's update is untouched
+    assert plain(update)["lines"][0] is first["lines"][0]  # an unchanged line is stripped once
+    snapshot = update_encoder(DIFF, words=False)(update)
+    assert snapshot["type"] == "snapshot" and all("words" not in line for line in snapshot["lines"])
 
 
 def test_the_line_cache_gives_the_same_updates_and_reuses_unchanged_lines():

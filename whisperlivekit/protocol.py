@@ -259,9 +259,40 @@ def _pruned_from_front(previous: List[dict], lines: List[dict]) -> int:
     return len(previous)
 
 
-def update_encoder(mode: str) -> Callable[[dict], dict]:
-    """What each full update becomes on the wire for a connection in `mode`."""
-    return DiffEncoder().encode if mode == DIFF else (lambda update: update)
+class WordsDropper:
+    """Updates without the lines' `words`, for clients that did not ask for them: in full mode every
+    update carries every line, and the words made a 20-minute session's updates 8x larger
+    (docs/protocols.md). Unchanged lines (the same dicts, thanks to `LineCache`) are stripped once."""
+
+    def __init__(self) -> None:
+        self._stripped: dict = {}  # id(line) → (line, line without words), for the latest update's lines
+
+    def __call__(self, update: dict) -> dict:
+        kept, lines = {}, []
+        for line in update["lines"]:
+            if "words" not in line:
+                lines.append(line)
+                continue
+            pair = self._stripped.get(id(line))
+            if pair is None or pair[0] is not line:
+                pair = (line, {key: value for key, value in line.items() if key != "words"})
+            kept[id(line)] = pair
+            lines.append(pair[1])
+        self._stripped = kept
+        return {**update, "lines": lines}
+
+
+def update_encoder(mode: str, words: bool) -> Callable[[dict], dict]:
+    """What each full update becomes on the wire for a connection in `mode`, with or without `words`."""
+    steps: List[Callable[[dict], dict]] = [] if words else [WordsDropper()]
+    if mode == DIFF:
+        steps.append(DiffEncoder().encode)
+
+    def encode(update: dict) -> dict:
+        for step in steps:
+            update = step(update)
+        return update
+    return encode
 
 
 READY_TO_STOP = {"type": "ready_to_stop"}

@@ -17,7 +17,7 @@ from starlette.websockets import WebSocketDisconnect, WebSocketState
 
 from whisperlivekit.api import security
 from whisperlivekit.api.admission import build_on_slot
-from whisperlivekit.api.params import parse_language, parse_mode
+from whisperlivekit.api.params import parse_language, parse_mode, parse_words
 from whisperlivekit.engine import TranscriptionEngine
 from whisperlivekit.api.errors import FINISHED_AT_SHUTDOWN, INTERNAL_ERROR, NORMAL_END, Ending, ending_for
 from whisperlivekit.errors import (
@@ -80,8 +80,8 @@ async def _receive_audio(websocket: WebSocket, engine: TranscriptionEngine, max_
             await engine.feed(data)
 
 
-async def _send_results(websocket: WebSocket, engine: TranscriptionEngine, mode: str) -> None:
-    encode = update_encoder(mode)  # `?mode=diff`: a snapshot, then diffs
+async def _send_results(websocket: WebSocket, engine: TranscriptionEngine, mode: str, words: bool) -> None:
+    encode = update_encoder(mode, words)  # `?mode=diff`: a snapshot, then diffs; `?words=`: lines' words
     async for update in engine.updates():
         if not await _send(websocket, encode(update)):
             return
@@ -107,12 +107,12 @@ def _gatekeeper(services: Services, websocket: WebSocket, address: str) -> Optio
 
 
 async def _stream(websocket: WebSocket, services: Services, engine: TranscriptionEngine, connection_id: str, log,
-                  mode: str) -> str:
+                  mode: str, words: bool) -> str:
     """Run one admitted stream to its end; returns the outcome (a metric label). Raises typed errors."""
     settings = services.settings
     guard = SessionGuard(settings, lambda: engine.backlog_s, lambda: engine.received_s)
     finish_now = services.sessions.register(connection_id)
-    sender = asyncio.create_task(_send_results(websocket, engine, mode))
+    sender = asyncio.create_task(_send_results(websocket, engine, mode, words))
     receiver = asyncio.create_task(_receive_audio(websocket, engine, settings.max_frame_bytes, guard))
     watchdog = asyncio.create_task(guard.watch())
     shutdown = asyncio.create_task(finish_now.wait())
@@ -194,6 +194,7 @@ async def asr(websocket: WebSocket, services: Services = Depends(get_ws_services
         language = parse_language(websocket.query_params.get("language"), settings.language,
                                   services.pool.languages(), settings.model)
         mode = parse_mode(websocket.query_params.get("mode"))
+        words = parse_words(websocket.query_params.get("words"), mode)
     except BadParameters as exc:
         await _refuse(websocket, services, exc, log, tell=True)
         return
@@ -219,7 +220,7 @@ async def asr(websocket: WebSocket, services: Services = Depends(get_ws_services
             use_audio_worklet=services.settings.pcm_input, gpu_id=slot.gpu_id, device=slot.reported_device,
             connection_id=connection_id, mode=mode, simulated=slot.simulated,
         ))
-        outcome = await _stream(websocket, services, engine, connection_id, log, mode)
+        outcome = await _stream(websocket, services, engine, connection_id, log, mode, words)
     except WebSocketDisconnect:
         outcome = "client_gone"
         log.info("client disconnected")
