@@ -256,3 +256,17 @@ def test_the_line_cache_gives_the_same_updates_and_reuses_unchanged_lines():
     extended = grown[:-1] + [Word(2.5, 2.9, " three-four", 0.8)]  # a policy extends the last word's text
     assert transcript_update(_view(extended), PAUSE_S, 0.0, cache)["lines"][2]["text"] == " two three-four"
     assert transcript_update(_view(extended, detected_language="en"), PAUSE_S, 0.0, cache)["lines"][0]["detected_language"] == "en"
+
+
+def test_a_long_monologue_is_cut_into_lines_at_sentence_ends_and_at_most_every_30_s():
+    from whisperlivekit.protocol import LINE_MAX_S, LINE_TARGET_S
+
+    sentence = ["Four", "hours", "of", "steady", "work", "faced", "us."]
+    words = [word(text, i * 0.5, i * 0.5 + 0.4) for i, text in enumerate(sentence * 6)]  # 21 s, no pause
+    lines = build_lines(words, [1] * len(words), PAUSE_S)
+    assert [line.speaker for line in lines] == [1, 1]  # no silence line, one cut
+    assert lines[0].to_json()["text"].endswith("us.") and lines[1].to_json()["text"].startswith(" Four")
+    assert LINE_TARGET_S <= lines[0].end - lines[0].start < LINE_TARGET_S + 3.5
+    unpunctuated = [word("word", i * 0.5, i * 0.5 + 0.4) for i in range(130)]  # 65 s
+    spans = [line.end - line.start for line in build_lines(unpunctuated, [1] * 130, PAUSE_S)]
+    assert len(spans) == 3 and max(spans) <= LINE_MAX_S + 0.5, spans

@@ -56,6 +56,18 @@ class Line:
         return line
 
 
+LINE_TARGET_S = 10.0  # a line ends at the first sentence end past this length
+LINE_MAX_S = 30.0  # ... or at any word past this one (speech that Whisper does not punctuate)
+SENTENCE_END = (".", "?", "!", "。", "？", "！")
+
+
+def _line_is_full(line: Line) -> bool:
+    length_s = line.end - line.start
+    if length_s >= LINE_MAX_S:
+        return True
+    return length_s >= LINE_TARGET_S and bool(line.words) and line.words[-1].text.rstrip().endswith(SENTENCE_END)
+
+
 def build_lines(
     words: Sequence[Word],
     speakers: Sequence[int],
@@ -63,14 +75,17 @@ def build_lines(
     trailing_silence_from: Optional[float] = None,
     now_s: float = 0.0,
 ) -> List[Line]:
-    """Group committed words into lines: a new line on a speaker change, a silence line on a long pause."""
+    """Group committed words into lines: a new line on a speaker change, a silence line on a long pause,
+    and a new line of the same speaker after a sentence once a line spans LINE_TARGET_S (at any word past
+    LINE_MAX_S). Bounded lines keep a monologue from being one line that grows all session: a
+    `?mode=diff` update re-sends the last line, so its size follows the line's, not the session's."""
     lines: List[Line] = []
     previous_end = 0.0
     for word, speaker in zip(words, speakers):
         if word.start - previous_end >= pause_s:
             lines.append(Line(SILENCE_SPEAKER, previous_end, word.start))
         current = lines[-1] if lines else None
-        if current is None or current.speaker != speaker:
+        if current is None or current.speaker != speaker or _line_is_full(current):
             current = Line(speaker, word.start, word.end)
             lines.append(current)
         current.words.append(word)
