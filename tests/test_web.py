@@ -304,7 +304,8 @@ def test_live_page_reconnects_while_recording_when_the_server_comes_back(tmp_pat
             await page.locator('[data-testid="status"][data-state="reconnecting"]').wait_for(timeout=10_000)
             assert "Reconnecting" in await page.get_by_test_id("status").inner_text()
             first_line = await page.get_by_test_id("line").first.inner_text()
-            assert "birch" in first_line.lower()
+            # a line is now at most one sentence past 10 s: the clip's first words, which tiny.en may mishear
+            assert any(word in first_line.lower() for word in ("birch", "canoe", "planks", "glue")), first_line
             await asyncio.to_thread(server.start)
             await recording.wait_for(timeout=60_000)  # back-off 1, 2, 4, 8 s ... while the server restarts
             assert await page.get_by_test_id("line").first.inner_text() == first_line, "the earlier transcript was lost"
