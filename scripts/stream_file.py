@@ -31,9 +31,9 @@ def main() -> None:
         if message.get("type") == "config":
             print(f"connected: device {message['device']} (gpu {message['gpu_id']}), id {message['connection_id']}", file=sys.stderr)
         elif "lines" in message:
-            text = " ".join(l["text"] for l in message["lines"] if l.get("text"))
+            text = "".join(l["text"] for l in message["lines"] if l.get("text")).strip()  # Whisper's leading spaces
             tail = message.get("buffer_transcription", "")
-            line = f"{text} \033[2m{tail}\033[0m" if tail else text
+            line = f"{text}\033[2m{tail}\033[0m" if tail else text
             if line != last[0]:
                 print(f"\r\033[K{line[-200:]}", end="", flush=True)
                 last[0] = line

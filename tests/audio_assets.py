@@ -195,3 +195,21 @@ def rttm_turns(path: Path):
             start, duration = float(parts[3]), float(parts[4])
             turns.append((start, start + duration, parts[7]))
     return turns
+
+
+WHISPERLIVEKIT_PAGE = "whisperlivekit==0.2.26"
+
+
+def whisperlivekit_page() -> Path:
+    """WhisperLiveKit's own web page, unchanged, from its PyPI wheel (not installed: only `web/` is
+    unpacked). Returns the folder to serve as `/`: the page is `web/live_transcription.html` and loads
+    its worklet and worker from `/web/...`."""
+    root = CACHE / WHISPERLIVEKIT_PAGE.replace("==", "-") / "whisperlivekit"
+    if (root / "web" / "live_transcription.js").exists():
+        return root
+    wheel = _pip_download(WHISPERLIVEKIT_PAGE, binary=True)
+    with zipfile.ZipFile(wheel) as zf:
+        for member in zf.namelist():
+            if member.startswith("whisperlivekit/web/") and not member.endswith("/"):
+                _extract(wheel, member, root.parent / member)
+    return root

@@ -71,12 +71,12 @@ def _view(**overrides) -> PipelineView:
 def test_update_carries_lines_buffer_and_lag():
     update = transcript_update(_view(tentative=[Word(1.0, 1.2, " again")]), pause_s=2.0, no_audio_timeout_s=5.0)
     assert update["status"] == "active_transcription"
-    assert [line["text"] for line in update["lines"]] == ["Hello world"]
-    assert update["buffer_transcription"] == "again"
+    assert [line["text"] for line in update["lines"]] == [" Hello world"]  # WhisperLiveKit keeps the leading spaces
+    assert update["buffer_transcription"] == " again"
     assert update["remaining_time_transcription"] == 1.0
 
 
-def test_update_says_no_audio_detected_only_when_nothing_was_heard_for_the_timeout():
+def test_update_says_no_audio_detected_only_when_nothing_was_heard_for_the_timeout():  # --no-audio-timeout 5
     quiet = _view(committed=[], received_s=6.0, vad_heard_speech=False, speech_pending=False)
     assert transcript_update(quiet, 2.0, 5.0)["status"] == "no_audio_detected"
     assert transcript_update(_view(committed=[], received_s=6.0), 2.0, 5.0)["status"] == "active_transcription"

@@ -58,3 +58,50 @@ def test_times_are_formatted_h_mm_ss_cc(pcm_server, speech_pcm):
     assert lines
     for line in lines:
         assert re.fullmatch(r"\d+:\d\d:\d\d\.\d\d", line["start"]) and re.fullmatch(r"\d+:\d\d:\d\d\.\d\d", line["end"])
+
+
+def test_diff_mode_sends_a_snapshot_then_diffs_that_rebuild_the_transcript_with_words_and_language(pcm_server, speech_pcm):
+    """`?mode=diff` as a WhisperLiveKit client uses it: the rebuilt lines carry the whole clip, Whisper's
+    leading spaces (joined with no separator they read right), per-word times and probabilities, and
+    the detected language (the server runs with `--language auto`); a diff never re-sends a line the
+    client holds unchanged."""
+    from conftest import wer
+    from test_protocol_unit import apply
+
+    pcm, reference = speech_pcm("harvard")
+    held, rebuilt, resent = [], [], []
+
+    def on_message(message: dict) -> None:
+        nonlocal held
+        if message.get("type") not in ("snapshot", "diff"):
+            return
+        before = held[message.get("lines_pruned", 0):]
+        held = apply(message, held)
+        assert len(held) == message.get("n_lines", len(held))
+        new_lines = message.get("new_lines", [])
+        first_new = message.get("n_lines", 0) - len(new_lines)
+        if message["type"] == "diff" and new_lines and first_new < len(before) and before[first_new] == new_lines[0]:
+            resent.append(new_lines[0])
+        full = {key: value for key, value in message.items() if key not in ("type", "seq", "n_lines", "lines_pruned", "new_lines")}
+        rebuilt.append({**full, "lines": held})
+
+    result = run(stream(pcm_server.ws_url + "?mode=diff", pcm, pcm=True, speed=3.0, on_message=on_message))
+    assert result.config["mode"] == "diff" and result.messages[-1] == {"type": "ready_to_stop"}
+    kinds = [m["type"] for m in result.messages if m.get("type") in ("snapshot", "diff")]
+    assert kinds[0] == "snapshot" and set(kinds[1:]) == {"diff"} and len(kinds) >= 5, kinds
+    assert [m["seq"] for m in result.messages if m.get("type") in ("snapshot", "diff")] == list(range(1, len(kinds) + 1))
+    speech = [line for line in rebuilt[-1]["lines"] if line["speaker"] != -2]
+    text = "".join(line["text"] for line in speech)
+    assert text.startswith(" ") and "  " not in text and wer(reference, text) <= 0.10, text
+    for line in speech:
+        assert "".join(w["text"] for w in line["words"]) == line["text"]
+        assert all(0.0 < w["probability"] <= 1.0 and w["start"] <= w["end"] for w in line["words"]), line["words"]
+        assert line.get("detected_language") == "en", line
+    assert all(line["text"] == "" for line in rebuilt[-1]["lines"] if line["speaker"] == -2)
+    assert not resent, resent
+
+
+def test_an_unknown_mode_is_refused_with_4400(pcm_server, speech_pcm):
+    pcm, _ = speech_pcm("arctic_a0009")
+    result = run(stream(pcm_server.ws_url + "?mode=delta", pcm[: 16000 * 2], pcm=True, speed=4.0))
+    assert result.close_code == 4400 and "invalid mode" in result.messages[0]["error"], result.messages

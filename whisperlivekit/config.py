@@ -73,7 +73,7 @@ class Settings:
     vac: bool = True
     vad_threshold: float = 0.4
     pause_segmentation_s: float = 1.0
-    no_audio_timeout_s: float = 5.0
+    no_audio_timeout_s: float = 0.0  # status "no_audio_detected" until speech after this much audio (0: from the start, as WhisperLiveKit)
 
     # --- diarization --------------------------------------------------------------
     diarization: bool = False

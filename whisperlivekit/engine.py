@@ -31,7 +31,7 @@ from whisperlivekit.events import (
 )
 from whisperlivekit.gpu.manager import Slot
 from whisperlivekit.metrics import CommitLagMeter
-from whisperlivekit.protocol import PipelineView, transcript_update
+from whisperlivekit.protocol import LineCache, PipelineView, transcript_update
 from whisperlivekit.runtime.device_worker import DeviceWorker
 
 logger = logging.getLogger(__name__)
@@ -50,6 +50,7 @@ class TranscriptionEngine:
         self.input_format = input_format or InputFormat(pcm=settings.pcm_input)  # `--pcm-input`: the /asr default
         self.decoder = decoder_for(self.input_format, label=f"[{slot.connection_id[:8]}]")
         self.policy = make_policy(settings, language)
+        self.detects_language = language is None  # `auto`: updates name the language once detected
         self.vad = VadStream(threshold=settings.vad_threshold) if settings.vac else None
         self.received_samples = 0
         self.fed_bytes = 0
@@ -60,6 +61,7 @@ class TranscriptionEngine:
         self._wake = asyncio.Event()
         self._changed = asyncio.Event()
         self._latest: Optional[dict] = None
+        self._line_cache = LineCache()  # lines' JSON kept between updates: long sessions stay cheap
         self._last_sent: Optional[dict] = None
         self._tasks: List[asyncio.Task] = []
         self.commit_lag = CommitLagMeter()
@@ -206,8 +208,10 @@ class TranscriptionEngine:
             error=self.error,
             diarization=self.diarization,
             diarization_done=self._diar_done,
+            detected_language=self.policy.language if self.detects_language else None,
         )
-        return transcript_update(view, self.settings.pause_segmentation_s, self.settings.no_audio_timeout_s)
+        return transcript_update(view, self.settings.pause_segmentation_s, self.settings.no_audio_timeout_s,
+                                 self._line_cache)
 
     # -- audio in --------------------------------------------------------------------
     @property

@@ -16,7 +16,7 @@ from starlette.websockets import WebSocketDisconnect, WebSocketState
 
 from whisperlivekit.api import security
 from whisperlivekit.api.admission import build_on_slot
-from whisperlivekit.api.params import parse_language
+from whisperlivekit.api.params import parse_language, parse_mode, parse_words
 from whisperlivekit.engine import TranscriptionEngine
 from whisperlivekit.api.errors import INTERNAL_ERROR, Ending, ending_for
 from whisperlivekit.api.stream_runner import CLIENT_GONE, StreamParts, release, run_stream
@@ -26,7 +26,7 @@ from whisperlivekit.errors import (
 )
 from whisperlivekit.gpu.manager import Slot
 from whisperlivekit.limits import SessionGuard
-from whisperlivekit.protocol import READY_TO_STOP, config_message, error_message
+from whisperlivekit.protocol import READY_TO_STOP, config_message, error_message, update_encoder
 from whisperlivekit.services import Services, get_ws_services
 
 logger = logging.getLogger(__name__)
@@ -80,9 +80,10 @@ async def _receive_audio(websocket: WebSocket, engine: TranscriptionEngine, max_
             await engine.feed(data)
 
 
-async def _send_results(websocket: WebSocket, engine: TranscriptionEngine) -> None:
+async def _send_results(websocket: WebSocket, engine: TranscriptionEngine, mode: str, words: bool) -> None:
+    encode = update_encoder(mode, words)  # `?mode=diff`: a snapshot, then diffs; `?words=`: lines' words
     async for update in engine.updates():
-        if not await _send(websocket, update):
+        if not await _send(websocket, encode(update)):
             return
 
 
@@ -99,7 +100,7 @@ def _gatekeeper(services: Services, websocket: WebSocket, address: str) -> Optio
     return None
 
 
-def _parts(websocket: WebSocket, engine: TranscriptionEngine, max_frame_bytes: int) -> StreamParts:
+def _parts(websocket: WebSocket, engine: TranscriptionEngine, max_frame_bytes: int, mode: str, words: bool) -> StreamParts:
     """`/asr`'s side of the shared stream loop: binary frames in, snapshots out, `ready_to_stop` last."""
     async def goodbye(_result: None, ending: Ending) -> None:
         await _send(websocket, READY_TO_STOP)
@@ -107,7 +108,7 @@ def _parts(websocket: WebSocket, engine: TranscriptionEngine, max_frame_bytes: i
 
     return StreamParts(
         receive=lambda guard: _receive_audio(websocket, engine, max_frame_bytes, guard),
-        send=lambda: _send_results(websocket, engine),
+        send=lambda: _send_results(websocket, engine, mode, words),
         goodbye=goodbye,
     )
 
@@ -156,6 +157,8 @@ async def asr(websocket: WebSocket, services: Services = Depends(get_ws_services
         settings = services.settings
         language = parse_language(websocket.query_params.get("language"), settings.language,
                                   services.pool.languages(), settings.model)
+        mode = parse_mode(websocket.query_params.get("mode"))
+        words = parse_words(websocket.query_params.get("words"), mode)
     except BadParameters as exc:
         await _refuse(websocket, services, exc, log, tell=True)
         return
@@ -179,9 +182,10 @@ async def asr(websocket: WebSocket, services: Services = Depends(get_ws_services
         services.active_engines.add(engine)
         await _send(websocket, config_message(
             use_audio_worklet=services.settings.pcm_input, gpu_id=slot.gpu_id, device=slot.reported_device,
-            connection_id=connection_id, simulated=slot.simulated,
+            connection_id=connection_id, mode=mode, simulated=slot.simulated,
         ))
-        outcome = await run_stream(services, engine, connection_id, log, _parts(websocket, engine, services.settings.max_frame_bytes))
+        outcome = await run_stream(services, engine, connection_id, log,
+                                   _parts(websocket, engine, services.settings.max_frame_bytes, mode, words))
     except WebSocketDisconnect:
         outcome = CLIENT_GONE
         log.info("client disconnected")

@@ -117,6 +117,7 @@ class StreamingPolicy(Protocol):
 
     committed: List[Word]
     offset_s: float  # stream time of the first sample still buffered
+    language: Optional[str]  # the forced language, or the detected one once known (None before)
 
     def append_audio(self, samples: np.ndarray) -> None: ...
     def drop_audio_before(self, time_s: float) -> None: ...  # silence the engine will never transcribe

@@ -14,7 +14,7 @@ import { Transcript, formatLag } from "./transcript.js";
 const $ = (id) => document.getElementById(id);
 const ui = {
   mic: $("mic"), url: $("ws-url"), record: $("record"), status: $("status"), error: $("error"),
-  device: $("device"), audio: $("audio-mode"), lagTranscription: $("lag-transcription"),
+  device: $("device"), audio: $("audio-mode"), language: $("language"), lagTranscription: $("lag-transcription"),
   lagDiarization: $("lag-diarization"), copy: $("copy"), download: $("download"), empty: $("empty"),
 };
 const transcript = new Transcript($("lines"), $("buffer"));
@@ -56,7 +56,7 @@ function showError(text) {
 
 function resetFacts() {
   showDevice(null);
-  for (const fact of [ui.audio, ui.lagTranscription, ui.lagDiarization]) fact.textContent = "–";
+  for (const fact of [ui.audio, ui.language, ui.lagTranscription, ui.lagDiarization]) fact.textContent = "–";
 }
 
 function showDevice(config) {
@@ -174,6 +174,7 @@ async function onConfig(me, config) {
 function onUpdate(me, message) {
   transcript.update(message);
   refreshTranscriptView();
+  if (transcript.language) ui.language.textContent = `${transcript.language} (detected)`;
   ui.lagTranscription.textContent = formatLag(message.remaining_time_transcription);
   ui.lagDiarization.textContent = formatLag(message.remaining_time_diarization);
   if (state === "recording") setState("recording", message.status === "no_audio_detected" ? "Recording: no speech detected yet" : "Recording");

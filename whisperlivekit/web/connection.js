@@ -1,16 +1,33 @@
 /**
  * One WebSocket session with the server's `/asr` endpoint (docs: PROTOCOL.md):
- * dispatches the `config`, `queued`, update, `error` and `ready_to_stop` messages,
+ * dispatches the `config`, `queued`, update (full, or `snapshot`/`diff` rebuilt into full), `error`
+ * and `ready_to_stop` messages,
  * and says in words what a close code means and whether reconnecting could help.
  */
 
-/** ws:// or wss:// (following the page), same host, path `asr`; keeps a `?token=` from the page URL. */
+/**
+ * ws:// or wss:// (following the page), same host, path `asr`, `mode=diff` (a snapshot, then only
+ * what changed); keeps a `?token=` from the page URL.
+ */
 export function defaultAsrUrl(page = window.location) {
   const url = new URL("asr", page.href);
   url.protocol = page.protocol === "https:" ? "wss:" : "ws:";
+  url.searchParams.set("mode", "diff");
   const token = new URLSearchParams(page.search).get("token");
   if (token) url.searchParams.set("token", token);
   return url.href;
+}
+
+/**
+ * `?mode=diff`: the full update that a `snapshot` or `diff` message stands for, given the lines the
+ * client held before it. A diff drops `lines_pruned` lines from the front, keeps the first
+ * `n_lines - new_lines.length` of the rest (a line that changed in place comes again), appends `new_lines`.
+ */
+export function applyDiff(held, message) {
+  const { type, seq, n_lines: count, lines_pruned: pruned = 0, new_lines: added = [], ...update } = message;
+  if (type === "snapshot") return update;
+  const kept = held.slice(pruned, pruned + Math.max(0, count - added.length));
+  return { ...update, lines: kept.concat(added) };
 }
 
 /** Delay before reconnect attempt `n` (1, 2, ...): 1 s, 2 s, 4 s ... capped at 30 s. */
@@ -44,6 +61,7 @@ export class AsrSession {
     this.handlers = handlers;
     this.lastError = null;
     this.ended = false;
+    this.lines = []; // in diff mode: the lines as rebuilt so far
     this.ws = new WebSocket(url);
     this.ws.binaryType = "arraybuffer";
     this.ws.addEventListener("message", (event) => this.dispatch(event.data));
@@ -72,6 +90,10 @@ export class AsrSession {
     else if (message.type === "error" || message.status === "error") {
       this.lastError = message.error || "unknown error";
       this.call("onError", this.lastError); // its empty `lines` must not wipe the transcript
+    } else if (message.type === "snapshot" || message.type === "diff") {
+      const update = applyDiff(this.lines, message);
+      this.lines = update.lines;
+      this.call("onUpdate", update);
     } else if (Array.isArray(message.lines)) this.call("onUpdate", message);
   }
 

@@ -2,10 +2,14 @@
  * The transcript: committed `lines` (speaker badge, time range, text) rendered into a
  * list that only changes where the server's update changed, the tentative
  * `buffer_transcription` in grey after them, and the whole thing as plain text.
+ * A line's words are spans; words Whisper was unsure of (probability below
+ * LOW_PROBABILITY) are lighter. Text fields keep Whisper's leading spaces (as
+ * WhisperLiveKit sends them), so words are joined as they come, never with an extra space.
  * Lines of earlier connections (after a reconnect) are kept above the current ones.
  */
 export const SILENCE_SPEAKER = -2;
 export const UNKNOWN_SPEAKER = 0;
+export const LOW_PROBABILITY = 0.5;
 
 export function speakerLabel(speaker) {
   if (speaker === SILENCE_SPEAKER) return "Silence";
@@ -33,6 +37,7 @@ function renderLine(item, line) {
   item.dataset.testid = "line";
   item.dataset.speaker = String(line.speaker);
   item.dataset.key = lineKey(line);
+  if (line.detected_language) item.dataset.language = line.detected_language;
   if (line.speaker > 0) item.style.setProperty("--speaker-hue", String((line.speaker * 137 + 200) % 360));
   const badge = document.createElement("span");
   badge.className = "badge speaker";
@@ -43,8 +48,19 @@ function renderLine(item, line) {
   if (silence) return item.replaceChildren(badge, time);
   const text = document.createElement("p");
   text.className = "text";
-  text.textContent = line.text || "";
+  if (Array.isArray(line.words) && line.words.length) text.replaceChildren(...line.words.map(wordSpan));
+  else text.textContent = line.text || "";
+  if (text.firstChild) text.firstChild.textContent = text.firstChild.textContent.trimStart();
   item.replaceChildren(badge, time, text);
+}
+
+function wordSpan(word) {
+  const span = document.createElement("span");
+  span.className = word.probability < LOW_PROBABILITY ? "word unsure" : "word";
+  span.dataset.probability = String(word.probability);
+  if (word.probability < LOW_PROBABILITY) span.title = `Unsure: probability ${Math.round(word.probability * 100)} %`;
+  span.textContent = word.text;
+  return span;
 }
 
 export class Transcript {
@@ -54,6 +70,7 @@ export class Transcript {
     this.earlier = [];
     this.current = [];
     this.tentative = "";
+    this.language = null; // the language the server detected, when it detected one
   }
 
   get lines() {
@@ -67,7 +84,9 @@ export class Transcript {
   /** A server update: its `lines` replace the current connection's lines. */
   update(message) {
     this.current = message.lines.filter((line) => line.speaker === SILENCE_SPEAKER || (line.text || "").trim());
-    this.tentative = (message.buffer_transcription || "").trim();
+    this.tentative = (message.buffer_transcription || "").trim(); // shown apart from the lines
+    const spoken = this.current.filter((line) => line.detected_language);
+    if (spoken.length) this.language = spoken[spoken.length - 1].detected_language;
     this.render();
   }
 
@@ -84,6 +103,7 @@ export class Transcript {
     this.earlier = [];
     this.current = [];
     this.tentative = "";
+    this.language = null;
     this.render();
   }
 
@@ -109,7 +129,7 @@ export class Transcript {
       .filter((line) => line.speaker !== SILENCE_SPEAKER)
       .map((line) => {
         const when = line.start ? `[${shortTime(line.start)} – ${shortTime(line.end)}] ` : "";
-        return `${when}${speakerLabel(line.speaker)}: ${line.text}`;
+        return `${when}${speakerLabel(line.speaker)}: ${(line.text || "").trim()}`;
       });
     if (this.tentative) rows.push(this.tentative);
     return rows.join("\n") + (rows.length ? "\n" : "");

@@ -110,6 +110,11 @@ class SimulStreamingPolicy:
 
     # -- audio in --------------------------------------------------------------------
     @property
+    def language(self) -> Optional[str]:
+        """The forced language, or the detected one once detected (None before)."""
+        return self.state.language
+
+    @property
     def offset_s(self) -> float:
         return self.state.offset_s
 
