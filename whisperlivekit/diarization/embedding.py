@@ -12,8 +12,9 @@ A stream is diarized in four incremental steps:
    twice the speech time through the encoder).
 3. Online clustering, in order: a window joins the speaker whose centroid is the
    most similar if the cosine similarity reaches `threshold`. One that matches
-   nobody opens a new speaker only if the next window agrees with it and also
-   matches nobody (a window across a speaker change or over two people talking
+   nobody opens a new speaker at once if it is clearly unlike all of them
+   (similarity below `new_below`), and otherwise only if the next window agrees
+   with it and also matches nobody (a window across a speaker change or over two people talking
    at once is not a new voice); otherwise it takes the nearest speaker if that
    one is at least `floor` similar, and stays unlabelled if not (overlapped
    speech, noise). Short windows never open speakers.
@@ -139,6 +140,7 @@ class EmbeddingDiarizer:
         max_speakers: int = 4,
         threshold: float = 0.45,
         floor: float = 0.2,
+        new_below: float = 0.25,
         window_s: float = 1.5,
         hop_s: float = 0.75,
         min_window_s: float = 0.5,
@@ -159,6 +161,7 @@ class EmbeddingDiarizer:
         self.max_speakers = max_speakers
         self.threshold = threshold
         self.floor = floor
+        self.new_below = new_below
         self.window = max(1, round(window_s / FRAME_S))
         self.hop = max(1, round(hop_s / FRAME_S))
         self.min_window = max(MIN_SAMPLES // FRAME, round(min_window_s / FRAME_S))
@@ -255,7 +258,7 @@ class EmbeddingDiarizer:
         if best >= 0 and sims[best] >= self.threshold:
             return best + 1
         if not window.short and len(state.centroids) < self.max_speakers:
-            if best < 0:
+            if best < 0 or sims[best] < self.new_below:
                 return self._new_speaker(state, window.embedding)
             if following is not None and not following.short:
                 agrees = float(window.embedding @ following.embedding) >= self.threshold
@@ -270,7 +273,7 @@ class EmbeddingDiarizer:
         sims = self._similarities(state, window.embedding)
         return (
             len(sims) > 0
-            and sims.max() < self.threshold
+            and self.new_below <= sims.max() < self.threshold
             and not window.short
             and len(state.centroids) < self.max_speakers
         )
