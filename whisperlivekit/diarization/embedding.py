@@ -22,7 +22,12 @@ A stream is diarized in four incremental steps:
    (at most `history` windows) are clustered again from scratch (average
    linkage, cosine); the clusters are matched to the existing labels by their
    overlap with the labels already given, and the centroids are rebuilt from
-   them. Labels already given never change (`relabels` counts how many windows
+   them; a cluster of at least `min_new_cluster` windows that matches no label
+   becomes a new speaker (a voice the online pass had folded into another),
+   and two speakers whose centroids come to match (`merge_threshold`) are
+   merged: the newer one is retired and the windows to come go to the older;
+   a speaker none of whose recent windows form a cluster of their own (a mix
+   of voices, e.g. fast turns at the start of a call) is retired too. Labels already given never change (`relabels` counts how many windows
    the re-clustering would have labelled differently); the better centroids
    serve the windows to come.
 
@@ -36,7 +41,7 @@ from __future__ import annotations
 import itertools
 import logging
 from dataclasses import dataclass, field
-from typing import List, Optional
+from typing import List, Optional, Set
 
 import numpy as np
 
@@ -86,6 +91,7 @@ class EmbeddingStreamState(DiarizationState):
     sums: List[np.ndarray] = field(default_factory=list, repr=False)  # sums of their members' embeddings
     history: List[_Window] = field(default_factory=list, repr=False)  # recent full windows, labelled
     next_recluster: int = 0  # frame
+    retired: Set[int] = field(default_factory=set, repr=False)  # labels merged into an older one
     relabels: int = 0  # windows a re-clustering labelled differently from the label given
     windows_embedded: int = 0
 
@@ -138,7 +144,7 @@ class EmbeddingDiarizer:
         self,
         device: str = "cpu",
         max_speakers: int = 4,
-        threshold: float = 0.45,
+        threshold: float = 0.5,
         floor: float = 0.2,
         new_below: float = 0.25,
         window_s: float = 1.5,
@@ -146,7 +152,9 @@ class EmbeddingDiarizer:
         min_window_s: float = 0.5,
         pause_s: float = 0.3,
         confirm_wait_s: float = 1.0,
-        recluster_every_s: float = 10.0,
+        recluster_every_s: float = 5.0,
+        min_new_cluster: int = 3,
+        merge_threshold: float = 0.8,
         recluster_threshold: float = 0.4,
         history: int = 240,
         margin_db: float = 12.0,
@@ -169,6 +177,8 @@ class EmbeddingDiarizer:
         self.confirm_wait = round(confirm_wait_s / FRAME_S)
         self.recluster_every = round(recluster_every_s / FRAME_S)
         self.recluster_threshold = recluster_threshold
+        self.min_new_cluster = min_new_cluster
+        self.merge_threshold = merge_threshold
         self.history = history
         self.margin_db = margin_db
         self.floor_dbfs = floor_dbfs
@@ -244,7 +254,27 @@ class EmbeddingDiarizer:
     def _similarities(self, state: EmbeddingStreamState, embedding: np.ndarray) -> np.ndarray:
         if not state.centroids:
             return np.zeros(0)
-        return np.stack(state.centroids) @ embedding
+        sims = np.stack(state.centroids) @ embedding
+        for label in state.retired:
+            sims[label - 1] = -1.0
+        return sims
+
+    def _merge_alike(self, state: EmbeddingStreamState) -> None:
+        """Retire a speaker whose centroid has come to match an older one's: one voice split in two.
+
+        Labels already given stay; the windows to come go to the older speaker.
+        """
+        live = [l for l in range(1, len(state.centroids) + 1) if l not in state.retired]
+        for older, newer in itertools.combinations(live, 2):
+            if float(state.centroids[older - 1] @ state.centroids[newer - 1]) >= self.merge_threshold:
+                state.sums[older - 1] = state.sums[older - 1] + state.sums[newer - 1]
+                state.centroids[older - 1] = _unit(state.sums[older - 1])
+                state.retired.add(newer)
+                for window in state.history:
+                    if window.label == newer:
+                        window.label = older
+                logger.debug("speaker %d merged into %d", newer, older)
+                return
 
     def _new_speaker(self, state: EmbeddingStreamState, embedding: np.ndarray) -> int:
         state.centroids.append(_unit(embedding))
@@ -290,6 +320,7 @@ class EmbeddingDiarizer:
                 if float(state.centroids[window.label - 1] @ window.embedding) >= self.threshold:
                     state.sums[window.label - 1] += window.embedding
                     state.centroids[window.label - 1] = _unit(state.sums[window.label - 1])
+                    self._merge_alike(state)
                 state.history.append(window)
                 del state.history[: max(0, len(state.history) - self.history)]
             state.settled.append(window)
@@ -305,7 +336,7 @@ class EmbeddingDiarizer:
         given = np.array([w.label for w in state.history])
         clusters = average_linkage(embeddings, self.recluster_threshold, self.max_speakers)
         count = int(clusters.max()) + 1
-        labels = list(range(1, len(state.centroids) + 1))
+        labels = [l for l in range(1, len(state.centroids) + 1) if l not in state.retired]
         overlap = np.array([[np.sum((clusters == c) & (given == l)) for l in labels] for c in range(count)])
         best_total, best_mapping = -1, {}
         for chosen in itertools.permutations(range(len(labels)), min(count, len(labels))):
@@ -313,6 +344,13 @@ class EmbeddingDiarizer:
                 total = sum(overlap[c, l] for c, l in zip(clusters_order, chosen))
                 if total > best_total:
                     best_total, best_mapping = total, {c: labels[l] for c, l in zip(clusters_order, chosen)}
+        for cluster in range(count):  # a voice the online pass folded into another one
+            members = int(np.sum(clusters == cluster))
+            if cluster not in best_mapping and members >= self.min_new_cluster and len(state.centroids) < self.max_speakers:
+                best_mapping[cluster] = self._new_speaker(state, _unit(embeddings[clusters == cluster].sum(axis=0)))
+        for label in labels:  # its windows all went to other voices' clusters: it was a mix, not a voice
+            if label not in best_mapping.values() and np.any(given == label):
+                state.retired.add(label)
         mapped = np.array([best_mapping.get(int(c), 0) for c in clusters])
         state.relabels += int(np.sum((mapped != given) & (mapped > 0)))
         for cluster, label in best_mapping.items():
@@ -320,6 +358,7 @@ class EmbeddingDiarizer:
             if len(members) >= 2:
                 state.sums[label - 1] = members.sum(axis=0)
                 state.centroids[label - 1] = _unit(state.sums[label - 1])
+        self._merge_alike(state)
 
     # -- 3. frames -------------------------------------------------------------------
     def _frame_voiced(self, state: EmbeddingStreamState, frame: int) -> bool:
