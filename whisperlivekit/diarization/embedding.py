@@ -64,6 +64,7 @@ class _Window:
     embedding: np.ndarray
     short: bool  # shorter than window_s: never opens a speaker, never moves a centroid
     label: int = 0
+    disputed: bool = False  # a re-clustering put it with another speaker (counted once in `relabels`)
 
     @property
     def center(self) -> float:
@@ -92,7 +93,7 @@ class EmbeddingStreamState(DiarizationState):
     history: List[_Window] = field(default_factory=list, repr=False)  # recent full windows, labelled
     next_recluster: int = 0  # frame
     retired: Set[int] = field(default_factory=set, repr=False)  # labels merged into an older one
-    relabels: int = 0  # windows a re-clustering labelled differently from the label given
+    relabels: int = 0  # windows some re-clustering labelled differently from the label they were given
     windows_embedded: int = 0
 
     @property
@@ -352,7 +353,10 @@ class EmbeddingDiarizer:
             if label not in best_mapping.values() and np.any(given == label):
                 state.retired.add(label)
         mapped = np.array([best_mapping.get(int(c), 0) for c in clusters])
-        state.relabels += int(np.sum((mapped != given) & (mapped > 0)))
+        for window, label in zip(state.history, mapped):
+            if label and label != window.label and not window.disputed:
+                window.disputed = True
+                state.relabels += 1
         for cluster, label in best_mapping.items():
             members = embeddings[clusters == cluster]
             if len(members) >= 2:
