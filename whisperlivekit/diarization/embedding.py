@@ -414,6 +414,7 @@ class EmbeddingDiarizer:
         state.processed_s = round(max(state.processed_s, state.marked_to * FRAME_S), 6)
 
     def _trim(self, state: EmbeddingStreamState) -> None:
+        """Drop voice flags no frame label needs and audio no window to come needs (both bounded in a long run)."""
         keep = min([state.marked_to - self.hangover, state.scanned - self.hangover]
                    + [w.start for w in state.settled + state.waiting]
                    + ([state.run_start] if state.run_start is not None else []))
@@ -421,7 +422,10 @@ class EmbeddingDiarizer:
         if drop > 0:
             del state.voiced[:drop]
             state.frame_start = keep
-        drop_samples = keep * FRAME - state.audio_start
+        keep_audio = state.scanned - self.hangover  # a run that starts now reaches back by the hangover
+        if state.run_start is not None:  # later windows of the open run start at next_window, its tail after next_window - hop
+            keep_audio = state.next_window - self.hop if state.next_window > state.run_start else state.run_start
+        drop_samples = max(keep_audio, 0) * FRAME - state.audio_start
         if drop_samples > 0:
             state.audio = state.audio[drop_samples:]
             state.audio_start += drop_samples
