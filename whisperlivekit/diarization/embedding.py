@@ -11,13 +11,16 @@ A stream is diarized in four incremental steps:
    window (at least `min_window_s`). Each window is embedded once (cost: about
    twice the speech time through the encoder).
 3. Online clustering, in order: a window joins the speaker whose centroid is the
-   most similar if the cosine similarity reaches `threshold`. One that matches
-   nobody opens a new speaker at once if it is clearly unlike all of them
-   (similarity below `new_below`), and otherwise only if the next window agrees
-   with it and also matches nobody (a window across a speaker change or over two people talking
-   at once is not a new voice); otherwise it takes the nearest speaker if that
-   one is at least `floor` similar, and stays unlabelled if not (overlapped
-   speech, noise). Short windows never open speakers.
+   most similar if the cosine similarity reaches `threshold`. Otherwise a speaker
+   given fewer than `young_windows` windows so far takes it if at least
+   `young_threshold` similar (its centroid is still a rough guess: without this,
+   a voice first heard in a fast exchange gets a second label when it speaks
+   alone). Otherwise the window opens a new speaker at once if it is clearly
+   unlike all of them (below `new_below`), or if the next window agrees with it
+   and also matches nobody (a window across a speaker change or over two people
+   talking at once is not a new voice); failing that it takes the nearest speaker
+   if at least `floor` similar, and stays unlabelled if not (overlapped speech,
+   noise). Short windows never open speakers.
 4. Re-clustering: every `recluster_every_s` of audio, the recent embeddings
    (at most `history` windows) are clustered again from scratch (average
    linkage, cosine); the clusters are matched to the existing labels by their
@@ -90,6 +93,7 @@ class EmbeddingStreamState(DiarizationState):
     marked_to: int = 0  # frames before this are final
     centroids: List[np.ndarray] = field(default_factory=list, repr=False)  # unit vectors, label - 1
     sums: List[np.ndarray] = field(default_factory=list, repr=False)  # sums of their members' embeddings
+    counts: List[int] = field(default_factory=list, repr=False)  # full windows each speaker was given
     history: List[_Window] = field(default_factory=list, repr=False)  # recent full windows, labelled
     next_recluster: int = 0  # frame
     retired: Set[int] = field(default_factory=set, repr=False)  # labels merged into an older one
@@ -156,6 +160,8 @@ class EmbeddingDiarizer:
         recluster_every_s: float = 5.0,
         min_new_cluster: int = 3,
         merge_threshold: float = 0.8,
+        young_windows: int = 3,
+        young_threshold: float = 0.35,
         recluster_threshold: float = 0.4,
         history: int = 240,
         margin_db: float = 12.0,
@@ -180,6 +186,8 @@ class EmbeddingDiarizer:
         self.recluster_threshold = recluster_threshold
         self.min_new_cluster = min_new_cluster
         self.merge_threshold = merge_threshold
+        self.young_windows = young_windows
+        self.young_threshold = young_threshold
         self.history = history
         self.margin_db = margin_db
         self.floor_dbfs = floor_dbfs
@@ -280,6 +288,7 @@ class EmbeddingDiarizer:
     def _new_speaker(self, state: EmbeddingStreamState, embedding: np.ndarray) -> int:
         state.centroids.append(_unit(embedding))
         state.sums.append(embedding.copy())
+        state.counts.append(0)
         logger.debug("new speaker %d", len(state.centroids))
         return len(state.centroids)
 
@@ -288,6 +297,9 @@ class EmbeddingDiarizer:
         best = int(np.argmax(sims)) if len(sims) else -1
         if best >= 0 and sims[best] >= self.threshold:
             return best + 1
+        young = [l for l in range(len(sims)) if state.counts[l] < self.young_windows and sims[l] >= self.young_threshold]
+        if young:  # a speaker seen in only a window or two is still a rough guess: let it grow first
+            return max(young, key=lambda l: sims[l]) + 1
         if not window.short and len(state.centroids) < self.max_speakers:
             if best < 0 or sims[best] < self.new_below:
                 return self._new_speaker(state, window.embedding)
@@ -318,6 +330,7 @@ class EmbeddingDiarizer:
             window.label = self._decide(state, window, following)
             state.waiting.pop(0)
             if window.label and not window.short:
+                state.counts[window.label - 1] += 1
                 if float(state.centroids[window.label - 1] @ window.embedding) >= self.threshold:
                     state.sums[window.label - 1] += window.embedding
                     state.centroids[window.label - 1] = _unit(state.sums[window.label - 1])
