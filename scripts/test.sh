@@ -20,8 +20,7 @@ step "python packages (CPU torch first: an unpinned torch would pull multi-GB CU
 # openai-whisper without its dependencies: they include triton (~1 GB, CUDA only)
 "$PY" -m pip install -q --disable-pip-version-check --no-deps openai-whisper
 "$PY" -m pip install -q --disable-pip-version-check numba tiktoken more-itertools tqdm regex
-# diarization: the embedding diarizer (resemblyzer needs setuptools<81) and NeMo Sortformer
-"$PY" -m pip install -q --disable-pip-version-check "setuptools<81" resemblyzer "torch==2.13.0"
+# diarization: NeMo Sortformer (the CPU embedding diarizer ships its weights and needs nothing more)
 "$PY" -m pip install -q --disable-pip-version-check "nemo_toolkit[asr]" "torch==2.13.0"
 
 step "tests"

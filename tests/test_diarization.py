@@ -105,7 +105,6 @@ def _valid(segments: Sequence[SpeakerSegment], processed_s: float, max_speakers:
 # -- embedding diarizer (the CPU default) ---------------------------------------------
 @pytest.fixture(scope="module")
 def embedding_diarizer():
-    pytest.importorskip("resemblyzer", reason="pip install 'setuptools<81' resemblyzer")
     diarizer = load_diarizer("embedding", "cpu", None, 4)
     yield diarizer
     diarizer.close()
@@ -121,7 +120,7 @@ def test_two_real_voices_streamed_in_100ms_chunks_are_told_apart(embedding_diari
 
     assert {s.speaker for s in state.segments} == {1, 2}
     accuracy = _best_accuracy(reference, _labels(state.segments, len(reference)))
-    assert accuracy >= 0.90, f"{accuracy:.1%} of reference speech labelled right"
+    assert accuracy >= 0.95, f"{accuracy:.1%} of reference speech labelled right"
     _valid(state.segments, state.processed_s, 4)
     assert state.processed_s >= len(audio) / SR - embedding_diarizer.latency_s
     assert sorted(returned.values(), key=lambda s: (s.start, s.speaker)) == sorted(
@@ -301,12 +300,11 @@ def test_sortformer_state_and_weights_live_on_cuda0(tiny_nemo, call_audio):
 
 @pytest.mark.gpu
 def test_embedding_diarizer_runs_on_cuda0():
-    torch = pytest.importorskip("torch")
-    pytest.importorskip("resemblyzer")
-    if not torch.cuda.is_available():
-        pytest.skip("no CUDA device")
+    onnxruntime = pytest.importorskip("onnxruntime")
+    if "CUDAExecutionProvider" not in onnxruntime.get_available_providers():
+        pytest.skip("no onnxruntime CUDA provider")
     diarizer = load_diarizer("embedding", "cuda:0", None, 4)
-    assert {str(p.device) for p in diarizer._encoder.parameters()} == {"cuda:0"}
+    assert diarizer.encoder._session.get_providers()[0] == "CUDAExecutionProvider"
     audio, reference = _conversation(_voice_pair("harvard"))
     state = diarizer.new_stream()
     _stream(diarizer, state, audio)
@@ -351,3 +349,44 @@ def test_overlapped_speech_goes_to_the_longer_overlap():
 def test_unknown_backend_is_refused_with_the_choices():
     with pytest.raises(ValueError, match="embedding, sortformer"):
         load_diarizer("pyannote", "cpu", None, 4)
+
+
+# -- the embedding diarizer's clustering and long sessions ---------------------------------
+def test_average_linkage_finds_separate_groups_and_respects_max_clusters():
+    from whisperlivekit.diarization.embedding import average_linkage
+
+    rng = np.random.default_rng(1)
+    centres = np.eye(8)[:3]
+    points = np.concatenate([c + rng.normal(0, 0.05, (5, 8)) for c in centres])
+    points /= np.linalg.norm(points, axis=1, keepdims=True)
+    labels = average_linkage(points, threshold=0.5, max_clusters=4)
+    assert len(set(labels)) == 3
+    assert all(len(set(labels[i * 5 : i * 5 + 5])) == 1 for i in range(3))
+    assert len(set(average_linkage(points, threshold=0.5, max_clusters=2))) == 2
+
+
+@pytest.mark.slow
+def test_a_looped_call_keeps_state_bounded_and_settled_labels_final():
+    from tests.audio_assets import pyannote_sample
+
+    try:
+        call = read_wav(pyannote_sample()[0])
+    except AssetUnavailable as exc:
+        pytest.skip(f"test audio unavailable: {exc}")
+    diarizer = load_diarizer("embedding", "cpu", None, 4, history=16)
+    state = diarizer.new_stream()
+    settled: Dict[Tuple[float, int], SpeakerSegment] = {}
+    audio = np.tile(call, 3)  # 90 s
+    for i in range(0, len(audio), SR // 2):
+        diarizer.process(state, audio[i : i + SR // 2])
+        for s in state.segments:
+            if s.end <= state.processed_s:
+                settled[(s.start, s.speaker)] = s
+        assert len(state.audio) < 5 * SR, "the audio buffer holds only what is not settled yet"
+        assert len(state.history) <= 16
+        assert state.processed_s >= (i + SR // 2) / SR - 4.0
+    final = {(s.start, s.speaker): s for s in state.segments}
+    assert all(final[key] == s for key, s in settled.items()), "a settled segment changed"
+    _valid(state.segments, state.processed_s, 4)
+    assert 2 <= len({s.speaker for s in state.segments}) <= 4
+    diarizer.close()

@@ -34,12 +34,13 @@ def _alternating_two_voices(speech_pcm):
     return b"".join(parts), turns
 
 
-def _speaker_accuracy(lines, turns):
+def _speaker_accuracy(lines, turns, names=("man", "woman")):
     """Share of reference speech time (covered by transcript lines) whose line speaker is right, best mapping."""
     spoken = [(_parse(l["start"]), _parse(l["end"]), l["speaker"]) for l in lines if l.get("text")]
     labels = sorted({s for *_, s in spoken})
     best = 0.0
-    for mapping in itertools.permutations(["man", "woman", "x", "y"][: max(2, len(labels))], len(labels)):
+    candidates = list(names) + [f"extra{i}" for i in range(max(0, len(labels) - len(names)))]
+    for mapping in itertools.permutations(candidates, len(labels)):
         assign = dict(zip(labels, mapping))
         right = covered = 0.0
         for ts, te, who in turns:
@@ -51,19 +52,78 @@ def _speaker_accuracy(lines, turns):
     return best, labels
 
 
-def test_two_different_voices_get_two_speakers_right(speech_pcm):
-    pcm, turns = _alternating_two_voices(speech_pcm)
+@pytest.fixture(scope="module")
+def diarizing_server():
+    """One server for every diarization case (the CPU embedding diarizer, real Whisper tiny.en)."""
     with running_server("--pcm-input", "--diarization") as server:
-        result = run(stream(server.ws_url, pcm, pcm=True, speed=2.0))
+        yield server
+
+
+def _pcm(audio) -> bytes:
+    import numpy as np
+
+    return (np.clip(audio, -1, 1) * 32767).astype("<i2").tobytes()
+
+
+def _line_turns(lines):
+    return [(_parse(l["start"]), _parse(l["end"]), l["speaker"]) for l in lines if l.get("text") and l["speaker"] > 0]
+
+
+def test_two_different_voices_get_two_speakers_right(diarizing_server, speech_pcm):
+    pcm, turns = _alternating_two_voices(speech_pcm)
+    result = run(stream(diarizing_server.ws_url, pcm, pcm=True, speed=2.0))
     assert result.ended_with_ready_to_stop
     final = result.final
     accuracy, labels = _speaker_accuracy(final["lines"], turns)
     print(f"speaker accuracy {accuracy:.1%}, speakers {labels}")
     assert len(labels) == 2, final["lines"]
-    assert accuracy >= 0.90, final["lines"]
+    # The diarizer itself gets this pair 100 % right (tests/test_diarization.py asserts >= 95 %); line time
+    # here also carries Whisper's word timings at the turn edges (measured 95-97 %).
+    assert accuracy >= 0.92, final["lines"]
     assert all(isinstance(m["buffer_diarization"], str) for m in result.updates)
     assert any(m["remaining_time_diarization"] > 0 for m in result.updates[:-1])
     assert final["remaining_time_diarization"] == 0 and final["buffer_diarization"] == ""
+
+
+def test_phone_call_and_three_and_four_voice_mixes_streamed_at_real_time(diarizing_server):
+    """The pyannote call (DER against its RTTM) and the 3- and 4-voice mixes, three streams at once, real time."""
+    import asyncio
+    import sys
+    from pathlib import Path
+
+    from tests.audio_assets import AssetUnavailable, pyannote_sample, read_wav, rttm_turns
+
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "scripts"))
+    from diarization_der import der
+    from tests.speaker_mixes import build
+
+    try:
+        call_wav, call_rttm = pyannote_sample()
+        mixes = {name: build(name) for name in ("three", "four")}
+    except (AssetUnavailable, OSError, subprocess.CalledProcessError) as exc:
+        pytest.skip(f"test audio unavailable: {exc}")
+    call = read_wav(call_wav)
+
+    async def all_three():
+        return await asyncio.gather(*(stream(diarizing_server.ws_url, _pcm(audio), pcm=True, speed=1.0)
+                                      for audio in [call] + [m[0] for m in mixes.values()]))
+
+    call_result, *mix_results = run(all_three())
+    assert call_result.ended_with_ready_to_stop and all(r.ended_with_ready_to_stop for r in mix_results)
+
+    hypothesis = _line_turns(call_result.final["lines"])
+    scores = {collar: der(rttm_turns(call_rttm), hypothesis, len(call) / SR, collar) for collar in (0.0, 0.25)}
+    print("call: " + "; ".join(f"collar {c}: DER {s['der']:.1%} (missed {s['missed']:.1%}, false alarm "
+                               f"{s['false_alarm']:.1%}, confusion {s['confusion']:.1%})" for c, s in scores.items()))
+    assert scores[0.0]["hypothesis_speakers"] == 2, call_result.final["lines"]
+    assert scores[0.25]["der"] <= 0.25, call_result.final["lines"]
+    assert scores[0.0]["der"] <= 0.35, call_result.final["lines"]  # lines span the pauses between words
+
+    for (name, (_, turns, _)), result in zip(mixes.items(), mix_results):
+        accuracy, labels = _speaker_accuracy(result.final["lines"], turns, names=sorted({t[2] for t in turns}))
+        print(f"mix {name}: speaker accuracy {accuracy:.1%}, speakers {labels}")
+        assert len(labels) == len({t[2] for t in turns}), result.final["lines"]
+        assert accuracy >= 0.85, result.final["lines"]
 
 
 def test_silence_around_speech_gives_no_hallucinated_text_and_a_silence_line(speech_pcm):

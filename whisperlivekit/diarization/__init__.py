@@ -2,8 +2,9 @@
 
 Two backends behind `DiarizationModel`, chosen by name:
 
-- `embedding`: a pretrained speaker encoder (Resemblyzer) with online
-  clustering; light, runs on CPU; the default.
+- `embedding`: a pretrained speaker encoder (CAM++, shipped as ONNX) over
+  speech runs, with online clustering and re-clustering; light, runs on CPU;
+  the CPU default.
 - `sortformer`: NVIDIA's streaming Sortformer (NeMo); end to end, handles
   overlapped speech, meant for GPUs.
 
@@ -43,7 +44,7 @@ def load_diarizer(
 ) -> DiarizationModel:
     """Load a diarization backend by name on `device` ("cpu", "cuda:N").
 
-    `model` is backend specific: Resemblyzer weights (`.pt`) for `embedding`, a
+    `model` is backend specific: a speaker-encoder `.onnx` file for `embedding`, a
     `.nemo` file or hub name for `sortformer`. `opts` go to the backend's
     constructor (thresholds, chunk lengths, ...).
     """
