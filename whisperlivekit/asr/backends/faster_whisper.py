@@ -168,6 +168,8 @@ class FasterWhisperBackend:
             for j, i in enumerate(degenerate):
                 results[i] = redo[j]
                 results[i].degenerate = j in still
+                results[i].retried = True
+                logger.info("degenerate hypothesis on %.1f s of audio: retried on the full window", len(requests[i].audio) / SAMPLE_RATE)
         return results
 
     def _run(self, requests: List[TranscribeRequest], frames: int) -> Tuple[List[TranscribeResult], List[int]]:
@@ -208,13 +210,14 @@ class FasterWhisperBackend:
             if any(text_tokens) else [[] for _ in requests]
         )
         results = []
-        for words, duration, language in zip(alignments, durations, languages):
+        for words, duration, language, gen in zip(alignments, durations, languages, generated):
             results.append(TranscribeResult(
                 words=[
                     Word(min(float(w["start"]), duration), min(float(w["end"]), duration), w["word"], float(w["probability"]))
                     for w in words
                 ],
                 language=language,
+                decoded_tokens=len(gen.sequences_ids[0]),
             ))
         return results, degenerate
 
