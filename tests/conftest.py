@@ -68,8 +68,10 @@ class ServerProcess:
     every request made here verifies against it; the server's own TLS flags go in `flags`.
     """
 
-    def __init__(self, *flags: str, env: Optional[dict] = None, ssl_context: Optional[ssl.SSLContext] = None) -> None:
+    def __init__(self, *flags: str, env: Optional[dict] = None, ssl_context: Optional[ssl.SSLContext] = None,
+                 cwd: Optional[str] = None) -> None:
         self.port = free_port()
+        self.cwd = cwd  # another checkout of the project to run (the benchmark's baseline); None: this one
         self.ssl_context = ssl_context
         self.flags = list(flags)
         self.env = {**os.environ, **(env or {})}
@@ -88,7 +90,7 @@ class ServerProcess:
         self._log = open(self.log_path, "wb")
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "whisperlivekit.cli", "--port", str(self.port), *self.flags],
-            stdout=self._log, stderr=subprocess.STDOUT, env=self.env,
+            stdout=self._log, stderr=subprocess.STDOUT, env=self.env, cwd=self.cwd,
         )
         try:
             wait_healthy(self.base_url, proc=self.proc, verify=self.ssl_context or True)
@@ -116,9 +118,9 @@ class ServerProcess:
 
 @contextmanager
 def running_server(
-    *flags: str, env: Optional[dict] = None, ssl_context: Optional[ssl.SSLContext] = None
+    *flags: str, env: Optional[dict] = None, ssl_context: Optional[ssl.SSLContext] = None, cwd: Optional[str] = None
 ) -> Iterator[ServerProcess]:
-    server = ServerProcess(*flags, env=env, ssl_context=ssl_context).start()
+    server = ServerProcess(*flags, env=env, ssl_context=ssl_context, cwd=cwd).start()
     try:
         yield server
     finally:
