@@ -50,8 +50,8 @@ def streams() -> List[Tuple[str, np.ndarray, str]]:
     return out
 
 
-def run(backend: FasterWhisperBackend, audio: np.ndarray, step_s: float, hold_back_s: float) -> dict:
-    policy = LocalAgreementPolicy(language="en", hold_back_s=hold_back_s)
+def run(backend: FasterWhisperBackend, audio: np.ndarray, step_s: float, hold_back_s: float, prefix: bool = True) -> dict:
+    policy = LocalAgreementPolicy(language="en", hold_back_s=hold_back_s, force_prefix=prefix)
     step = int(step_s * SAMPLE_RATE)
     compute_s, steps, tokens, retries = 0.0, 0, [], 0
     for start in range(0, len(audio), step):
@@ -72,19 +72,21 @@ def main() -> int:
     p.add_argument("--steps", default="0.4,1.0", help="step sizes in seconds")
     p.add_argument("--windows", default="10", help="smallest encoder windows in seconds")
     p.add_argument("--hold-back", default="0", help="LocalAgreement hold-back margins in seconds")
+    p.add_argument("--prefix", default="on", help="force the committed words as the decoder prefix: on, off or on,off")
     p.add_argument("--model", default="tiny.en")
     args = p.parse_args()
     path = ModelPool(Settings(model=args.model)).model_path()
     data = streams()
-    print("| step s | min window s | hold back s | stream | WER | steps | compute s | tokens/step | retries |")
-    print("|---|---|---|---|---|---|---|---|---|")
+    print("| step s | min window s | hold back s | prefix | stream | WER | steps | compute s | tokens/step | retries |")
+    print("|---|---|---|---|---|---|---|---|---|---|")
     for window_s in [float(x) for x in args.windows.split(",")]:
         backend = FasterWhisperBackend(path, device="cpu", min_window_s=window_s, cpu_threads=1)
         try:
-            for step_s, hold_s in [(float(x), float(h)) for x in args.steps.split(",") for h in args.hold_back.split(",")]:
+            for step_s, hold_s, prefix in [(float(x), float(h), f) for x in args.steps.split(",")
+                                           for h in args.hold_back.split(",") for f in args.prefix.split(",")]:
                 for name, audio, reference in data:
-                    r = run(backend, audio, step_s, hold_s)
-                    print(f"| {step_s} | {window_s:g} | {hold_s:g} | {name} | {wer(reference, r['text']):.3f} | {r['steps']} "
+                    r = run(backend, audio, step_s, hold_s, prefix == "on")
+                    print(f"| {step_s} | {window_s:g} | {hold_s:g} | {prefix} | {name} | {wer(reference, r['text']):.3f} | {r['steps']} "
                           f"| {r['compute_s']:.1f} | {r['tokens_per_step']:.1f} | {r['retries']} |", flush=True)
         finally:
             backend.close()

@@ -34,6 +34,7 @@ class TranscribeRequest:
     language: Optional[str] = None
     task: str = "transcribe"
     new_audio_s: Optional[float] = None  # audio not covered by the stream's previous step (the load meter weighs by it)
+    prefix: str = ""  # words already committed at the start of this audio: forced as the decoder's prefix, not re-decoded
 
 
 @dataclass
