@@ -17,7 +17,8 @@ refused when its load *after* one more stream would reach the cap. The meter ave
 over `load_settle_s`, so a stream admitted t seconds ago shows in it only for the share
 t / load_settle_s; the rest of its cost is added at the device's measured cost per
 stream (load / streams already seen), so a burst of arrivals is not all admitted on the
-strength of a load that has not seen them yet. `--max-connections-per-gpu` and
+strength of a load that has not seen them yet. A device nobody holds is judged on its
+measured load alone. `--max-connections-per-gpu` and
 `--max-cpu-connections` stay as hard caps on top.
 
 Longer than ~300 lines because one lock guards four things that must change
@@ -220,7 +221,8 @@ class GpuManager:
         now = self._clock()
         seen = unseen = 0.0
         holders = [cid for cid, slot in self._slots.items() if slot.device == device]
-        if not holders:  # an idle device takes a stream whenever its load is under the cap
+        if not holders:  # the cost per stream is measured afresh on the streams to come
+            self._cost_per_stream.pop(device, None)
             return load
         for connection_id in holders:
             share = min(1.0, max(0.0, now - self._admitted_at.get(connection_id, now)) / self.load_settle_s)
