@@ -3,6 +3,12 @@
 
     PYTHONPATH=. python scripts/bench_streams.py --streams 1,2,4,6,8,10,12 --duration-s 60
     PYTHONPATH=. python scripts/bench_streams.py --quick          # smoke run: N = 1, 2, 4, short
+    PYTHONPATH=. python scripts/bench_streams.py --baseline-ref main --streams 1,8,14 --duration-s 60
+
+With `--baseline-ref REF` the two modes are REF (checked out into a temporary git worktree,
+its server run from there) and the working tree, one after the other in the same invocation
+with the same clients, clips and seed; the report adds current/baseline ratios per N and the
+N = 1 latency of both (first partial, commit-lag p95).
 
 For each mode (the default shared pool, then `--model-per-connection`) the
 script starts its own server (`--pcm-input --max-cpu-connections 64`, plus any
@@ -26,11 +32,14 @@ import asyncio
 import json
 import os
 import random
+import subprocess
 import sys
+import tempfile
 import threading
 import time
+from contextlib import contextmanager
 from pathlib import Path
-from typing import Dict, List, Optional, Tuple
+from typing import Dict, Iterator, List, Optional, Tuple
 
 import numpy as np
 import psutil
@@ -45,7 +54,8 @@ from whisperlivekit.client import load_pcm16, pcm_to_float, stream  # noqa: E402
 
 CLIP_NAMES = ("harvard", "arctic_a0007", "arctic_a0009")
 BASE_FLAGS = ("--pcm-input", "--max-cpu-connections", "64")
-MODES = {"shared": (), "per-connection": ("--model-per-connection",)}
+MODES = {"shared": (), "per-connection": ("--model-per-connection",), "baseline": ()}
+REPO = Path(__file__).resolve().parent.parent
 WER_FACTOR, WER_SLACK = 1.5, 0.02
 
 
@@ -220,11 +230,33 @@ def summarise(n: int, sessions: List[dict], offline: Dict[str, dict], clips, sam
     return row
 
 
-def run_mode(mode: str, args, clips, offline, t0: float) -> dict:
+@contextmanager
+def checkout(ref: str) -> Iterator[Tuple[str, str]]:
+    """`ref` checked out (detached) into a temporary git worktree: yields (path, commit)."""
+    commit = subprocess.run(["git", "-C", str(REPO), "rev-parse", "--verify", f"{ref}^{{commit}}"],
+                            check=True, capture_output=True, text=True).stdout.strip()
+    path = tempfile.mkdtemp(prefix="wlk-baseline-")
+    subprocess.run(["git", "-C", str(REPO), "worktree", "add", "--detach", "--force", path, commit],
+                   check=True, capture_output=True, text=True)
+    try:
+        yield path, commit
+    finally:
+        subprocess.run(["git", "-C", str(REPO), "worktree", "remove", "--force", path], capture_output=True)
+
+
+def working_tree_commit() -> str:
+    head = subprocess.run(["git", "-C", str(REPO), "rev-parse", "HEAD"], capture_output=True, text=True).stdout.strip()
+    dirty = subprocess.run(["git", "-C", str(REPO), "status", "--porcelain", "--untracked-files=no"],
+                           capture_output=True, text=True).stdout.strip()
+    return head + ("+changes" if dirty else "")
+
+
+def run_mode(mode: str, args, clips, offline, t0: float, cwd: Optional[str] = None, label: Optional[str] = None) -> dict:
     flags = (*BASE_FLAGS, *MODES[mode], "--model", args.model, *args.server_arg)
-    log(f"mode {mode}: starting server {' '.join(flags)}", t0)
+    mode = label or mode
+    log(f"mode {mode}: starting server {' '.join(flags)}" + (f" from {cwd}" if cwd else ""), t0)
     rows: List[dict] = []
-    with running_server(*flags) as server:
+    with running_server(*flags, cwd=cwd) as server:
         log(f"mode {mode}: server pid {server.proc.pid} ready at {server.base_url}", t0)
         idle = Sampler(server)
         failed_at: Optional[int] = None
@@ -274,6 +306,42 @@ def ratios(shared: dict, per_conn: dict) -> List[dict]:
                                                                       s.get("rss_mb_per_extra_connection")],
                     "rss_per_connection_over_idle": ratio("rss_mb_per_connection_over_idle")})
     return out
+
+
+def baseline_ratios(baseline: dict, current: dict) -> List[dict]:
+    """current / baseline per N, for the figures that matter (below 1: the working tree is better)."""
+    by_n = {r["n"]: r for r in baseline["levels"]}
+    out = []
+    for c in current["levels"]:
+        b = by_n.get(c["n"])
+        if not b:
+            continue
+
+        def ratio(key):
+            x, y = c.get(key), b.get(key)
+            return round(x / y, 2) if x is not None and y else None
+
+        out.append({"n": c["n"], "first_partial_p50": ratio("first_partial_p50_s"), "lag_p50": ratio("commit_lag_p50_s"),
+                    "lag_p95": ratio("commit_lag_p95_s"), "wer": ratio("wer_mean"), "load": ratio("peak_realtime_load"),
+                    "refused": [b["refusals"], c["refusals"]]})
+    return out
+
+
+def baseline_table(report: dict) -> str:
+    baseline, current = report["modes"][0], report["modes"][1]
+    lines = [f"current ({current['commit']}) / baseline ({baseline['commit']}):",
+             "| N | 1st partial p50 | lag p50 | lag p95 | WER | peak load | refused (baseline, current) |",
+             "|---|---|---|---|---|---|---|"]
+    for r in report["ratios_current_over_baseline"]:
+        lines.append(f"| {r['n']} | {fmt(r['first_partial_p50'])} | {fmt(r['lag_p50'])} | {fmt(r['lag_p95'])} "
+                     f"| {fmt(r['wer'])} | {fmt(r['load'])} | {r['refused'][0]}, {r['refused'][1]} |")
+    for mode in (baseline, current):
+        one = next((r for r in mode["levels"] if r["n"] == 1), None)
+        if one is not None:
+            lines.append(f"N = 1, {mode['mode']}: first partial p50 {fmt(one['first_partial_p50_s'])} s, "
+                         f"commit lag p50/p95 {fmt(one['commit_lag_p50_s'])}/{fmt(one['commit_lag_p95_s'])} s, "
+                         f"WER {fmt(one['wer_mean'], '.3f')}")
+    return "\n".join(lines)
 
 
 def fmt(value, spec: str = ".2f") -> str:
@@ -387,6 +455,9 @@ def print_summary(report: dict) -> None:
     if "ratios_per_connection_over_shared" in report:
         print("\nper-connection / shared:")
         print(ratio_table(report["ratios_per_connection_over_shared"]))
+    if "ratios_current_over_baseline" in report:
+        print()
+        print(baseline_table(report))
     print()
     for m in report["modes"]:
         print(f"largest N that holds ({m['mode']}): {m['largest_n_holding']}")
@@ -398,6 +469,7 @@ def main(argv: Optional[List[str]] = None) -> int:
     p.add_argument("--streams", default="1,2,4,6,8,10,12", help="comma-separated N values")
     p.add_argument("--duration-s", type=float, default=60.0, help="seconds each client keeps streaming per N")
     p.add_argument("--modes", default="shared,per-connection")
+    p.add_argument("--baseline-ref", help="git ref to compare the working tree with (modes become: REF, then the working tree)")
     p.add_argument("--model", default="tiny.en")
     p.add_argument("--device", default="cpu", help="device for the offline baseline (cpu or cuda)")
     p.add_argument("--server-arg", action="append", default=[], help="extra server flag (repeatable), e.g. --server-arg=--min-chunk-size=0.5")
@@ -416,6 +488,8 @@ def main(argv: Optional[List[str]] = None) -> int:
         by_mode = {m["mode"]: m for m in report["modes"]}
         if "shared" in by_mode and "per-connection" in by_mode:
             report["ratios_per_connection_over_shared"] = ratios(by_mode["shared"], by_mode["per-connection"])
+        if len(report["modes"]) == 2 and report["modes"][0]["mode"].startswith("baseline"):
+            report["ratios_current_over_baseline"] = baseline_ratios(report["modes"][0], report["modes"][1])
         args.out.mkdir(parents=True, exist_ok=True)
         (args.out / "report.json").write_text(json.dumps(report, indent=2))
         plot(report, args.out / "lag_p95.png", report["criteria"]["commit_lag_p95_s_max"])
@@ -424,7 +498,7 @@ def main(argv: Optional[List[str]] = None) -> int:
     if args.quick:
         args.streams, args.duration_s = "1,2,4", 15.0
     args.streams = sorted({int(x) for x in args.streams.split(",") if x.strip()})
-    modes = [m.strip() for m in args.modes.split(",") if m.strip()]
+    modes = ["baseline", "shared"] if args.baseline_ref else [m.strip() for m in args.modes.split(",") if m.strip()]
     for m in modes:
         if m not in MODES:
             raise SystemExit(f"unknown mode {m!r}; choose from {list(MODES)}")
@@ -452,7 +526,17 @@ def main(argv: Optional[List[str]] = None) -> int:
                            "refusals": 0},
               "offline": offline, "modes": []}
     for mode in modes:
-        report["modes"].append(run_mode(mode, args, clips, offline, t0))
+        if mode == "baseline":
+            with checkout(args.baseline_ref) as (path, commit):
+                result = run_mode(mode, args, clips, offline, t0, cwd=path, label=f"baseline {args.baseline_ref}")
+                result["commit"] = commit[:10]
+        else:
+            result = run_mode(mode, args, clips, offline, t0, label="current" if args.baseline_ref else None)
+            result["commit"] = working_tree_commit()[:18]
+        report["modes"].append(result)
+    if args.baseline_ref:
+        report["baseline_ref"] = args.baseline_ref
+        report["ratios_current_over_baseline"] = baseline_ratios(report["modes"][0], report["modes"][1])
     by_mode = {m["mode"]: m for m in report["modes"]}
     if "shared" in by_mode and "per-connection" in by_mode:
         report["ratios_per_connection_over_shared"] = ratios(by_mode["shared"], by_mode["per-connection"])

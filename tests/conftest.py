@@ -69,9 +69,10 @@ class ServerProcess:
     """
 
     def __init__(self, *flags: str, env: Optional[dict] = None, ssl_context: Optional[ssl.SSLContext] = None,
-                 start_timeout_s: float = 90.0) -> None:
+                 start_timeout_s: float = 90.0, cwd: Optional[str] = None) -> None:
         self.port = free_port()
         self.start_timeout_s = start_timeout_s  # NeMo's import alone can take a minute on busy cores
+        self.cwd = cwd  # another checkout of the project to run (the benchmark's baseline); None: this one
         self.ssl_context = ssl_context
         self.flags = list(flags)
         self.env = {**os.environ, **(env or {})}
@@ -90,7 +91,7 @@ class ServerProcess:
         self._log = open(self.log_path, "wb")
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "whisperlivekit.cli", "--port", str(self.port), *self.flags],
-            stdout=self._log, stderr=subprocess.STDOUT, env=self.env,
+            stdout=self._log, stderr=subprocess.STDOUT, env=self.env, cwd=self.cwd,
         )
         try:
             wait_healthy(self.base_url, self.start_timeout_s, proc=self.proc, verify=self.ssl_context or True)
@@ -118,9 +119,10 @@ class ServerProcess:
 
 @contextmanager
 def running_server(
-    *flags: str, env: Optional[dict] = None, ssl_context: Optional[ssl.SSLContext] = None, start_timeout_s: float = 90.0
+    *flags: str, env: Optional[dict] = None, ssl_context: Optional[ssl.SSLContext] = None, start_timeout_s: float = 90.0,
+    cwd: Optional[str] = None,
 ) -> Iterator[ServerProcess]:
-    server = ServerProcess(*flags, env=env, ssl_context=ssl_context, start_timeout_s=start_timeout_s).start()
+    server = ServerProcess(*flags, env=env, ssl_context=ssl_context, start_timeout_s=start_timeout_s, cwd=cwd).start()
     try:
         yield server
     finally:

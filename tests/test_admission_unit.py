@@ -120,3 +120,29 @@ def test_a_saturated_cpu_host_is_not_ready_and_refuses():
     assert assert_ready_means_admitted(manager)
     load["cpu"] = 0.9
     assert not assert_ready_means_admitted(manager)
+
+
+def test_a_burst_of_arrivals_is_admitted_only_up_to_the_measured_cost_per_stream():
+    """Four streams settled at a measured load of 0.4 cost 0.1 each; a burst arriving before the meter
+    can see it is charged at that cost, so only the streams that fit under the 0.8 cap get in."""
+    clock = [0.0]
+    load: Dict[str, float] = {"cpu": 0.0}
+    manager = GpuManager(SimulatedProbe(0), max_cpu_connections=64, max_realtime_load=0.8, load=_Loads(load),
+                         load_settle_s=10.0, clock=lambda: clock[0])
+    for i in range(4):
+        manager.acquire(f"settled-{i}")
+    clock[0] = 30.0
+    load["cpu"] = 0.4
+    admitted = []
+    for i in range(6):
+        try:
+            admitted.append(manager.acquire(f"burst-{i}").connection_id)
+        except NoCapacity:
+            pass
+    assert admitted == ["burst-0", "burst-1", "burst-2"], admitted  # projected 0.5, 0.6, 0.7; then 0.8 is refused
+    assert not manager.has_free_slot()
+    manager.release("settled-0")
+    manager.release("burst-2")
+    clock[0] = 60.0
+    load["cpu"] = 0.5  # five streams seen in full: 0.1 each, room for two more
+    assert assert_ready_means_admitted(manager)

@@ -152,3 +152,18 @@ def test_a_hypothesis_without_agreement_over_a_full_buffer_is_committed_to_a_sen
     assert texts(policy.apply(TranscribeResult(words("it rained. we stayed in")))) == ["it", "rained."]
     assert texts(policy.tentative) == ["we", "stayed", "in"]
     assert policy.offset_s == pytest.approx(0.8)
+
+
+def test_a_hold_back_margin_keeps_agreed_words_near_the_buffer_end_tentative():
+    """`hold_back_s` (off by default): agreed words ending within it of the request's end wait a step."""
+    held = LocalAgreementPolicy(hold_back_s=0.3)
+    plain = LocalAgreementPolicy()
+    committed = {}
+    for name, policy in (("held", held), ("plain", plain)):
+        policy.append_audio(seconds_of_audio(1.6))
+        policy.next_request()
+        policy.apply(TranscribeResult(words("the cat sat on")))  # 'on' ends at 1.6 s, the buffer's end
+        policy.next_request()
+        committed[name] = texts(policy.apply(TranscribeResult(words("the cat sat on"))))
+    assert committed["plain"] == ["the", "cat", "sat", "on"]
+    assert committed["held"] == ["the", "cat", "sat"]  # "sat" ends at 1.2 s; "on" ends within 0.3 s of the end

@@ -25,6 +25,7 @@ def test_metrics_after_a_stream_and_json_logs_tag_connection_lines(speech_pcm):
         assert result.ended_with_ready_to_stop
         connection_id = result.config["connection_id"]
         samples = _samples(server.get("/metrics").text)
+        scheduler = server.get("/gpu-status").json()["devices"]["cpu"]["scheduler"]
         log = server.log()
 
     def total(name, **labels):
@@ -39,6 +40,16 @@ def test_metrics_after_a_stream_and_json_logs_tag_connection_lines(speech_pcm):
     assert total("whisperlivekit_inference_batches_total") >= 1
     assert total("whisperlivekit_model_load_seconds") > 0
     assert total("whisperlivekit_connections_closed_total", outcome="completed") >= 1
+    # the deadline-first scheduler's histograms: one stream took several steps of a few tokens each
+    steps = total("whisperlivekit_step_batch_size_count", device="cpu")
+    assert steps >= 2 and total("whisperlivekit_step_batch_size_sum", device="cpu") == steps  # CPU: no batching
+    assert total("whisperlivekit_step_step_interval_seconds_count", device="cpu") >= 1
+    assert total("whisperlivekit_step_queue_wait_seconds_count", device="cpu") == steps
+    assert total("whisperlivekit_step_schedule_lag_seconds_bucket", device="cpu", le="+Inf") == steps
+    assert total("whisperlivekit_step_decoded_tokens_sum", device="cpu") > 0
+    assert total("whisperlivekit_degenerate_retries_total", device="cpu") == 0, "healthy speech needs no retry"
+    assert scheduler["batch_size"]["count"] >= steps and scheduler["step_interval_seconds"]["p95"] > 0
+    assert scheduler["degenerate_retries"] == 0
 
     lines = [json.loads(line) for line in log.splitlines() if line.startswith("{")]
     mine = [e for e in lines if e.get("connection_id") == connection_id or connection_id in e["message"]]

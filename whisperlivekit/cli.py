@@ -160,7 +160,9 @@ def build_parser() -> argparse.ArgumentParser:
                      help="pretend to have N GPUs (engines run on the CPU) to try the allocator")
     gpu.add_argument("--unhealthy-backoff", dest="unhealthy_backoff_s", type=float, default=DEFAULTS.unhealthy_backoff_s)
     gpu.add_argument("--max-realtime-load", type=float, default=DEFAULTS.max_realtime_load,
-                     help="refuse a device whose measured compute load (per lane) is at or above this (0: off)")
+                     help="refuse a new stream on a device whose measured compute load (per lane, counting the streams "
+                          "admitted too recently to show in it) would reach this (0: off; the per-device connection "
+                          "limits stay as hard caps)")
 
     batching = p.add_argument_group("batching")
     batching.add_argument("--max-batch-size", type=int, default=DEFAULTS.max_batch_size, help="0: auto (8 on GPU, 1 on CPU)")

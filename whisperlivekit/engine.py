@@ -32,7 +32,7 @@ from whisperlivekit.events import (
 from whisperlivekit.gpu.manager import Slot
 from whisperlivekit.metrics import CommitLagMeter
 from whisperlivekit.protocol import LineCache, PipelineView, transcript_update
-from whisperlivekit.runtime.device_worker import DeviceWorker
+from whisperlivekit.runtime.device_worker import DeviceWorker, LiveStream
 
 logger = logging.getLogger(__name__)
 
@@ -66,6 +66,7 @@ class TranscriptionEngine:
         self._tasks: List[asyncio.Task] = []
         self.commit_lag = CommitLagMeter()
         self.compute_s = 0.0
+        self._live = LiveStream()  # this stream's record in the worker's deadline-first schedule
         self.diarization = worker.new_diarization_state() if settings.diarization else None
         self._diar_feed = DiarizationFeed(getattr(worker.diarizer, "latency_s", 1.0)) if self.diarization is not None else None
         self._diar_done = self.diarization is None
@@ -330,10 +331,24 @@ class TranscriptionEngine:
         self._diar_done = True
 
     async def _step(self) -> None:
-        request = self.policy.next_request()
+        """One transcription step, run when the device worker's deadline-first order reaches it;
+        the request is built then, so it covers all the audio received meanwhile."""
+        built: List = []
+
+        def build():
+            new_audio_s = self.policy.unprocessed_s
+            request = self.policy.next_request()
+            request.new_audio_s = new_audio_s
+            built.append(request)
+            return request
+
         started = time.perf_counter()
-        result = await self.worker.transcribe(request)
+        due_at = self.commit_lag.arrival_of(self.policy.transcribed_until_s)
+        result = await self.worker.step(build, due_at=due_at, stream=self._live, buffer_s=self.policy.buffer_s)
         self.compute_s += time.perf_counter() - started
+        if result is None or not built:
+            return
+        request = built[0]
         committed = self.policy.apply(result)
         self.log.debug(
             "step %.2f s audio at %.2f s in %.0f ms%s: %r → committed %r", len(request.audio) / SAMPLE_RATE,

@@ -12,7 +12,7 @@ import time
 from typing import Callable, Iterable, List, Sequence, Tuple
 
 from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
-from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily
 from prometheus_client.registry import Collector
 
 PREFIX = "whisperlivekit"
@@ -34,6 +34,11 @@ class CommitLagMeter:
 
     def audio_arrived(self, stream_s: float) -> None:
         self._arrivals.append((stream_s, self._clock()))
+
+    def arrival_of(self, stream_s: float) -> float:
+        """Wall time at which the audio at `stream_s` arrived (now if it has not, or is forgotten)."""
+        i = bisect.bisect_right(self._arrivals, (stream_s, float("inf")))
+        return self._arrivals[i][1] if i < len(self._arrivals) else self._clock()
 
     def committed(self, word_ends_s: Sequence[float], offset_s: float) -> None:
         now = self._clock()
@@ -95,11 +100,37 @@ class _LiveCollector(Collector):
             load.add_metric([device], worker.realtime_load())
             queue_depth.add_metric([device], worker.queue_depth())
         yield from (compute, batches, requests, batch_size, load, queue_depth)
+        yield from self._scheduler(pool.workers())
 
         load_times = GaugeMetricFamily(f"{PREFIX}_model_load_seconds", "Time taken to load the model, per device", labels=["device"])
         for device, seconds in dict(pool.load_times_s).items():
             load_times.add_metric([device], seconds)
         yield load_times
+
+
+    @staticmethod
+    def _scheduler(workers: dict) -> Iterable:
+        """The deadline-first scheduler's histograms per device (runtime/step_stats.py)."""
+        helps = {
+            "step_interval_seconds": "Per stream: start of one transcription step to the start of the next",
+            "queue_wait_seconds": "Submission of a device job to a lane taking it",
+            "schedule_lag_seconds": "At a step's start, age of the stream's oldest untranscribed audio",
+            "batch_size": "Requests per transcription batch",
+            "decoded_tokens": "Tokens decoded one by one per transcription step",
+        }
+        families = {name: HistogramMetricFamily(f"{PREFIX}_step_{name}", text, labels=["device"]) for name, text in helps.items()}
+        retries = CounterMetricFamily(f"{PREFIX}_degenerate_retries", "Steps redone on the full 30 s window because the "
+                                      "first hypothesis looked degenerate", labels=["device"])
+        for device, worker in workers.items():
+            stats = getattr(worker, "stats", None)
+            if stats is None:
+                continue
+            for name, histogram in stats.histograms().items():
+                buckets, total, _ = histogram.state()
+                families[name].add_metric([device], buckets, total)
+            retries.add_metric([device], worker.retries)
+        yield from families.values()
+        yield retries
 
 
 class Metrics:

@@ -34,7 +34,7 @@ def gpu_status(services: Services = Depends(get_services)) -> dict:
     snapshot = report.gpu_status(services.manager.view())
     snapshot["devices"] = {
         device: {"realtime_load": round(worker.realtime_load(), 3), "queue_depth": worker.queue_depth(),
-                 "batches": worker.batches, "requests": worker.requests}
+                 "batches": worker.batches, "requests": worker.requests, "scheduler": worker.scheduler_status()}
         for device, worker in services.pool.workers().items()
     }
     return snapshot

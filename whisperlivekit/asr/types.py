@@ -33,6 +33,8 @@ class TranscribeRequest:
     prompt: str = ""
     language: Optional[str] = None
     task: str = "transcribe"
+    new_audio_s: Optional[float] = None  # audio not covered by the stream's previous step (the load meter weighs by it)
+    prefix: str = ""  # words already committed at the start of this audio: forced as the decoder's prefix, not re-decoded
 
 
 @dataclass
@@ -40,6 +42,8 @@ class TranscribeResult:
     words: List[Word] = field(default_factory=list)
     language: Optional[str] = None
     degenerate: bool = False  # a repetition loop even after the retries: policies ignore it
+    decoded_tokens: int = 0  # tokens generated one by one for this result (prompt and forced prefix excluded)
+    retried: bool = False  # the degenerate-output retry on the full 30 s window ran for it
 
     @property
     def text(self) -> str:

@@ -12,6 +12,15 @@ The admission rule is written once (`_admit`) and used by both `acquire` and
 would be refused. The manager is given the devices' real-time load at
 construction (`DeviceLoad`) and is the pool's `DeviceHealth` (`report_fault`).
 
+Admission by measured load (on by default: `--max-realtime-load 0.9`): a device is
+refused when its load *after* one more stream would reach the cap. The meter averages
+over `load_settle_s`, so a stream admitted t seconds ago shows in it only for the share
+t / load_settle_s; the rest of its cost is added at the device's measured cost per
+stream (load / streams already seen), so a burst of arrivals is not all admitted on the
+strength of a load that has not seen them yet. A device nobody holds is judged on its
+measured load alone. `--max-connections-per-gpu` and
+`--max-cpu-connections` stay as hard caps on top.
+
 Longer than ~300 lines because one lock guards four things that must change
 together: readings applied, the admission decision, holders, and the FIFO wait
 woken on release; splitting them would split that lock.
@@ -118,6 +127,7 @@ class GpuManager:
         unhealthy_backoff_s: float = 30.0,
         max_realtime_load: float = 0.0,
         load: Optional[DeviceLoad] = None,
+        load_settle_s: float = 10.0,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         if policy not in ("least-loaded", "round-robin"):
@@ -141,6 +151,9 @@ class GpuManager:
         self.unhealthy_backoff_s = unhealthy_backoff_s
         self.max_realtime_load = max_realtime_load
         self._load = load
+        self.load_settle_s = load_settle_s  # the load meter's window: how long a new stream takes to show in full
+        self._admitted_at: Dict[str, float] = {}
+        self._cost_per_stream: Dict[str, float] = {}  # last measured load per fully-seen stream, per device
         self._rr_cursor = 0
         self._waiters: List[asyncio.Future] = []
         self.refusals: Dict[str, int] = {}
@@ -199,7 +212,24 @@ class GpuManager:
 
     # -- the admission rule (caller holds the lock; pure: changes nothing) ------------
     def _overloaded(self, device: str, loads: Dict[str, float]) -> bool:
-        return bool(self.max_realtime_load) and loads.get(device, 0.0) >= self.max_realtime_load
+        return bool(self.max_realtime_load) and self.projected_load(device, loads) >= self.max_realtime_load
+
+    def projected_load(self, device: str, loads: Dict[str, float]) -> float:
+        """The device's load once one more stream runs on it, counting the unseen part of recent
+        arrivals (see the module docstring); remembers the measured cost per stream (lock held)."""
+        load = loads.get(device, 0.0)
+        now = self._clock()
+        seen = unseen = 0.0
+        holders = [cid for cid, slot in self._slots.items() if slot.device == device]
+        if not holders:  # the cost per stream is measured afresh on the streams to come
+            self._cost_per_stream.pop(device, None)
+            return load
+        for connection_id in holders:
+            share = min(1.0, max(0.0, now - self._admitted_at.get(connection_id, now)) / self.load_settle_s)
+            seen, unseen = seen + share, unseen + 1.0 - share
+        if seen >= 1.0:
+            self._cost_per_stream[device] = load / seen
+        return load + self._cost_per_stream.get(device, 0.0) * (unseen + 1.0)
 
     def _usable(self, gpu: _Gpu, exclude: Iterable[int], loads: Dict[str, float]) -> bool:
         if gpu.index in exclude or not gpu.healthy or gpu.info is None:
@@ -251,9 +281,10 @@ class GpuManager:
                 return self._slots[connection_id]
             choice = self._admit(exclude, loads)
             if choice is None:
-                reason = "No GPU available"
+                reason = "No GPU available"  # the close reason clients already know, whatever the limit
                 self.refusals[reason] = self.refusals.get(reason, 0) + 1
                 raise NoCapacity(reason)
+            self._admitted_at[connection_id] = self._clock()
             if choice == _CPU:
                 self._cpu_holders.append(connection_id)
                 slot = Slot(connection_id, None, CPU_DEVICE)
@@ -341,6 +372,7 @@ class GpuManager:
         connection_id = slot_or_id if isinstance(slot_or_id, str) else slot_or_id.connection_id
         with self._lock:
             slot = self._slots.pop(connection_id, None)
+            self._admitted_at.pop(connection_id, None)
             if slot is None:
                 return False
             if slot.gpu_id is None:

@@ -5,10 +5,17 @@ Silero VAD session. Engines submit typed jobs and await them:
 `await worker.transcribe(request)`, `await worker.vad(stream, audio)`,
 `await worker.diarize(state, audio)`.
 
-Scheduling (measured): on a GPU one lane batches transcription requests that
-arrive within `batch_window_ms` (up to `max_batch_size`); on a CPU several
-single-threaded lanes run side by side, which beats batching there. Diarization
-runs on the same lanes (it is device work of the same weight). VAD has a lane of
+Scheduling: live jobs wait in a `DeadlineQueue` (runtime/schedule.py): a free lane
+takes the job whose stream's oldest untranscribed audio is oldest (earliest deadline
+first). A live step is bound late: the connection hands `step()` a function that builds
+its request, and the lane calls it (on the connection's event loop) only when it takes
+the job, so the step covers all the audio that arrived while it waited. Lightly
+loaded, a stream steps as soon as it has `--min-chunk-size` of new audio; loaded, each
+step simply covers more audio, and no stream falls behind the others. On a GPU one lane
+batches the nearest-deadline requests of the same encoder-window bucket that arrive
+within `batch_window_ms` (up to `max_batch_size`); on a CPU several single-threaded
+lanes run side by side, which beats batching there. Diarization runs on the same lanes
+(it is device work of the same weight). VAD has a lane of
 its own: a 100 ms chunk costs ~0.4 ms, and queued behind a Whisper step it would
 wait that step out (~590 ms for 4 s of audio on tiny.en, CPU); on its own lane
 the round trip stays ~3 ms with every Whisper lane busy (`scripts/bench_vad_lane.py`).
@@ -28,11 +35,15 @@ connection still touches its state (VAD stream, diarization state, decoder state
 
 The worker records its compute time into a `LoadMeter`: the device's real-time
 load, which admission reads to refuse a device whose streams would start to lag.
+A step that covers less than `REFERENCE_STEP_S` of new audio counts for that
+fraction of its compute (see load.py), so steps taken early on an idle device do not
+look like load. `StepStats` (runtime/step_stats.py) keeps the scheduler's histograms.
 """
 
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import logging
 import queue
 import threading
@@ -48,11 +59,25 @@ from whisperlivekit.asr.types import (
 )
 from whisperlivekit.audio import SAMPLE_RATE
 from whisperlivekit.errors import DeviceError, NotSupported
-from whisperlivekit.runtime.load import LoadMeter
+from whisperlivekit.runtime.load import REFERENCE_STEP_S, LoadMeter
+from whisperlivekit.runtime.schedule import DeadlineQueue, window_bucket
+from whisperlivekit.runtime.step_stats import StepStats
 
 logger = logging.getLogger(__name__)
 
 _STOP = object()
+BUILD_TIMEOUT_S = 5.0  # a lane waits at most this long for a connection's loop to build its request
+
+BuildRequest = Callable[[], Optional[TranscribeRequest]]
+
+
+@dataclass(eq=False)
+class LiveStream:
+    """One connection's scheduling record on a worker (kept by the connection, not the worker,
+    so an ended stream leaves nothing behind)."""
+
+    last_step_at: Optional[float] = None
+    steps: int = 0
 
 
 class DeviceHealth(Protocol):
@@ -64,11 +89,14 @@ class DeviceHealth(Protocol):
 @dataclass(eq=False)
 class _Job:
     kind: str  # "transcribe", "diarize", "vad" or "file" (payload: a step to call)
-    payload: Any
+    payload: Any  # for "transcribe": a TranscribeRequest, or a function building it when a lane takes the job
     future: asyncio.Future
     loop: asyncio.AbstractEventLoop
     audio_s: float = 0.0
     enqueued_at: float = field(default_factory=time.monotonic)
+    due_at: float = 0.0  # when the stream's oldest untranscribed audio arrived (monotonic): the deadline order
+    bucket: int = 0  # encoder-window bucket (batch mates share it)
+    stream: Optional[LiveStream] = None
     started: bool = False  # set by a lane, under the worker's claim lock
     cancelled: bool = False  # set by the awaiting connection, under the same lock
 
@@ -118,6 +146,40 @@ def single_threaded_blas() -> None:
         logger.warning("threadpoolctl missing: set OPENBLAS_NUM_THREADS=1 to avoid fork-time BLAS hangs")
 
 
+def _bind_requests(jobs: List[_Job]) -> List[Optional[TranscribeRequest]]:
+    """Each job's request; late-bound ones are built now, on their connection's event loop
+    (the policy's state belongs to that loop). None where the build failed or timed out,
+    or where the stream has nothing left to transcribe."""
+    pending: List[Tuple[int, "concurrent.futures.Future[Any]"]] = []
+    requests: List[Optional[TranscribeRequest]] = [None] * len(jobs)
+    for i, job in enumerate(jobs):
+        if not callable(job.payload):
+            requests[i] = job.payload
+            continue
+        done: "concurrent.futures.Future[Any]" = concurrent.futures.Future()
+
+        def build(job: _Job = job, done: "concurrent.futures.Future[Any]" = done) -> None:
+            try:
+                done.set_result(job.payload())
+            except BaseException as exc:  # noqa: BLE001 - reported to the awaiting connection
+                done.set_exception(exc)
+
+        try:
+            job.loop.call_soon_threadsafe(build)
+        except RuntimeError:  # loop closed: nobody is waiting any more
+            continue
+        pending.append((i, done))
+    for i, done in pending:
+        try:
+            requests[i] = done.result(timeout=BUILD_TIMEOUT_S)
+        except concurrent.futures.TimeoutError:
+            logger.warning("a connection's loop did not build its request within %.0f s: step skipped", BUILD_TIMEOUT_S)
+        except Exception as exc:  # noqa: BLE001
+            _deliver(jobs[i], error=exc)
+            requests[i] = None
+    return requests
+
+
 class DeviceWorker:
     def __init__(
         self,
@@ -131,6 +193,7 @@ class DeviceWorker:
         diarizer: Any = None,
         health: Optional[DeviceHealth] = None,
         load: Optional[LoadMeter] = None,
+        clock: Callable[[], float] = time.monotonic,
     ) -> None:
         single_threaded_blas()
         self.device = device
@@ -140,17 +203,18 @@ class DeviceWorker:
         self.max_batch_size = max(1, max_batch_size)
         self.batch_window_s = batch_window_ms / 1000.0
         self._health = health
+        self._clock = clock
         self.load = load or LoadMeter(max(1, lanes))
-        self._queue: "queue.Queue[Any]" = queue.Queue()
+        self._queue = DeadlineQueue(clock)  # live jobs by deadline; file steps behind them
         self._vad_queue: "queue.Queue[Any]" = queue.Queue()
-        self._file_queue: "queue.Queue[Any]" = queue.Queue()  # read only when `_queue` is empty
-        self._work = threading.Semaphore(0)  # released once per job put in `_queue` or `_file_queue`
         self._claim_lock = threading.Lock()
         self._stats_lock = threading.Lock()
         self.batches = 0
         self.requests = 0
+        self.retries = 0  # degenerate-output retries on the full window (should stay 0 on healthy audio)
         self.batch_sizes: Deque[int] = deque(maxlen=1000)
         self.compute_s_total = 0.0
+        self.stats = StepStats()
         self._threads = [
             threading.Thread(target=self._lane, name=f"device-worker-{device}-{i}", daemon=True) for i in range(max(1, lanes))
         ]
@@ -161,7 +225,18 @@ class DeviceWorker:
 
     # -- jobs, submitted from the event loop -------------------------------------------
     async def transcribe(self, request: TranscribeRequest) -> TranscribeResult:
-        return await self._submit(self._queue, "transcribe", request, audio_s=len(request.audio) / SAMPLE_RATE)
+        """One request, due now (a step built in advance; live streams use `step`)."""
+        audio_s = len(request.audio) / SAMPLE_RATE
+        return await self._submit("transcribe", request, audio_s=audio_s, bucket=window_bucket(audio_s))
+
+    async def step(self, build: BuildRequest, *, due_at: float, stream: Optional[LiveStream] = None,
+                   buffer_s: float = 0.0) -> Optional[TranscribeResult]:
+        """A live stream's next step, run in deadline order: `due_at` is when its oldest untranscribed
+        audio arrived. `build` is called on this loop when a lane takes the step (so it covers the
+        audio that came meanwhile); it may return None (nothing to do). `buffer_s` guesses the
+        request's length, for batching by window bucket. Returns None when no request was built."""
+        return await self._submit("transcribe", build, audio_s=buffer_s, bucket=window_bucket(buffer_s),
+                                  due_at=due_at, stream=stream)
 
     async def file_segments(self, request: FileTranscribeRequest) -> Tuple[FileTranscription, AsyncIterator[FileSegment]]:
         """A whole file: its language and length now, then its segments as each window is decoded.
@@ -171,11 +246,11 @@ class DeviceWorker:
         transcribe_file = getattr(self.backend, "transcribe_file", None)
         if transcribe_file is None:
             raise NotSupported(f"the {self.backend.name} backend cannot transcribe files; run the server with --backend faster-whisper")
-        info, steps = await self._submit(self._file_queue, "file", lambda: transcribe_file(request))
+        info, steps = await self._submit("file", lambda: transcribe_file(request))
 
         async def segments() -> AsyncIterator[FileSegment]:
             while True:
-                segment = await self._submit(self._file_queue, "file", lambda: next(steps, None))
+                segment = await self._submit("file", lambda: next(steps, None))
                 if segment is None:
                     return
                 yield segment
@@ -191,20 +266,20 @@ class DeviceWorker:
         piece = max(1, int(piece_s * SAMPLE_RATE))
         settle = np.zeros(int((getattr(self.diarizer, "latency_s", 1.0) + 0.2) * SAMPLE_RATE), np.float32)
         for chunk in [audio[i:i + piece] for i in range(0, len(audio), piece)] + [settle]:
-            await self._submit(self._file_queue, "file", lambda chunk=chunk: self.diarizer.process(state, chunk))
+            await self._submit("file", lambda chunk=chunk: self.diarizer.process(state, chunk))
         return list(state.segments)
 
     async def vad(self, stream: Any, audio: np.ndarray) -> List[Tuple[str, float]]:
         """Run one connection's `VadStream` over `audio` on this device's VAD session; its events."""
         if self.vad_model is None:
             raise RuntimeError(f"no VAD model on {self.device}: the worker was built without one")
-        return await self._submit(self._vad_queue, "vad", (stream, audio))
+        return await self._submit("vad", (stream, audio))
 
     async def diarize(self, state: Any, audio: np.ndarray) -> list:
         """Feed one connection's diarization state with `audio`; the segments it changed."""
         if self.diarizer is None:
             raise RuntimeError(f"no diarizer on {self.device}: the worker was built without one")
-        return await self._submit(self._queue, "diarize", (state, audio))
+        return await self._submit("diarize", (state, audio))
 
     def new_diarization_state(self) -> Any:
         """Fresh per-connection diarization state (no model work)."""
@@ -212,12 +287,18 @@ class DeviceWorker:
             raise RuntimeError(f"no diarizer on {self.device}")
         return self.diarizer.new_stream()
 
-    async def _submit(self, lane_queue: "queue.Queue[Any]", kind: str, payload: Any, audio_s: float = 0.0) -> Any:
+    async def _submit(self, kind: str, payload: Any, audio_s: float = 0.0, bucket: int = 0,
+                      due_at: Optional[float] = None, stream: Optional[LiveStream] = None) -> Any:
         loop = asyncio.get_running_loop()
-        job = _Job(kind, payload, loop.create_future(), loop, audio_s=audio_s)
-        lane_queue.put(job)
-        if lane_queue is not self._vad_queue:
-            self._work.release()
+        now = self._clock()
+        job = _Job(kind, payload, loop.create_future(), loop, audio_s=audio_s, enqueued_at=now,
+                   due_at=now if due_at is None else due_at, bucket=bucket, stream=stream)
+        if kind == "vad":
+            self._vad_queue.put(job)
+        elif kind == "file":
+            self._queue.put_file(job)
+        else:
+            self._queue.put(job)
         try:
             return await asyncio.shield(job.future)
         except asyncio.CancelledError:
@@ -226,6 +307,8 @@ class DeviceWorker:
                 running = job.started
             if running:  # its state is being used right now: let the job finish first
                 await _until_done(job.future)
+            else:
+                self._queue.discard_cancelled()  # out of the queue at once, not when a lane reaches it
             raise
 
     def _claim(self, jobs: List[_Job]) -> List[_Job]:
@@ -237,49 +320,30 @@ class DeviceWorker:
         return wanted
 
     # -- lane threads ----------------------------------------------------------------
-    def _collect(self, first: _Job) -> Tuple[List[_Job], List[Any]]:
-        batch, others = [first], []
+    def _collect(self, first: _Job) -> List[_Job]:
+        """`first` and the nearest-deadline jobs of its window bucket that arrive within the batch window."""
+        batch = [first]
         if self.max_batch_size == 1:
-            return batch, others
-        deadline = time.monotonic() + self.batch_window_s
-        while len(batch) < self.max_batch_size:
-            timeout = deadline - time.monotonic()
-            try:
-                job = self._queue.get(timeout=timeout) if timeout > 0 else self._queue.get_nowait()
-            except queue.Empty:
-                break
-            if job is _STOP or job.kind != "transcribe":
-                others.append(job)
-                break
-            batch.append(job)
-        return batch, others
-
-    def _next_job(self) -> Any:
-        """The next live job, else the next file step; waits while both queues are empty."""
+            return batch
+        deadline = self._clock() + self.batch_window_s
         while True:
-            self._work.acquire()
-            for lane_queue in (self._queue, self._file_queue):
-                try:
-                    return lane_queue.get_nowait()
-                except queue.Empty:
-                    continue
-            # a batch took this wake-up's job along with its own: wait for the next one
+            self._queue.take_more(batch, self.max_batch_size)
+            left = deadline - self._clock()
+            if len(batch) >= self.max_batch_size or left <= 0:
+                return batch
+            self._queue.wait_for_more(left)
 
     def _lane(self) -> None:
-        pending: List[Any] = []
         while True:
-            job = pending.pop(0) if pending else self._next_job()
-            if job is _STOP:
+            job = self._queue.take()
+            if job is None:
                 return
             if job.kind == "file":
                 self._run_file_step(job)
-                continue
-            if job.kind == "diarize":
+            elif job.kind == "diarize":
                 self._run_diarize(job)
-                continue
-            batch, others = self._collect(job)
-            pending.extend(others)
-            self._run_batch(batch)
+            else:
+                self._run_batch(self._collect(job))
 
     def _vad_lane(self) -> None:
         while True:
@@ -321,13 +385,32 @@ class DeviceWorker:
             return
         _deliver(job, result)
 
+    def _note_start(self, batch: List[_Job]) -> None:
+        now = self._clock()
+        for job in batch:
+            self.stats.queue_wait_s.observe(max(0.0, now - job.enqueued_at))
+            self.stats.schedule_lag_s.observe(max(0.0, now - job.due_at))
+            if job.stream is not None:
+                if job.stream.last_step_at is not None:
+                    self.stats.step_interval_s.observe(now - job.stream.last_step_at)
+                job.stream.last_step_at = now
+                job.stream.steps += 1
+
     def _run_batch(self, batch: List[_Job]) -> None:
         batch = self._claim(batch)
         if not batch:
             return
+        self._note_start(batch)
+        requests = _bind_requests(batch)
+        for job, request in zip(batch, requests):
+            if request is None:
+                _deliver(job, None)
+        batch, requests = [j for j, r in zip(batch, requests) if r is not None], [r for r in requests if r is not None]
+        if not batch:
+            return
         started = time.monotonic()
         try:
-            results = self.backend.transcribe_batch([job.payload for job in batch])
+            results = self.backend.transcribe_batch(requests)
         except BaseException as exc:  # noqa: BLE001
             failure = exc if isinstance(exc, DeviceError) else DeviceError(f"inference failed on {self.device}: {exc}")
             self._fault(exc, f"a batch of {len(batch)}")
@@ -335,10 +418,16 @@ class DeviceWorker:
                 _deliver(job, error=failure)
             return
         compute_s = time.monotonic() - started
-        self.load.record(compute_s)
+        # A step covering less new audio than the reference step counts for that share of its compute.
+        weights = [1.0 if r.new_audio_s is None else min(1.0, r.new_audio_s / REFERENCE_STEP_S) for r in requests]
+        self.load.record(compute_s * sum(weights) / len(weights))
+        self.stats.batch_size.observe(len(batch))
+        for result in results:
+            self.stats.decoded_tokens.observe(result.decoded_tokens)
         with self._stats_lock:
             self.batches += 1
             self.requests += len(batch)
+            self.retries += sum(1 for r in results if r.retried)
             self.batch_sizes.append(len(batch))
             self.compute_s_total += compute_s
         for job, result in zip(batch, results):
@@ -355,13 +444,14 @@ class DeviceWorker:
         return self.load.realtime_load()
 
     def queue_depth(self) -> int:
-        return self._queue.qsize()
+        return self._queue.live_depth()
+
+    def scheduler_status(self) -> dict:
+        """The scheduler's histograms in short (p50/p95/mean/count) and the retry count, for /gpu-status."""
+        return {**self.stats.summary(), "degenerate_retries": self.retries}
 
     def close(self) -> None:
-        lanes = [t for t in self._threads if not t.name.endswith("-vad")]
-        for _ in lanes:
-            self._queue.put(_STOP)
-            self._work.release()
+        self._queue.stop()
         self._vad_queue.put(_STOP)
         for thread in self._threads:
             thread.join(timeout=10)

@@ -15,6 +15,11 @@ from collections import deque
 from typing import Callable, Deque, Dict, Tuple
 
 LOAD_WINDOW_S = 10.0
+# A live stream needs one step per REFERENCE_STEP_S of audio to stay real-time. The scheduler
+# steps an idle device's streams more often (lower latency); such a step is recorded as the
+# share of its compute that the reference rate needs (new audio / REFERENCE_STEP_S), so the
+# load stays what the streams demand, not what spare capacity was spent on.
+REFERENCE_STEP_S = 1.0
 
 
 class LoadMeter:

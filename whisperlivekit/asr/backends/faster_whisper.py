@@ -6,6 +6,9 @@ CTranslate2's encode / generate / align steps directly instead of
 
 - the encoder window is the buffer plus padding, at least `min_window_s`, instead
   of always 30 s: a 10 s window costs a third of a 30 s one;
+- the words a policy already committed at the start of the buffer (`request.prefix`) are forced
+  as the decoder's prefix after <|0.00|>: CTranslate2 runs them as one parallel pass and
+  decodes only the rest token by token (same transcript as decoding it all: tested);
 - decoding is greedy by default; on GPU requests are batched across streams, on
   CPU `lanes` single-threaded calls run side by side (measured: 2 lanes x 1 thread
   give 1.8x the throughput of 1 lane x 2 threads, while CPU batching is slower);
@@ -41,6 +44,8 @@ PADDING_S = 1.0
 WINDOW_BUCKET_FRAMES = 200  # 2 s
 
 MAX_PROMPT_TOKENS = 223
+MAX_LENGTH = 448  # Whisper's decoder context
+MAX_PREFIX_TOKENS = 100  # prompt + prefix + new tokens share the decoder's context
 
 
 def _split_device(device: str) -> Tuple[str, int]:
@@ -159,15 +164,24 @@ class FasterWhisperBackend:
         tokenizer = self._tokenizer(None, "transcribe")
         return [tokenizer.sot_prev] + tokenizer.encode(" " + prompt.strip())[-MAX_PROMPT_TOKENS:]
 
+    @staticmethod
+    def _prefix_tokens(tokenizer, prefix: str) -> List[int]:
+        """<|0.00|> and the committed words, forced after <|startoftranscript|> (empty without a prefix)."""
+        if not prefix.strip():
+            return []
+        return [tokenizer.timestamp_begin] + tokenizer.encode(" " + prefix.strip())[:MAX_PREFIX_TOKENS]
+
     def _transcribe_window(self, requests: List[TranscribeRequest], frames: int) -> List[TranscribeResult]:
         results, degenerate = self._run(list(requests), frames)
         if degenerate:
             # Retry on Whisper's native 30 s window without the prompt (prompts feed loops).
-            retry = [TranscribeRequest(requests[i].audio, "", requests[i].language, requests[i].task) for i in degenerate]
+            retry = [TranscribeRequest(requests[i].audio, "", requests[i].language, requests[i].task) for i in degenerate]  # no prefix either
             redo, still = self._run(retry, FULL_WINDOW_FRAMES)
             for j, i in enumerate(degenerate):
                 results[i] = redo[j]
                 results[i].degenerate = j in still
+                results[i].retried = True
+                logger.info("degenerate hypothesis on %.1f s of audio: retried on the full window", len(requests[i].audio) / SAMPLE_RATE)
         return results
 
     def _run(self, requests: List[TranscribeRequest], frames: int) -> Tuple[List[TranscribeResult], List[int]]:
@@ -182,18 +196,22 @@ class FasterWhisperBackend:
             return self._run_per_language(requests, languages, frames)
         tokenizer = self._tokenizer(languages[0], requests[0].task)
 
-        prompts = [self._prompt_tokens(request.prompt) + list(tokenizer.sot_sequence) for request in requests]
+        prefixes = [self._prefix_tokens(tokenizer, request.prefix) for request in requests]
+        prompts = [self._prompt_tokens(request.prompt) + list(tokenizer.sot_sequence) + prefix
+                   for request, prefix in zip(requests, prefixes)]
         durations = [len(r.audio) / SAMPLE_RATE for r in requests]
         max_new = min(224, int(max(durations) * MAX_TOKENS_PER_S) + 10)
         generated = self._model.model.generate(
             encoder_output, prompts, beam_size=self.beam_size, patience=1.0, length_penalty=1.0,
-            max_length=max(len(p) for p in prompts) + max_new, return_scores=True,
+            max_length=min(MAX_LENGTH, max(len(p) for p in prompts) + max_new), return_scores=True,
             return_no_speech_prob=True, suppress_blank=True, suppress_tokens=[-1],
         )
         text_tokens: List[List[int]] = []
         degenerate: List[int] = []
-        for i, (gen, duration) in enumerate(zip(generated, durations)):
-            tokens = [t for t in gen.sequences_ids[0] if t < tokenizer.eot]
+        decoded: List[int] = []
+        for i, (gen, duration, prefix) in enumerate(zip(generated, durations, prefixes)):
+            tokens = [t for t in gen.sequences_ids[0] if t < tokenizer.eot]  # the forced prefix included
+            decoded.append(max(0, len(gen.sequences_ids[0]) - len(prefix)))
             avg_logprob = gen.scores[0] / max(1, len(tokens) + 1) if gen.scores else 0.0
             if gen.no_speech_prob > 0.6 and avg_logprob < -1.0:
                 tokens = []
@@ -208,13 +226,14 @@ class FasterWhisperBackend:
             if any(text_tokens) else [[] for _ in requests]
         )
         results = []
-        for words, duration, language in zip(alignments, durations, languages):
+        for words, duration, language, tokens_decoded in zip(alignments, durations, languages, decoded):
             results.append(TranscribeResult(
                 words=[
                     Word(min(float(w["start"]), duration), min(float(w["end"]), duration), w["word"], float(w["probability"]))
                     for w in words
                 ],
                 language=language,
+                decoded_tokens=tokens_decoded,
             ))
         return results, degenerate
 
@@ -223,7 +242,8 @@ class FasterWhisperBackend:
         degenerate: List[int] = []
         for language in sorted(set(languages)):
             idx = [i for i, lang in enumerate(languages) if lang == language]
-            sub = [TranscribeRequest(requests[i].audio, requests[i].prompt, language, requests[i].task) for i in idx]
+            sub = [TranscribeRequest(requests[i].audio, requests[i].prompt, language, requests[i].task, prefix=requests[i].prefix)
+                   for i in idx]
             sub_results, sub_degenerate = self._run(sub, frames)
             for j, i in enumerate(idx):
                 results[i] = sub_results[j]

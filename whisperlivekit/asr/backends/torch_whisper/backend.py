@@ -168,6 +168,7 @@ class TorchWhisperBackend:
             for j, i in enumerate(degenerate):
                 results[i] = redo[j]
                 results[i].degenerate = j in still
+                results[i].retried = True
         return results
 
     def _run(self, requests: List[TranscribeRequest], frames: int) -> Tuple[List[TranscribeResult], List[int]]:
