@@ -9,14 +9,15 @@ from pathlib import Path
 
 import pytest
 
-from whisperlivekit.cli import build_parser, env_name, settings_from_args
+from whisperlivekit.cli import COMMANDS, build_parser, env_name, settings_from_args
 from whisperlivekit.config import Settings
 
 PACKAGE = Path(__file__).resolve().parents[1] / "whisperlivekit"
 
 
 def _actions():
-    return [a for a in build_parser()._actions if a.option_strings and a.dest != "help"]
+    """Flags that configure the server (not commands such as --list-models, which print and exit)."""
+    return [a for a in build_parser()._actions if a.option_strings and a.dest != "help" and a.dest not in COMMANDS]
 
 
 def _non_default_args(action: argparse.Action):

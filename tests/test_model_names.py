@@ -123,7 +123,8 @@ def test_a_ctranslate2_repo_id_in_the_hub_cache_is_found_by_its_id(home):
 
 
 def test_list_models_prints_each_local_model_and_where_it_was_found(home):
-    hub_cache_entry(home, "Systran/faster-whisper-medium")
+    (hub_cache_entry(home, "Systran/faster-whisper-medium") / "config.json").write_text('{"suppress_ids": [1]}')
+    hub_cache_entry(home, "someone/not-whisper")  # a CTranslate2 model of another kind: not listed
     transformers_folder(home / "hf" / "hub" / "models--openai--whisper-small" / "snapshots" / "0123abc")
     env = {**os.environ, "PYTHONPATH": str(REPO_ROOT), "XDG_CACHE_HOME": str(home / "cache"), "HF_HOME": str(home / "hf")}
     done = subprocess.run([sys.executable, "-m", "whisperlivekit.cli", "--list-models"], capture_output=True, text=True,
@@ -136,6 +137,7 @@ def test_list_models_prints_each_local_model_and_where_it_was_found(home):
     assert "every backend" in medium and "Hugging Face cache" in medium
     small = next(line for line in lines if line.startswith("openai/whisper-small "))
     assert "Transformers" in small and "--backend torch" in small
+    assert not any("not-whisper" in line for line in lines)
 
 
 # -- weights shipped in parts across packages ----------------------------------------------------
