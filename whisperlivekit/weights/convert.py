@@ -48,8 +48,9 @@ Tensors = Dict[str, torch.Tensor]
 class _Mapper:
     """Moves CTranslate2 variables into an openai-whisper state dict, tracking what was used."""
 
-    def __init__(self, variables: Tensors) -> None:
+    def __init__(self, variables: Tensors, copy: bool = True) -> None:
         self.variables = variables
+        self.copy = copy
         self.used: set = set()
         self.state: Tensors = {}
 
@@ -60,8 +61,8 @@ class _Mapper:
         return self.variables[name]
 
     def put(self, name: str, tensor: torch.Tensor) -> None:
-        # clone: a slice of a fused tensor would otherwise save the whole fused storage
-        self.state[name] = tensor.contiguous().clone()
+        # clone: a slice of a fused tensor would otherwise save the whole fused storage (loading needs no copy)
+        self.state[name] = tensor.contiguous().clone() if self.copy else tensor
 
     def linear(self, src: str, dst: str) -> None:
         self.put(f"{dst}.weight", self.get(f"{src}/weight"))
@@ -106,9 +107,11 @@ def _count_layers(variables: Tensors, stack: str) -> int:
     return len({match.group(1) for match in map(pattern.match, variables) if match})
 
 
-def _to_openai(variables: Tensors) -> Tuple[Dict[str, int], Tensors]:
-    """(dims, state_dict) of the openai-whisper model holding these CTranslate2 variables."""
-    m = _Mapper(variables)
+def _to_openai(variables: Tensors, copy: bool = True) -> Tuple[Dict[str, int], Tensors]:
+    """(dims, state_dict) of the openai-whisper model holding these CTranslate2 variables.
+
+    `copy=False` (loading into a model, not saving a file) leaves slices of fused tensors as views."""
+    m = _Mapper(variables, copy)
     n_audio_layer, n_text_layer = _count_layers(variables, "encoder"), _count_layers(variables, "decoder")
     m.linear("encoder/conv1", "encoder.conv1")
     m.linear("encoder/conv2", "encoder.conv2")
@@ -125,7 +128,9 @@ def _to_openai(variables: Tensors) -> Tuple[Dict[str, int], Tensors]:
     projection = variables.get("decoder/projection/weight")
     if projection is not None:  # openai-whisper ties the output projection to the token embedding
         m.used.add("decoder/projection/weight")
-        if not torch.allclose(projection.float(), m.state["decoder.token_embedding.weight"].float(), atol=1e-3):
+        embedding = m.state["decoder.token_embedding.weight"]
+        if not (torch.equal(projection, embedding)  # what CTranslate2 writes: the same values; cheap to check
+                or torch.allclose(projection.float(), embedding.float(), atol=1e-3)):
             raise ModelLoadError("the output projection is not the token embedding; openai-whisper cannot hold it")
     leftover = sorted(n for n, t in variables.items() if t.dim() > 0 and n not in m.used)
     if leftover:
