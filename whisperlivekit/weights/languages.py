@@ -33,6 +33,12 @@ def _vocabulary_size(folder: Path) -> Optional[int]:
         import json
 
         return len(json.loads(json_file.read_text()))
+    config = folder / "config.json"  # a Hugging Face Transformers folder states it
+    if config.is_file():
+        import json
+
+        size = json.loads(config.read_text()).get("vocab_size")
+        return int(size) if isinstance(size, int) else None
     return None
 
 

@@ -1,13 +1,16 @@
 """Turn `--model` (a size name, a path, or a hub id) into weights on this machine.
 
 Looked for in this order, first hit wins:
-1. a local path (a CTranslate2 folder with model.bin + config.json, or a `.pt` checkpoint);
+1. a local path (a CTranslate2 folder with model.bin + config.json; for the torch backends also a
+   `.pt` checkpoint or a Hugging Face Transformers folder with model.safetensors + config.json);
 2. `--model-dir DIR`: `DIR/<name>`, `DIR/faster-whisper-<name>`, `DIR/<name>.pt`;
 3. registry packages that ship weights (see docs: offline models), when installed.
    Some ship model.bin in parts across packages; the parts are joined once into
    `<--cache-dir>/models/<name>` (~/.cache/whisperlivekit/models) and checked complete;
-4. the user's caches: faster-whisper's (the Hugging Face hub cache) and, for the
-   PyTorch backends, openai-whisper's (`~/.cache/whisper/<name>.pt`);
+4. the user's caches: the Hugging Face hub cache (`models--<org>--<name>/snapshots/*`: a size
+   name's CTranslate2 repository, and for the torch backends its Transformers one too; a repo id
+   such as `Systran/faster-whisper-small` or `openai/whisper-small` as given) and, for the torch
+   backends, openai-whisper's (`~/.cache/whisper/<name>.pt`);
 5. with `--allow-download` (the default): the Hugging Face hub, with a progress
    bar, only if `huggingface_hub` is installed and the hub answers within 3 s.
 
@@ -32,14 +35,25 @@ from whisperlivekit.errors import ModelNotFound
 from whisperlivekit.weights import hub
 from whisperlivekit.weights.hub import hub_has
 
-__all__ = ["KNOWN_SIZES", "REGISTRY", "RegistryModel", "available_models", "hub_has", "hub_repo", "join_parts", "resolve_model"]
+__all__ = ["KNOWN_SIZES", "REGISTRY", "RegistryModel", "available_models", "fetch_command", "hub_has", "hub_repo",
+           "join_parts", "resolve_model"]
 
 logger = logging.getLogger(__name__)
 
 KNOWN_SIZES = (
     "tiny.en", "tiny", "base.en", "base", "small.en", "small",
-    "medium.en", "medium", "large-v1", "large-v2", "large-v3", "large-v3-turbo", "turbo",
+    "medium.en", "medium", "large-v1", "large-v2", "large-v3", "large-v3-turbo", "turbo", "distil-large-v3",
 )
+# size name -> (its CTranslate2 repository, its Transformers repository) on the Hugging Face hub
+HUB_REPOS: Dict[str, Tuple[str, str]] = {
+    **{name: (f"Systran/faster-whisper-{name}", f"openai/whisper-{name}") for name in KNOWN_SIZES[:9]},
+    "large-v1": ("Systran/faster-whisper-large-v1", "openai/whisper-large"),
+    "large-v2": ("Systran/faster-whisper-large-v2", "openai/whisper-large-v2"),
+    "large-v3": ("Systran/faster-whisper-large-v3", "openai/whisper-large-v3"),
+    "large-v3-turbo": ("mobiuslabsgmbh/faster-whisper-large-v3-turbo", "openai/whisper-large-v3-turbo"),
+    "turbo": ("mobiuslabsgmbh/faster-whisper-large-v3-turbo", "openai/whisper-large-v3-turbo"),
+    "distil-large-v3": ("Systran/faster-distil-whisper-large-v3", "distil-whisper/distil-large-v3"),
+}
 SIDE_FILES = ("config.json", "tokenizer.json", "vocabulary.txt", "vocabulary.json", "preprocessor_config.json")
 
 
@@ -65,8 +79,21 @@ def _is_ctranslate2_dir(path: Path) -> bool:
     return path.is_dir() and (path / "model.bin").is_file() and (path / "config.json").is_file()
 
 
+def _is_transformers_dir(path: Path) -> bool:
+    return path.is_dir() and (path / "model.safetensors").is_file() and (path / "config.json").is_file()
+
+
 def _usable(path: Path, checkpoints: bool) -> bool:
-    return _is_ctranslate2_dir(path) or checkpoints and path.is_file() and path.suffix == ".pt"
+    """Weights the backend reads: CTranslate2 for all; `.pt` and Transformers for the torch backends."""
+    if _is_ctranslate2_dir(path):
+        return True
+    return checkpoints and (path.is_file() and path.suffix == ".pt" or _is_transformers_dir(path))
+
+
+def weights_format(path: Path) -> str:
+    if _is_ctranslate2_dir(path):
+        return "CTranslate2"
+    return "Transformers" if _is_transformers_dir(path) else "openai-whisper .pt"
 
 
 # -- 3. registry packages ------------------------------------------------------------------
@@ -147,21 +174,37 @@ def _registry(name: str, notes: List[str], cache_dir: "str | Path | None") -> Op
 
 
 # -- 4. the user's caches --------------------------------------------------------------------
+def _is_repo_id(name: str) -> bool:
+    return name.count("/") == 1 and not name.startswith((".", "/", "~")) and not Path(name).expanduser().exists()
+
+
 def hub_repo(name: str) -> Optional[str]:
-    if "/" in name and not Path(name).expanduser().exists() and name.count("/") == 1:
+    """The repository a download of `name` fetches: a repo id as given, a size name's CTranslate2 repository."""
+    if _is_repo_id(name):
         return name  # already a hub id, e.g. Systran/faster-whisper-small
-    if name in ("large-v3-turbo", "turbo"):
-        return "mobiuslabsgmbh/faster-whisper-large-v3-turbo"
-    return f"Systran/faster-whisper-{name}" if name in KNOWN_SIZES else None
+    return HUB_REPOS[name][0] if name in HUB_REPOS else None
 
 
-def _hub_cache(name: str) -> Optional[Path]:
-    repo = hub_repo(name)
-    if repo is None:
-        return None
-    for snapshot in sorted((hub.cache_dir() / f"models--{repo.replace('/', '--')}" / "snapshots").glob("*")):
-        if _is_ctranslate2_dir(snapshot):
-            return snapshot
+def _cache_repos(name: str, checkpoints: bool) -> List[str]:
+    if _is_repo_id(name):
+        return [name]
+    if name not in HUB_REPOS:
+        return []
+    return list(HUB_REPOS[name][: 2 if checkpoints else 1])
+
+
+def _snapshots(repo: str) -> List[Path]:
+    return sorted((hub.cache_dir() / f"models--{repo.replace('/', '--')}" / "snapshots").glob("*"))
+
+
+def _hub_cache(name: str, checkpoints: bool = False, notes: Optional[List[str]] = None) -> Optional[Path]:
+    for repo in _cache_repos(name, checkpoints):
+        for snapshot in _snapshots(repo):
+            if _usable(snapshot, checkpoints):
+                return snapshot
+            if notes is not None and _is_transformers_dir(snapshot):
+                notes.append(f"{repo} in the Hugging Face cache holds Transformers weights, which faster-whisper "
+                             "cannot read: use --backend torch")
     return None
 
 
@@ -171,7 +214,7 @@ def _openai_cache(name: str) -> Optional[Path]:
 
 
 # -- 5. the hub --------------------------------------------------------------------------
-def _download(name: str, notes: List[str]) -> Optional[Path]:
+def _download(name: str, notes: List[str], checkpoints: bool) -> Optional[Path]:
     repo = hub_repo(name)
     if repo is None:
         return None
@@ -187,8 +230,8 @@ def _download(name: str, notes: List[str]) -> Optional[Path]:
         notes.append(f"the model hub did not answer for {repo} within {hub.TIMEOUT_S:.0f} s")
         return None
     logger.info("downloading %s from the Hugging Face hub (%s)", name, repo)
-    path = Path(huggingface_hub.snapshot_download(repo, allow_patterns=["*.json", "*.txt", "model.bin"]))
-    return path if _is_ctranslate2_dir(path) else None
+    path = Path(huggingface_hub.snapshot_download(repo, allow_patterns=["*.json", "*.txt", "model.bin", "model.safetensors"]))
+    return path if _usable(path, checkpoints) else None
 
 
 # -- the entry point -------------------------------------------------------------------------
@@ -199,7 +242,7 @@ def available_models(model_dir: Optional[str] = None, checkpoints: bool = False)
         entry = REGISTRY.get(name)
         if entry and all(_module_dir(m) is not None for m in entry.modules):
             found.append(f"{name} (package {entry.packages.replace(' ', ' + ')})")
-        elif _hub_cache(name):
+        elif _hub_cache(name, checkpoints):
             found.append(f"{name} (Hugging Face cache)")
         elif checkpoints and _openai_cache(name):
             found.append(f"{name} (openai-whisper cache)")
@@ -212,7 +255,8 @@ def resolve_model(
     name: str, model_dir: Optional[str] = None, *, checkpoints: bool = False, allow_download: bool = True,
     cache_dir: "str | Path | None" = None,
 ) -> Path:
-    """A local CTranslate2 folder (or, with `checkpoints`, an openai-whisper `.pt`) for `name`, or ModelNotFound.
+    """A local CTranslate2 folder (with `checkpoints`, the torch backends', also an openai-whisper `.pt` or a
+    Transformers folder) for `name`, or ModelNotFound.
 
     `cache_dir` is `--cache-dir` (None: the default of `config.cache_root`): parts are joined under it."""
     local = [Path(name).expanduser()]
@@ -221,16 +265,18 @@ def resolve_model(
     for path in local:
         if _usable(path, checkpoints):
             return path
-        if path.is_file() and path.suffix == ".pt":
-            raise ModelNotFound(f"{path} is an openai-whisper checkpoint: use it with --backend openai-whisper or simulstreaming")
+        if path.is_file() and path.suffix == ".pt" or _is_transformers_dir(path):
+            raise ModelNotFound(f"{path} holds {weights_format(path)} weights, which faster-whisper cannot read: "
+                                "use it with --backend torch or simulstreaming")
     notes: List[str] = []
-    finders = [lambda n: _registry(n, notes, cache_dir), _hub_cache] + ([_openai_cache] if checkpoints else [])
+    finders = [lambda n: _registry(n, notes, cache_dir), lambda n: _hub_cache(n, checkpoints, notes)]
+    finders += [_openai_cache] if checkpoints else []
     for finder in finders:
         path = finder(name)
         if path is not None:
             return path
     if allow_download:
-        path = _download(name, notes)
+        path = _download(name, notes, checkpoints)
         if path is not None:
             return path
     else:
@@ -238,19 +284,24 @@ def resolve_model(
     raise ModelNotFound(_not_found_message(name, model_dir, checkpoints, notes))
 
 
+def fetch_command(name: str) -> Optional[str]:
+    """The one command that puts `name` where `--model name` finds it, if there is one."""
+    entry = REGISTRY.get(name)
+    if entry is not None:
+        return f"pip install 'whisperlivekit[{entry.extra}]'" if entry.extra else f"pip install {entry.packages}"
+    repo = hub_repo(name)
+    return f"hf download {repo}" if repo else None  # into the Hugging Face cache (huggingface_hub's CLI)
+
+
 def _not_found_message(name: str, model_dir: Optional[str], checkpoints: bool, notes: List[str]) -> str:
     available = available_models(model_dir, checkpoints)
-    extra = REGISTRY[name].extra if name in REGISTRY else None
-    how = [f"pip install 'whisperlivekit[{extra}]'"] if extra else []
-    how += [
-        "put a CTranslate2 folder (model.bin + config.json) at --model-dir DIR/<name>",
-        "pass --model /path/to/that-folder" + (" or a .pt checkpoint" if checkpoints else ""),
-        "or run where huggingface.co is reachable (downloads are on by default)",
-    ]
-    unknown = "" if name in KNOWN_SIZES or os.sep in name or "/" in name else f" Known size names: {', '.join(KNOWN_SIZES)}."
+    command = fetch_command(name)
+    how = f"To fetch it where the hub is reachable: {command}" if command else "To add one"
+    how += "; or pass a local model folder with --model PATH or --model-dir DIR"
+    unknown = "" if name in KNOWN_SIZES or _is_repo_id(name) or os.sep in name else f" Known size names: {', '.join(KNOWN_SIZES)}."
     return (
         f"Model '{name}' is not available on this machine"
         + (f" ({'; '.join(notes)})" if notes else "")
         + f". Available here: {', '.join(available) if available else 'none'}."
-        + f" To add one: {'; '.join(how)}.{unknown}"
+        + f" {how}.{unknown}"
     )

@@ -122,7 +122,7 @@ def _load_ctranslate2(directory: Path) -> WhisperWeights:
     model = read_ctranslate2_model(directory / "model.bin")
     if model.spec_name != "WhisperSpec":
         raise ModelLoadError(f"{directory / 'model.bin'} holds a {model.spec_name}, not a Whisper model")
-    dims, state = _to_openai(model.variables)
+    dims, state = _to_openai(model.variables, copy=False)  # `_float32` copies once, where a copy is needed
     heads = [(int(l), int(h)) for l, h in config.get("alignment_heads") or []] or None
     return WhisperWeights(dims, _float32(state), heads, _require(directory / "tokenizer.json"), "ctranslate2")
 

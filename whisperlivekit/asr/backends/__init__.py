@@ -19,17 +19,16 @@ if TYPE_CHECKING:
 # (backend name, policy name) -> "module:Class"; each class has `from_settings(settings, model_path, device, lanes)`.
 BACKENDS: Dict[Tuple[str, str], str] = {
     ("faster-whisper", "localagreement"): "whisperlivekit.asr.backends.faster_whisper:FasterWhisperBackend",
-    ("openai-whisper", "localagreement"): "whisperlivekit.asr.backends.openai_whisper:OpenAIWhisperBackend",
-    ("openai-whisper", "simulstreaming"): "whisperlivekit.asr.backends.alignatt:AlignAttBackend",
     ("torch", "localagreement"): "whisperlivekit.asr.backends.torch_whisper:TorchWhisperBackend",
+    ("torch", "simulstreaming"): "whisperlivekit.asr.backends.alignatt:AlignAttBackend",
 }
 
-# Backends that also read openai-whisper `.pt` checkpoints (openai-whisper converts a CTranslate2 model once;
-# torch reads either directly).
-CHECKPOINT_BACKENDS = frozenset({"openai-whisper", "torch"})
+# Backends that read every weight format (CTranslate2, openai-whisper `.pt`, Hugging Face Transformers);
+# faster-whisper reads CTranslate2 folders only.
+CHECKPOINT_BACKENDS = frozenset({"torch"})
 
 # `--backend simulstreaming` names a policy, kept as the documented shorthand for this pair.
-BACKEND_ALIASES: Dict[str, Tuple[str, str]] = {"simulstreaming": ("openai-whisper", "simulstreaming")}
+BACKEND_ALIASES: Dict[str, Tuple[str, str]] = {"simulstreaming": ("torch", "simulstreaming")}
 
 
 def backend_names() -> Tuple[str, ...]:

@@ -1,37 +1,41 @@
-"""AlignAtt on openai-whisper (PyTorch): one decoding step per request, for many streams.
+"""AlignAtt on our own PyTorch Whisper: one decoding step per request, for many streams.
 
-The model is loaded once per device and shared; each `AlignAttRequest` brings
-its stream's buffer and tokens (see `simulstreaming.py`), so this class keeps no
-per-stream state and installs no hooks: attention comes back from
-`ExplicitDecoder`, and the KV cache lives only for the call. Several CPU lanes
-may call at once.
+The model (`torch_whisper/`, any weight format) is loaded once per device and
+shared; each `AlignAttRequest` brings its stream's buffer and tokens (see
+`simulstreaming.py`), so this class keeps no per-stream state and installs no
+hooks: attention comes back from the decoder call (`decoder.py`), and the KV
+cache lives only for the call. Several CPU lanes may call at once.
 
 One step: encode the buffer, re-decode the committed words as a fixed prefix,
-then search (`alignatt_search.py`) until a stop rule fires. The encoder window
-is the buffer plus 2 s of padding, at least `min_window_s`, rounded up to 5 s
+then search (`search.py`) until a stop rule fires. The encoder window is the
+buffer plus 2 s of padding, at least `min_window_s`, rounded up to 5 s
 (Whisper's 30 s cost about twice as much on CPU for the same words on the test
 clips). A batch is encoded per window size, so a stream's result never depends
 on which other streams shared its batch.
+
+Precision as the `torch` backend: float32 on the CPU, float16 on CUDA (`--compute-type`).
 """
 
 from __future__ import annotations
 
 import logging
-import os
 from pathlib import Path
-from typing import Any, List, Optional, Sequence, Tuple
+from typing import Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 import torch
 
-from whisperlivekit.asr.backends.alignatt.decoder import ExplicitDecoder, encode
-from whisperlivekit.asr.backends.alignatt.search import SearchOutcome, SearchSetup, WordTrail, peak, search
+from whisperlivekit.asr.backends.alignatt.decoder import AlignAttDecoder
 from whisperlivekit.asr.backends.alignatt.heads import choose_heads
+from whisperlivekit.asr.backends.alignatt.search import SearchOutcome, SearchSetup, WordTrail, peak, search
 from whisperlivekit.asr.backends.degenerate import MAX_TOKENS_PER_S, looks_degenerate
+from whisperlivekit.asr.backends.gpu_memory import release_cuda_cache
+from whisperlivekit.asr.backends.torch_whisper.features import log_mel
+from whisperlivekit.asr.backends.torch_whisper.load import load_torch_whisper
+from whisperlivekit.asr.backends.torch_whisper.tokenizer import UNSPACED_LANGUAGES, WhisperTokenizer
 from whisperlivekit.asr.types import AlignAttRequest, AlignAttResult, TranscribeRequest, Word
 from whisperlivekit.audio import SAMPLE_RATE
 from whisperlivekit.errors import device_faults
-from whisperlivekit.asr.backends.gpu_memory import release_cuda_cache
 
 logger = logging.getLogger(__name__)
 
@@ -42,7 +46,6 @@ WINDOW_STEP_S = 5
 PADDING_S = 2.0  # audio-free frames after the buffer: where the heads look once the audio runs out
 
 NO_SPEECH_PROB = 0.6
-NO_SPACE_LANGUAGES = {"zh", "ja", "th", "lo", "my", "yue"}
 
 
 class AlignAttBackend:
@@ -52,53 +55,49 @@ class AlignAttBackend:
     def from_settings(cls, settings, model_path: Path, device: str, lanes: int) -> "AlignAttBackend":
         return cls(
             model_path, device=device, model_name=settings.model, lanes=lanes, cpu_threads=settings.cpu_threads,
-            min_window_s=settings.min_encoder_window_s, cache_dir=settings.cache_dir,
+            min_window_s=settings.min_encoder_window_s, compute_type=settings.compute_type,
         )
 
     def __init__(self, model_path: Path, device: str = "cpu", model_name: Optional[str] = None,
-                 lanes: int = 1, cpu_threads: int = 0, min_window_s: float = 10.0,
-                 cache_dir: "str | Path | None" = None) -> None:
-        from whisperlivekit.asr.backends.openai_whisper import load_openai_model
-
+                 lanes: int = 1, cpu_threads: int = 0, min_window_s: float = 10.0, compute_type: str = "auto") -> None:
         model_path = Path(model_path)
-        whisper, model, dump = load_openai_model(model_path, device, cache_dir)
-        model.eval()
-        dims = model.dims
-        heads, source = choose_heads(dump, model_name or model_path.name, dims.n_text_layer, dims.n_text_head, model.is_multilingual)
-        logger.info("AlignAtt on %s: %d alignment heads (%s)", device, len(heads), source)
-        if device == "cpu":  # one lane per core (model_pool.lanes_for): each lane's ops get their share
-            torch.set_num_threads(cpu_threads or max(1, (os.cpu_count() or 1) // max(1, lanes)))
+        loaded = load_torch_whisper(model_path, device, compute_type, cpu_threads, lanes)
+        model, dims = loaded.model, loaded.model.dims
+        heads, source = choose_heads(loaded.alignment_heads, model_name or model_path.name, dims.n_text_layer,
+                                     dims.n_text_head, model.is_multilingual)
+        logger.info("AlignAtt on %s: %d alignment heads (%s), %s", device, len(heads), source, loaded.dtype)
 
-        self._model: Any = model
-        self._decoder = ExplicitDecoder(model, heads)
-        self._whisper = whisper
+        self._model = model
+        self._decoder: Optional[AlignAttDecoder] = AlignAttDecoder(model.decoder, heads)
         self.heads = heads
         self.device = device
+        self.dtype = loaded.dtype
         self.model_label = model_path.name if model_path.name != "model" else str(model_path)
         self.multilingual = bool(model.is_multilingual)
         self.min_window_samples = int(min(WINDOW_S, max(1.0, min_window_s)) * SAMPLE_RATE)
-        tok = self.tokenizer("en")
-        self._suppress = self._suppression_mask(tok).to(device)
-        pieces = [tok.encoding.decode_single_token_bytes(t) if t < tok.eot else b"" for t in range(dims.n_vocab)]
-        self._starts_word = np.array([piece.startswith(b" ") for piece in pieces])
-        self._word_keys = ["".join(c for c in piece.decode("utf-8", "ignore").lower() if c.isalnum()) for piece in pieces]
+        self._base_tokenizer = loaded.tokenizer
+        self._tokenizers: Dict[Tuple[Optional[str], str], WhisperTokenizer] = {}
+        tok = loaded.tokenizer
+        self._suppress = self._suppression_mask(tok, dims.n_vocab).to(device)
+        pieces = tok.text_pieces
+        self._starts_word = np.array([piece.startswith(" ") for piece in pieces] + [False] * (dims.n_vocab - len(pieces)))
+        self._word_keys = ["".join(c for c in piece.lower() if c.isalnum()) for piece in pieces] + [""] * (dims.n_vocab - len(pieces))
         self._no_letters = [t for t in range(tok.eot) if not self._word_keys[t]]  # blank, punctuation: never first
 
     # -- vocabulary ------------------------------------------------------------------
-    def tokenizer(self, language: Optional[str], task: str = "transcribe"):
-        return self._whisper.tokenizer.get_tokenizer(
-            self.multilingual, num_languages=self._model.num_languages,
-            language=(language or "en") if self.multilingual else None, task=task if self.multilingual else None,
-        )
+    def tokenizer(self, language: Optional[str], task: str = "transcribe") -> WhisperTokenizer:
+        key = (language if self.multilingual else None, task)
+        if key not in self._tokenizers:
+            self._tokenizers[key] = self._base_tokenizer.with_language(*key)
+        return self._tokenizers[key]
 
-    def _suppression_mask(self, tok) -> torch.Tensor:
-        """Tokens a transcript never contains: specials, language tags, timestamps, Whisper's non-speech symbols."""
-        mask = torch.zeros(self._model.dims.n_vocab, dtype=torch.bool)
-        specials = [tok.sot, tok.sot_prev, tok.sot_lm, tok.no_speech, tok.no_timestamps]
-        if self.multilingual:
-            specials += [tok.transcribe, tok.translate, *tok.all_language_tokens]
-        mask[list(tok.non_speech_tokens) + specials] = True
-        mask[tok.timestamp_begin:] = True
+    @staticmethod
+    def _suppression_mask(tok: WhisperTokenizer, n_vocab: int) -> torch.Tensor:
+        """Tokens a transcript never contains: Whisper's non-speech symbols and every special token but end-of-text
+        (start and task tokens, language tags, no-speech, no-timestamps, timestamps)."""
+        mask = torch.zeros(n_vocab, dtype=torch.bool)
+        mask[list(tok.suppressed)] = True
+        mask[tok.eot + 1 :] = True
         return mask
 
     # -- the backend interface -------------------------------------------------------
@@ -112,7 +111,7 @@ class AlignAttBackend:
             return []
         windows = [self._window(len(r.audio)) for r in requests]
         results: List[Optional[AlignAttResult]] = [None] * len(requests)
-        with torch.inference_mode(), torch.autocast("cuda", dtype=torch.float16, enabled=self.device.startswith("cuda")):
+        with torch.inference_mode():
             for window in sorted(set(windows)):
                 group = [i for i, w in enumerate(windows) if w == window]
                 features = self._encode([requests[i].audio for i in group], window)
@@ -126,27 +125,26 @@ class AlignAttBackend:
         return int(min(WINDOW_S * SAMPLE_RATE, max(self.min_window_samples, needed)))
 
     def _encode(self, audios: Sequence[np.ndarray], window: int) -> torch.Tensor:
-        audio = self._whisper.audio
-        mels = [
-            audio.log_mel_spectrogram(audio.pad_or_trim(torch.from_numpy(np.ascontiguousarray(a, dtype=np.float32)), window),
-                                      self._model.dims.n_mels, device=self.device)
-            for a in audios
-        ]
-        return encode(self._model.encoder, torch.stack(mels))
+        """Each buffer zero-padded (or cut) to `window` samples, log-mel per row, one encoder call."""
+        batch = np.zeros((len(audios), window), dtype=np.float32)
+        for row, audio in enumerate(audios):
+            audio = np.asarray(audio, dtype=np.float32)[:window]
+            batch[row, : len(audio)] = audio
+        mel = log_mel(torch.from_numpy(batch).to(self.device), self._model.dims.n_mels)
+        return self._model.encoder(mel.to(self.dtype))
 
-    def _detect_language(self, cross) -> str:
-        tok = self.tokenizer(None)
-        logits, _, _ = self._decoder.forward(torch.tensor([[tok.sot]], device=self.device), cross)
-        language_tokens = torch.tensor(tok.all_language_tokens, device=self.device)
-        best = int(language_tokens[logits[0, -1].index_select(0, language_tokens).argmax()])
-        return tok.decode([best]).strip("<|>")
+    def _detect_language(self, state) -> str:
+        tok = self._base_tokenizer
+        logits, _, _ = self._decoder.forward(torch.tensor([[tok.sot]], device=self.device), state)
+        language_tokens = torch.tensor([tok.language_token(code) for code in tok.languages], device=self.device)
+        return tok.languages[int(logits[0, -1].index_select(0, language_tokens).argmax())]
 
     def _step(self, request: TranscribeRequest, features: torch.Tensor) -> AlignAttResult:
         final = not isinstance(request, AlignAttRequest)
         if final:  # a plain request: the whole buffer at once, no stop rule
             request = AlignAttRequest(request.audio, request.prompt, request.language, request.task, init_prompt=request.prompt)
-        cross = self._decoder.cross_kv(features)
-        language = request.language or (self._detect_language(cross) if self.multilingual else "en")
+        start = self._decoder.start(features)
+        language = request.language or (self._detect_language(start) if self.multilingual else "en")
         tok = self.tokenizer(language, request.task)
         prefix = self._prefix(tok, request)
         forced = list(request.forced_tokens)
@@ -154,14 +152,14 @@ class AlignAttBackend:
         content_frames = -(-len(request.audio) // SAMPLES_PER_FRAME)
         room = self._decoder.n_ctx - len(prefix) - len(forced) - 1
         setup = SearchSetup(
-            decoder=self._decoder, cross=cross, suppress=self._suppress, blank=self._no_letters, eot=tok.eot,
-            starts_word=None if language in NO_SPACE_LANGUAGES else self._starts_word,
-            word_keys=None if language in NO_SPACE_LANGUAGES else self._word_keys, content_frames=content_frames,
+            decoder=self._decoder, suppress=self._suppress, blank=self._no_letters, eot=tok.eot,
+            starts_word=None if language in UNSPACED_LANGUAGES else self._starts_word,
+            word_keys=None if language in UNSPACED_LANGUAGES else self._word_keys, content_frames=content_frames,
             stop_frame=None if final else content_frames - request.frame_threshold,
             max_new=max(0, min(room, int(MAX_TOKENS_PER_S * duration_s) + 10 - len(forced))), beams=max(1, request.beams),
             loop_rules=request.loop_rules,
         )
-        logits, alignment, cache = self._decoder.forward(torch.tensor([prefix + forced], device=self.device), cross)
+        logits, alignment, cache = self._decoder.forward(torch.tensor([prefix + forced], device=self.device), start)
         frames = peak(alignment[0], content_frames).tolist()
         forced_frames = frames[len(prefix) - 1 : len(prefix) - 1 + len(forced)]
         if len(request.forced_frames) == len(forced):  # as measured when emitted: steadier than re-aligned
@@ -171,7 +169,7 @@ class AlignAttBackend:
             trail = trail.after(token, frame, setup)
         outcome = search(setup, logits[:, -1], frames[-1], trail, cache, at_start=not forced)
         if not forced and outcome.tokens + outcome.lookahead:
-            no_speech = float(logits[0, len(prefix) - len(tok.sot_sequence_including_notimestamps)].softmax(-1)[tok.no_speech])
+            no_speech = float(logits[0, len(prefix) - len(tok.sot_sequence) - 1].softmax(-1)[tok.no_speech])
             heard = len(outcome.tokens) + len(outcome.lookahead)
             if no_speech > NO_SPEECH_PROB and (outcome.score + outcome.lookahead_score) / heard < -1.0:
                 outcome = SearchOutcome([], [], 0.0, "no-speech")  # Whisper hears no speech and is unsure of its words
@@ -185,7 +183,7 @@ class AlignAttBackend:
         init = tok.encode(" " + request.init_prompt.strip())[:budget] if request.init_prompt.strip() else []
         rolling = list(request.context_tokens)[-(budget - len(init)) :] if budget > len(init) else []
         prompt = init + rolling
-        return ([tok.sot_prev] + prompt if prompt else []) + list(tok.sot_sequence_including_notimestamps)
+        return ([tok.sot_prev] + prompt if prompt else []) + list(tok.sot_sequence) + [tok.no_timestamps]
 
     # -- tokens → words ----------------------------------------------------------------
     def _result(self, tok, language: str, forced: List[int], forced_frames: List[int], outcome: SearchOutcome,

@@ -36,7 +36,8 @@ from typing import Any, List, Optional, Sequence, Tuple
 import numpy as np
 import torch
 
-from whisperlivekit.asr.backends.alignatt.decoder import ExplicitDecoder, KVCache
+from whisperlivekit.asr.backends.alignatt.decoder import AlignAttDecoder
+from whisperlivekit.asr.backends.torch_whisper.model import DecoderState
 
 PEAK_MARGIN_FRAMES = 25
 PAST_END_FRAMES = 10  # a token attending this far past the audio is made up, not heard
@@ -59,8 +60,7 @@ def peak(alignment: torch.Tensor, content_frames: int) -> torch.Tensor:
 class SearchSetup:
     """What stays fixed during one step's search."""
 
-    decoder: ExplicitDecoder
-    cross: List[Tuple[torch.Tensor, torch.Tensor]]
+    decoder: AlignAttDecoder
     suppress: torch.Tensor  # bool per vocabulary entry: never emitted
     blank: List[int]  # never the first token of a transcript: blank, punctuation
     eot: int
@@ -143,7 +143,7 @@ def _logprobs(setup: SearchSetup, logits: torch.Tensor, at_start: bool) -> torch
     return logits.log_softmax(-1)
 
 
-def search(setup: SearchSetup, logits: torch.Tensor, frame: int, trail: WordTrail, cache: KVCache,
+def search(setup: SearchSetup, logits: torch.Tensor, frame: int, trail: WordTrail, cache: DecoderState,
            at_start: bool) -> SearchOutcome:
     """Decode from the prefilled `cache` (`logits`/`frame`: its last position's prediction and attention;
     `trail`: the forced words')."""
@@ -187,12 +187,12 @@ def search(setup: SearchSetup, logits: torch.Tensor, frame: int, trail: WordTrai
         hyps = [hyps[b].extended(t, frames[b], v, setup) for b, t, v in chosen]
         sources = torch.tensor([b for b, _, _ in chosen], device=device)
         step_logits, alignment, cache = setup.decoder.forward(
-            torch.tensor([[t] for _, t, _ in chosen], device=device), setup.cross, cache.select(sources)
+            torch.tensor([[t] for _, t, _ in chosen], device=device), cache.select(sources)
         )
         logits, frames = step_logits[:, -1], peak(alignment[:, -1], setup.content_frames).tolist()
 
 
-def _lookahead(setup: SearchSetup, token: int, frame: int, logprob: float, trail: WordTrail, cache: KVCache,
+def _lookahead(setup: SearchSetup, token: int, frame: int, logprob: float, trail: WordTrail, cache: DecoderState,
                budget: int) -> Tuple[List[int], List[int], float]:
     """Greedy tokens past the stop point, to show what is being said; never committed by the step."""
     tokens: List[int] = []
@@ -215,7 +215,7 @@ def _lookahead(setup: SearchSetup, token: int, frame: int, logprob: float, trail
         tokens.append(token)
         frames.append(frame)
         score += logprob
-        logits, alignment, cache = setup.decoder.forward(torch.tensor([[token]], device=device), setup.cross, cache)
+        logits, alignment, cache = setup.decoder.forward(torch.tensor([[token]], device=device), cache)
         frame = int(peak(alignment[0, -1], setup.content_frames))
         logprobs = _logprobs(setup, logits[:, -1], False)[0]
         ranked = logprobs.topk(STALL_RETRIES + 1).indices.tolist()

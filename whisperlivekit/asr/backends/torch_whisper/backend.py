@@ -18,7 +18,6 @@ is not implemented here yet and is refused at start-up.
 from __future__ import annotations
 
 import logging
-import os
 from pathlib import Path
 from typing import Dict, List, Optional, Sequence, Tuple
 
@@ -29,7 +28,8 @@ from whisperlivekit.asr.backends.degenerate import MAX_TOKENS_PER_S, looks_degen
 from whisperlivekit.asr.backends.torch_whisper.alignment import align, word_times
 from whisperlivekit.asr.backends.torch_whisper.decoding import SpecialTokens, greedy_decode
 from whisperlivekit.asr.backends.torch_whisper.features import HOP, log_mel
-from whisperlivekit.asr.backends.torch_whisper.model import Whisper, WhisperDims, default_alignment_heads
+from whisperlivekit.asr.backends.torch_whisper.load import load_torch_whisper
+from whisperlivekit.asr.backends.torch_whisper.model import default_alignment_heads
 from whisperlivekit.asr.backends.torch_whisper.tokenizer import WhisperTokenizer
 from whisperlivekit.asr.types import TranscribeRequest, TranscribeResult, Word
 from whisperlivekit.audio import SAMPLE_RATE
@@ -43,16 +43,6 @@ PADDING_S = 1.0
 WINDOW_BUCKET_FRAMES = 200  # 2 s
 MAX_PROMPT_TOKENS = 223
 MAX_NEW_TOKENS = 224
-DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
-
-
-def _dtype(compute_type: str, device: str) -> torch.dtype:
-    """float16 on CUDA unless told otherwise; float32 on the CPU, where float16 matmuls are slow (bfloat16 if asked)."""
-    if compute_type in DTYPES and (device.startswith("cuda") or compute_type != "float16"):
-        return DTYPES[compute_type]
-    if compute_type not in ("auto", *DTYPES):
-        logger.info("compute type %s is CTranslate2's; the torch backend runs float32, float16 or bfloat16", compute_type)
-    return torch.float16 if device.startswith("cuda") else torch.float32
 
 
 class TorchWhisperBackend:
@@ -75,36 +65,24 @@ class TorchWhisperBackend:
         cpu_threads: int = 0,
         lanes: int = 1,
     ) -> None:
-        from whisperlivekit.weights.torch_state import load_whisper_weights
-
         if beam_size != 1:
             raise ModelLoadError("the torch backend decodes greedily; run it with --beam-size 1")
         model_path = Path(model_path)
-        weights = load_whisper_weights(model_path)
-        dims = WhisperDims.from_dict(weights.dims)
-        self.dtype = _dtype(compute_type, device)
-        try:
-            with torch.device("meta"):  # no random initialisation: every tensor comes from the file
-                model = Whisper(dims)
-            model.load_state_dict(weights.state, strict=True, assign=True)
-            self._model = model.to(device=device, dtype=self.dtype).eval()
-        except (RuntimeError, ValueError) as exc:
-            raise ModelLoadError(f"Could not load {model_path} into the torch Whisper on {device}: "
-                                 f"{str(exc).splitlines()[0]}") from exc
-        if device == "cpu":  # one lane per core (model_pool.lanes_for): each lane's ops get their share
-            torch.set_num_threads(cpu_threads or max(1, (os.cpu_count() or 1) // max(1, lanes)))
+        loaded = load_torch_whisper(model_path, device, compute_type, cpu_threads, lanes)
+        self._model = loaded.model
+        self.dtype = loaded.dtype
+        dims = loaded.model.dims
         self.device = device
         self.model_label = model_path.name if model_path.name != "model" else str(model_path)
         self.compute_type = str(self.dtype).replace("torch.", "")
-        self.weights_format = weights.source_format
+        self.weights_format = loaded.source_format
         self.min_window_frames = int(min_window_s * SAMPLE_RATE / HOP)
         self.multilingual = self._model.is_multilingual
-        heads = weights.alignment_heads or default_alignment_heads(dims)
+        heads = loaded.alignment_heads or default_alignment_heads(dims)
         self.alignment_heads: Dict[int, List[int]] = {}
         for layer, head in sorted(heads):
             self.alignment_heads.setdefault(layer, []).append(head)
-        self._base_tokenizer = WhisperTokenizer.from_file(weights.tokenizer_file, self.multilingual)
-        del weights
+        self._base_tokenizer = loaded.tokenizer
         self._tokenizers: Dict[Tuple[Optional[str], str], WhisperTokenizer] = {}
         base = self._base_tokenizer
         self.special = SpecialTokens(

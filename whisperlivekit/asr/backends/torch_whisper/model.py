@@ -121,11 +121,15 @@ class DecoderState:
         return self.valid.shape[1]
 
     def select(self, rows: Tensor) -> "DecoderState":
-        """The state of `rows` only (finished rows leave the batch)."""
+        """The state of `rows` only (finished rows leave the batch; beams are picked and repeated).
+
+        Cross keys/values of batch 1 are shared by every row (AlignAtt's beams all read one
+        window) and stay as they are: copying them per row each step would cost more than the step.
+        """
         return DecoderState(
             [k.index_select(0, rows) for k in self.keys],
             [v.index_select(0, rows) for v in self.values],
-            [(k.index_select(0, rows), v.index_select(0, rows)) for k, v in self.cross],
+            [(k, v) if k.shape[0] == 1 else (k.index_select(0, rows), v.index_select(0, rows)) for k, v in self.cross],
             self.valid.index_select(0, rows),
             self.positions.index_select(0, rows),
         )
@@ -207,6 +211,8 @@ class TextDecoder(nn.Module):
             c = block.cross_attn
             q = _heads(c.query(block.cross_attn_ln(x)), c.n_head)
             ck, cv = state.cross[i]
+            if ck.shape[0] != batch:  # one window shared by all rows (see `DecoderState.select`)
+                ck, cv = ck.expand(batch, -1, -1, -1), cv.expand(batch, -1, -1, -1)
             if heads and i in heads:
                 weights = torch.softmax((q @ ck.transpose(-1, -2)).float() * q.shape[-1] ** -0.5, dim=-1)
                 attended = weights.to(cv.dtype) @ cv

@@ -119,6 +119,12 @@ class WhisperTokenizer:
         return tuple(sorted(ids))
 
     # -- text ----------------------------------------------------------------------------
+    @cached_property
+    def text_pieces(self) -> List[str]:
+        """Every text token (below end-of-text) decoded alone, a byte that is only part of a character as U+FFFD:
+        where AlignAtt reads which tokens begin a word (a leading space) and their letters."""
+        return self.hf.decode_batch([[t] for t in range(self.eot)], skip_special_tokens=False)
+
     def encode(self, text: str) -> List[int]:
         return self.hf.encode(text, add_special_tokens=False).ids
 
