@@ -2,11 +2,9 @@
 
 A real venv (no `--system-site-packages`: that would hide a missing dependency) gets
 `pip install "torch==2.13.0" .` and nothing else, then serves `--backend simulstreaming`
-on a real clip. pip takes its wheels from the machine's wheel cache and index as any
-install does. Building the venv takes 1-3 minutes, so the whole module is slow.
-
-`--diarization` is left out until the embedding diarizer stops needing Resemblyzer
-(not part of the base install); the command line is otherwise the seed's.
+with `--diarization` (the CPU embedding diarizer ships its weights) on a real clip of two
+voices. pip takes its wheels from the machine's wheel cache and index as any install does.
+Building the venv takes 1-3 minutes, so the whole module is slow.
 """
 
 from __future__ import annotations
@@ -58,7 +56,7 @@ def test_the_seed_command_line_serves_a_clip_from_the_fresh_install(venv: Path, 
     with open(log_path, "wb") as log:
         server = subprocess.Popen(
             [str(venv / "bin" / "whisperlivekit-server"), "--host", "0.0.0.0", "--port", str(port),
-             "--model", "tiny.en", "--backend", "simulstreaming", "--pcm-input"],
+             "--model", "tiny.en", "--backend", "simulstreaming", "--diarization", "--pcm-input"],
             stdout=log, stderr=subprocess.STDOUT, cwd=tmp_path, env=env,
         )
     try:
@@ -69,7 +67,9 @@ def test_the_seed_command_line_serves_a_clip_from_the_fresh_install(venv: Path, 
         pcm, reference = speech_pcm("harvard")
         result = run(stream(f"ws://127.0.0.1:{port}/asr", pcm, pcm=True, speed=3.0))
         error_rate = check_finished_stream(result, reference, 0.10)
-        print(f"fresh venv, simulstreaming, harvard: WER {error_rate:.1%}")
+        speakers = {line["speaker"] for update in result.updates[-1:] for line in update["lines"] if line["speaker"] > 0}
+        print(f"fresh venv, simulstreaming + diarization, harvard: WER {error_rate:.1%}, speakers {sorted(speakers)}")
+        assert len(speakers) >= 2, result.updates[-1]  # the clip alternates a man's and a woman's voice
     finally:
         server.terminate()
         server.wait(timeout=60)
