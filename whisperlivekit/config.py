@@ -110,7 +110,7 @@ class Settings:
     cpu_fallback: bool = True
     simulate_gpus: int = 0
     unhealthy_backoff_s: float = 30.0
-    max_realtime_load: float = 0.9  # admission by measured load (gpu/manager.py); 0: off
+    max_realtime_load: float = 0.0  # admission by measured load (gpu/manager.py), e.g. 0.9; 0: off
 
     # --- batching -----------------------------------------------------------------
     max_batch_size: int = 0  # 0: auto (8 on GPU; 1 on CPU, where batching measured slower)
