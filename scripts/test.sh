@@ -17,6 +17,10 @@ fi
 step "python packages (CPU torch first: an unpinned torch would pull multi-GB CUDA wheels)"
 "$PY" -m pip install -q --disable-pip-version-check "torch==2.13.0"
 "$PY" -m pip install -q --disable-pip-version-check -e ".[test,bench]" "torch==2.13.0"
+# The suite scores WER with openai-whisper's English text normaliser (Whisper's standard scoring; the server
+# itself never imports openai-whisper). Without its dependencies: they include triton (~1 GB, CUDA only).
+"$PY" -m pip install -q --disable-pip-version-check --no-deps openai-whisper
+"$PY" -m pip install -q --disable-pip-version-check numba tiktoken more-itertools tqdm regex
 # diarization: NeMo Sortformer ([sortformer]); the CPU embedding diarizer ships its weights and needs nothing more
 "$PY" -m pip install -q --disable-pip-version-check -e ".[sortformer]" "torch==2.13.0"
 
