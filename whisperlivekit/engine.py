@@ -304,7 +304,9 @@ class TranscriptionEngine:
                 if self.input_done:
                     break
             if self.failure is None:
-                if self.policy.unprocessed_s > 0.05 and self._has_speech():
+                # only audio that may hold speech: after VAD has closed the last segment, what is left
+                # is its pre-roll of silence, on which Whisper invents words ("You")
+                if self.policy.unprocessed_s > 0.05 and self._has_speech() and self._speech_pending():
                     await self._step()
                 self._commit(self.policy.finish(), BY_END)
                 if self._diar_feed is not None:
