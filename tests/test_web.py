@@ -146,7 +146,7 @@ def test_live_page_transcribes_the_microphone_and_finishes_on_stop(tmp_path, fla
             assert download.suggested_filename.endswith(".txt")
             saved = tmp_path / download.suggested_filename
             await download.save_as(str(saved))
-            assert "canoe" in saved.read_text().lower() and "Speaker" in saved.read_text()  # tiny.en hears "birch" or "burch"
+            assert "smooth planks" in saved.read_text().lower() and "Speaker" in saved.read_text()  # "canoe" comes out "cano" or "can now" too
             await browser.grant_permissions(["clipboard-read", "clipboard-write"], origin=server.base_url)
             await page.get_by_test_id("copy-button").click()
             assert await page.evaluate("navigator.clipboard.readText()") == saved.read_text()
@@ -699,7 +699,7 @@ def test_whisperlivekits_own_page_shows_no_glued_words_and_the_whole_final_text(
         assert not glued, f"glued words on WhisperLiveKit's page: {glued}"
         assert _normalised(final_page) == _normalised(server_text), (final_page, server_text)
         # the server's accuracy is tested elsewhere; here only that the clip went through
-        assert "birch canoe" in _normalised(server_text) and "steady work" in _normalised(server_text), server_text
+        assert "smooth planks" in _normalised(server_text) and "steady work" in _normalised(server_text), server_text
 
     try:
         with running_server() as server:
