@@ -133,7 +133,11 @@ def test_silence_around_speech_gives_no_hallucinated_text_and_a_silence_line(spe
         result = run(stream(server.ws_url, silence + speech + silence, pcm=True, speed=4.0))
     lines = result.final["lines"]
     spoken = [l for l in lines if l.get("text")]
-    assert spoken and all(_parse(l["start"]) >= 9.5 and _parse(l["end"]) <= 10 + len(speech) / 2 / SR + 0.5 for l in spoken), lines
+    speech_end_s = 10 + len(speech) / 2 / SR
+    # text only where the speech is: a line invented in the silence would start after it; the last word's end
+    # time may stretch into the silence by a second or so (Whisper's word timing)
+    assert spoken and all(9.5 <= _parse(l["start"]) <= speech_end_s and _parse(l["end"]) <= speech_end_s + 2.5
+                          for l in spoken), lines
     assert wer(reference, " ".join(l["text"] for l in spoken)) <= 0.10
     silences = [l for l in lines if l["speaker"] == -2]
     assert silences and silences[0]["text"] == "" and _parse(silences[0]["end"]) >= 9.0
