@@ -19,7 +19,7 @@ from whisperlivekit.api.admission import build_on_slot
 from whisperlivekit.api.params import parse_language, parse_mode, parse_words
 from whisperlivekit.engine import TranscriptionEngine
 from whisperlivekit.api.errors import INTERNAL_ERROR, Ending, ending_for
-from whisperlivekit.api.stream_runner import CLIENT_GONE, StreamParts, release, run_stream
+from whisperlivekit.api.stream_runner import CLIENT_GONE, StreamParts, count_refusal, release, run_stream
 from whisperlivekit.errors import (
     BadParameters, DecodeError, FrameTooBig, NoCapacity, OriginNotAllowed, ServerShuttingDown, TextFrame,
     TooManyConnectionsFromAddress, WhisperLiveKitError,
@@ -115,9 +115,7 @@ def _parts(websocket: WebSocket, engine: TranscriptionEngine, max_frame_bytes: i
 
 async def _refuse(websocket: WebSocket, services: Services, refusal: WhisperLiveKitError, log, tell: bool = False) -> None:
     """Close a connection that was never admitted; `tell` sends the error message first."""
-    ending = ending_for(refusal)
-    services.metrics.refused.labels(ending.label_for(refusal)).inc()
-    log.info("refused: %s", refusal)
+    ending = count_refusal(services, refusal, log)
     if tell:
         await _send(websocket, error_message(str(refusal)))
     await _close(websocket, ending, refusal)

@@ -23,8 +23,10 @@ from starlette.websockets import WebSocketDisconnect, WebSocketState
 from whisperlivekit.api.admission import build_on_slot
 from whisperlivekit.api.asr import _gatekeeper
 from whisperlivekit.api.deepgram_messages import ListenOptions, ListenTranslator, error_message, parse_options
-from whisperlivekit.api.errors import INTERNAL_ERROR, Ending, deepgram_ending_for, ending_for
-from whisperlivekit.api.stream_runner import CLIENT_GONE, Connection, StreamParts, release, run_stream
+from whisperlivekit.api.errors import Ending, deepgram_ending_for
+from whisperlivekit.api.stream_runner import (
+    CLIENT_GONE, Connection, StreamParts, count_refusal, log_failure, release, run_stream,
+)
 from whisperlivekit.asr.types import Word
 from whisperlivekit.engine import TranscriptionEngine
 from whisperlivekit.errors import (
@@ -44,9 +46,7 @@ UTTERANCE_TICK_S = 0.1
 
 async def _deny(websocket: WebSocket, services: Services, refusal: WhisperLiveKitError, request_id: str, log) -> None:
     """Refuse before the handshake, as Deepgram does: an HTTP error with its JSON body."""
-    ending = ending_for(refusal)
-    services.metrics.refused.labels(ending.label_for(refusal)).inc()
-    log.info("refused: %s", refusal)
+    ending = count_refusal(services, refusal, log)
     err_code = deepgram_ending_for(refusal).err_code
     headers = {"dg-request-id": request_id, "dg-error": str(refusal)[:200]}
     if ending.retry or isinstance(refusal, (NoCapacity, TooManyConnectionsFromAddress)):
@@ -144,11 +144,7 @@ def _parts(connection: Connection, engine: TranscriptionEngine, translator: List
 
 async def _end_with_error(connection: Connection, exc: BaseException) -> str:
     """Deepgram's error message, then its close code; returns the outcome label."""
-    ending = ending_for(exc)
-    if ending.code == INTERNAL_ERROR.code and not isinstance(exc, WhisperLiveKitError):
-        connection.log.error("failed with an unexpected error", exc_info=exc)
-    else:
-        connection.log.info("closing: %s", exc)
+    ending = log_failure(connection.log, exc)
     await connection.send(error_message(exc))
     dg = deepgram_ending_for(exc)
     await connection.close(dg.close_code, dg.err_code)

@@ -23,12 +23,14 @@ from starlette.websockets import WebSocketDisconnect
 
 from whisperlivekit.api.admission import build_on_slot
 from whisperlivekit.api.asr import _gatekeeper
-from whisperlivekit.api.errors import FINISHED_AT_SHUTDOWN, INTERNAL_ERROR, Ending, ending_for, realtime_error
+from whisperlivekit.api.errors import FINISHED_AT_SHUTDOWN, Ending, realtime_error
 from whisperlivekit.api.params import parse_language
 from whisperlivekit.api.realtime_messages import (
     RealtimeTranslator, SessionConfig, apply_update, audio_of, error_event, new_id, parse_event, session_object,
 )
-from whisperlivekit.api.stream_runner import CLIENT_GONE, Connection, StreamParts, release, run_stream
+from whisperlivekit.api.stream_runner import (
+    CLIENT_GONE, Connection, StreamParts, count_refusal, log_failure, release, run_stream,
+)
 from whisperlivekit.audio.decode import InputFormat
 from whisperlivekit.engine import TranscriptionEngine
 from whisperlivekit.errors import (
@@ -233,20 +235,14 @@ def _parts(session: _Session, engine: TranscriptionEngine, first_audio: bytes) -
 
 async def _refuse(connection: Connection, services: Services, refusal: WhisperLiveKitError) -> None:
     """An `error` event, then the close the table says, for a connection that was never admitted."""
-    ending = ending_for(refusal)
-    services.metrics.refused.labels(ending.label_for(refusal)).inc()
-    connection.log.info("refused: %s", refusal)
+    ending = count_refusal(services, refusal, connection.log)
     await connection.send(error_event(realtime_error(refusal)))
     await connection.close(ending.code, ending.reason_for(refusal))
 
 
 async def _end_with_error(connection: Connection, exc: BaseException) -> str:
     """The `error` event, then the table's close; returns the outcome label."""
-    ending = ending_for(exc)
-    if ending.code == INTERNAL_ERROR.code and not isinstance(exc, WhisperLiveKitError):
-        connection.log.error("failed with an unexpected error", exc_info=exc)
-    else:
-        connection.log.info("closing: %s", exc)
+    ending = log_failure(connection.log, exc)
     await connection.send(error_event(realtime_error(exc)))
     await connection.close(ending.code, ending.reason_for(exc))
     return ending.label_for(exc)

@@ -19,8 +19,9 @@ from typing import Any, Awaitable, Callable, Optional, Sequence
 from fastapi import WebSocket
 from starlette.websockets import WebSocketDisconnect, WebSocketState
 
-from whisperlivekit.api.errors import FINISHED_AT_SHUTDOWN, NORMAL_END, Ending
+from whisperlivekit.api.errors import FINISHED_AT_SHUTDOWN, INTERNAL_ERROR, NORMAL_END, Ending, ending_for
 from whisperlivekit.engine import TranscriptionEngine
+from whisperlivekit.errors import WhisperLiveKitError
 from whisperlivekit.gpu.manager import Slot
 from whisperlivekit.limits import SessionGuard
 from whisperlivekit.services import Services
@@ -119,6 +120,24 @@ async def run_stream(services: Services, engine: TranscriptionEngine, connection
     finally:
         await cancel(*tasks)
         services.sessions.unregister(connection_id)
+
+
+def count_refusal(services: Services, refusal: WhisperLiveKitError, log: Any) -> Ending:
+    """Count and log a connection refused before it was admitted; returns how the table says to close it."""
+    ending = ending_for(refusal)
+    services.metrics.refused.labels(ending.label_for(refusal)).inc()
+    log.info("refused: %s", refusal)
+    return ending
+
+
+def log_failure(log: Any, exc: BaseException) -> Ending:
+    """Log why an admitted stream ends on an error (a bug gets its traceback); returns the table's ending."""
+    ending = ending_for(exc)
+    if ending.code == INTERNAL_ERROR.code and not isinstance(exc, WhisperLiveKitError):
+        log.error("failed with an unexpected error", exc_info=exc)
+    else:
+        log.info("closing: %s", exc)
+    return ending
 
 
 async def release(services: Services, address: str, engine: Optional[TranscriptionEngine], slot: Optional[Slot],
