@@ -93,19 +93,10 @@ REALTIME_CLOSES = {1000, 1001, 1008, 1009}
 
 
 def _listen_garbage(rng: random.Random, webm: bytes):
-    kind = rng.choice(("random", "truncated_webm", "text", "control", "huge", "empty"))
-    if kind == "random":
-        return os.urandom(rng.randint(1, 4000))
-    if kind == "truncated_webm":
-        start = rng.randint(0, len(webm) - 1)
-        return webm[start:start + rng.randint(1, 3000)]
-    if kind == "text":
-        return "garbage " * rng.randint(0, 20)
-    if kind == "control":
+    """/asr's garbage, plus Deepgram's control messages (valid and not) as text frames."""
+    if rng.randrange(6) == 0:
         return rng.choice(('{"type": "KeepAlive"}', '{"type": "Finalize"}', '{"type": 7}', "[]"))
-    if kind == "huge":
-        return b"\x00" * (1_048_576 + 1)
-    return b""
+    return _garbage(rng, webm)
 
 
 def _realtime_garbage(rng: random.Random):
