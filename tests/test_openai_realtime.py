@@ -74,9 +74,14 @@ class Session:
     def text(self) -> str:
         return " ".join(e["transcript"] for e in self.completed if e["transcript"])
 
-    def all_committed_are_completed(self) -> bool:
-        committed = {e["item_id"] for e in self.of_type("input_audio_buffer.committed")}
-        return bool(committed) and committed <= {e["item_id"] for e in self.completed}
+    def all_committed_are_completed(self, commits_sent: int = 0) -> bool:
+        """True once every turn is completed, the server has acknowledged every commit the client sent
+        (a commit sent just now may not have its `committed` event yet), and no turn the server VAD
+        started is still open (its trailing silence may still be on the way)."""
+        committed = [e["item_id"] for e in self.of_type("input_audio_buffer.committed")]
+        started = len(self.of_type("input_audio_buffer.speech_started"))
+        return bool(committed) and len(committed) >= max(commits_sent, started) \
+            and set(committed) <= {e["item_id"] for e in self.completed}
 
 
 async def stream_with_sdk(port: int, audio: bytes, rate_hz: int, update: dict, *, commit_at_s: tuple = (),
@@ -99,6 +104,7 @@ async def stream_with_sdk(port: int, audio: bytes, rate_hz: int, update: dict, *
         await until(lambda: session.of_type(updated), timeout_s=10)
         frame = rate_hz * 2 // 10
         commits = list(commit_at_s)
+        commits_sent = 0
         for sent in range(0, len(audio), frame):
             await connection.send({"type": "input_audio_buffer.append",
                                    "audio": base64.b64encode(audio[sent:sent + frame]).decode()})
@@ -106,9 +112,11 @@ async def stream_with_sdk(port: int, audio: bytes, rate_hz: int, update: dict, *
             if commits and sent >= commits[0] * 2 * rate_hz:
                 commits.pop(0)
                 await connection.send({"type": "input_audio_buffer.commit"})
+                commits_sent += 1
         if commit_at_end:
             await connection.send({"type": "input_audio_buffer.commit"})
-        await until(session.all_committed_are_completed, timeout_s=60)
+            commits_sent += 1
+        await until(lambda: session.all_committed_are_completed(commits_sent), timeout_s=60)
         await connection.close()
         await asyncio.wait_for(reader, 10)
     return session
