@@ -76,6 +76,66 @@ def test_take_all_commits_the_tentative_tail():
     assert buffer.tentative == [] and buffer.last_committed_end_s == pytest.approx(1.2)
 
 
+# Whisper sometimes leaves out a stretch the previous hypothesis transcribed: it stops after the first
+# sentence, or starts at the second. Saying nothing about words is not evidence against them.
+def test_words_a_hypothesis_stopped_short_of_stay_tentative():
+    buffer = HypothesisBuffer()
+    buffer.agree(words("the birch canoe slid"))
+    buffer.agree(words("the birch canoe slid glue the sheet to the dark"))  # commits "the birch canoe slid"
+    assert buffer.agree(words("the birch canoe slid")) == []  # stopped after what was committed
+    assert texts(buffer.tentative) == ["glue", "the", "sheet", "to", "the", "dark"]
+    assert texts(buffer.take_all()) == ["glue", "the", "sheet", "to", "the", "dark"]
+
+
+def test_words_after_where_a_hypothesis_stopped_stay_tentative_behind_its_new_words():
+    buffer = HypothesisBuffer()
+    buffer.agree(words("it is easy to tell the depth of a well"))
+    assert texts(buffer.agree(words("it is easy"))) == ["it", "is", "easy"]  # agrees, then ends early
+    assert texts(buffer.tentative) == ["to", "tell", "the", "depth", "of", "a", "well"]
+
+
+def test_a_skipped_head_is_committed_once_the_words_after_it_agree():
+    buffer = HypothesisBuffer()
+    buffer.agree(words("glue the sheet to the dark it is easy"))
+    later = words("glue the sheet to the dark it is easy to tell")[6:]  # starts at "it": the head left out
+    assert texts(buffer.agree(later)) == ["glue", "the", "sheet", "to", "the", "dark", "it", "is", "easy"]
+    assert texts(buffer.tentative) == ["to", "tell"]
+
+
+def test_a_skipped_head_waits_while_the_words_after_it_disagree():
+    buffer = HypothesisBuffer()
+    buffer.agree(words("glue the sheet to the dark it is easy"))
+    later = words("glue the sheet to the dark its easy to tell")[6:]
+    assert buffer.agree(later) == []
+    assert texts(buffer.tentative) == ["glue", "the", "sheet", "to", "the", "dark", "its", "easy", "to", "tell"]
+
+
+def test_a_short_or_unsure_run_left_out_is_dropped_like_a_hallucination():
+    buffer = HypothesisBuffer()
+    buffer.agree(words("the cat sat thank you"))
+    assert texts(buffer.agree(words("the cat sat"))) == ["the", "cat", "sat"]
+    assert buffer.tentative == []  # "thank you": two words, not kept
+    unsure = HypothesisBuffer()
+    unsure.agree(words("the cat") + [Word(w.start, w.end, w.text, 0.2) for w in words("so so so so", 0.8)])
+    unsure.agree(words("the cat"))
+    assert unsure.tentative == []
+
+
+def test_a_word_cut_off_at_the_edge_of_the_previous_audio_is_not_kept():
+    buffer = HypothesisBuffer()
+    buffer.agree(words("the cat"))
+    buffer.agree(words("the cat sat on the mat it"), audio_end_s=2.8)  # "it" ends at 2.8 s: the audio's edge
+    assert buffer.agree(words("the cat")) == []
+    assert texts(buffer.tentative) == ["sat", "on", "the", "mat"]
+
+
+def test_a_hypothesis_with_no_words_keeps_nothing_alive():
+    buffer = HypothesisBuffer()
+    buffer.agree(words("the cat sat on the mat"))
+    buffer.agree([])
+    assert buffer.tentative == []
+
+
 # -- LocalAgreementPolicy -----------------------------------------------------------------------
 def test_the_request_covers_the_buffer_and_words_are_placed_at_stream_time():
     policy = LocalAgreementPolicy(buffer_trimming_s=30.0, language="en")
