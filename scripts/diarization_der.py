@@ -17,7 +17,8 @@ Scoring is frame based (10 ms): DER = (missed + false alarm + speaker confusion)
 reference speech, overlapped speech scored, with the one-to-one mapping of
 hypothesis to reference speakers that maximises agreement; with a collar, frames
 within `collar` seconds of a reference turn's start or end are not scored (the
-NIST convention). JER is the mean over reference speakers of 1 - |ref ∩ hyp| /
+NIST convention). The DER and its components equal pyannote.metrics' `DiarizationErrorRate`
+(whose `collar` is the total width: 2x ours; tests/test_diarization_der.py checks). JER is the mean over reference speakers of 1 - |ref ∩ hyp| /
 |ref ∪ hyp| under the same mapping (an unmapped reference speaker counts 1).
 """
 
