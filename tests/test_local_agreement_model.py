@@ -49,6 +49,7 @@ def _stream(backend, audio: np.ndarray, steps: Iterator[float]) -> str:
     return "".join(w.text for w in policy.committed)
 
 
+@pytest.mark.slow  # about 25 s of inference
 @pytest.mark.parametrize("step_s, first_s, seed", [(3.0, 3.0, None), (3.0, 3.3, None), (1.5, 1.5, None), (3.0, 0.0, 13)],
                          ids=["3s-steps", "3s-steps-offset", "1.5s-steps", "uneven-steps"])
 def test_no_sentence_is_lost_whatever_the_step_schedule(backend, speech_pcm, step_s, first_s, seed):
