@@ -1,10 +1,11 @@
-"""LocalAgreement over the real tiny.en (faster-whisper) on real speech, off the clock, at the step
-schedules that lost a whole sentence before the policy kept words a hypothesis left out.
+"""LocalAgreement over the real tiny.en (faster-whisper) on real speech, off the clock, at step
+schedules that lost a whole sentence before the policy kept the words of a hypothesis that the next
+one, stopping early, left out.
 
 On a live server the step sizes follow the machine's load, so this loss showed as a rare WER
 failure (about one stream in twelve at 3x real time). Here the schedules are fixed: uneven steps
-of up to 3 s (what a loaded server takes) make Whisper stop after the first sentence, or start
-after a trim at the second, and the sentence in between must still be committed.
+of up to 3 s (what a loaded server takes) make Whisper stop after the committed first sentence,
+and the sentence after it must still be committed.
 """
 
 from __future__ import annotations
