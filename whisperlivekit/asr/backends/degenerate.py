@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import re
 import zlib
 from collections import Counter
+from typing import List
 
 MAX_TOKENS_PER_S = 12.0
 
@@ -11,6 +13,23 @@ MAX_TOKENS_PER_S = 12.0
 def compression_ratio(text: str) -> float:
     data = text.encode("utf-8")
     return len(data) / max(1, len(zlib.compress(data)))
+
+
+REPEAT_MIN_WORDS = 5
+_PUNCTUATION = re.compile(r"[^\w' ]+")
+
+
+def repeats_back_to_back(words: List[str], min_words: int = REPEAT_MIN_WORDS) -> bool:
+    """True if some run of at least `min_words` words is said twice in a row.
+
+    Whisper's short loops ("So I don't hear that New Jersey now. I don't hear that New Jersey
+    now.") stop after one copy, below the other checks; people rarely repeat five words or more
+    verbatim at once (a phrase said twice apart in a dialogue is not counted)."""
+    for n in range(min_words, len(words) // 2 + 1):
+        for i in range(len(words) - 2 * n + 1):
+            if words[i:i + n] == words[i + n:i + 2 * n]:
+                return True
+    return False
 
 
 def looks_degenerate(text: str, n_tokens: int, duration_s: float) -> bool:
@@ -21,4 +40,5 @@ def looks_degenerate(text: str, n_tokens: int, duration_s: float) -> bool:
         n_tokens > duration_s * MAX_TOKENS_PER_S + 8  # loops run until the token cap
         or compression_ratio(text) > 2.4
         or max(four_grams.values(), default=0) >= 3  # twice is natural in dialogue; three times is a loop
+        or repeats_back_to_back(_PUNCTUATION.sub("", text.lower()).split())
     )
