@@ -24,5 +24,5 @@ step "python packages (CPU torch first: an unpinned torch would pull multi-GB CU
 # diarization: NeMo Sortformer ([sortformer]); the CPU embedding diarizer ships its weights and needs nothing more
 "$PY" -m pip install -q --disable-pip-version-check -e ".[sortformer]" "torch==2.13.0"
 
-step "tests"
-exec "$PY" -m pytest -q -p no:cacheprovider "$@"
+step "tests (two workers, a test file each at a time: most tests wait on real-time audio, not on the CPU)"
+exec "$PY" -m pytest -q -p no:cacheprovider -n 2 --dist loadfile --durations=25 "$@"

