@@ -24,6 +24,9 @@ from whisperlivekit.client import encode_webm_opus, load_pcm16  # noqa: E402
 
 
 def pytest_collection_modifyitems(config, items):
+    # The longest files start first, so that the two workers (scripts/test.sh) finish together
+    # instead of one running a five-minute stream alone at the end.
+    items.sort(key=lambda item: not getattr(getattr(item, "module", None), "RUN_FIRST", False))
     cuda = False
     try:
         import torch

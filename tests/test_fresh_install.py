@@ -21,6 +21,7 @@ from helpers import check_finished_stream
 from whisperlivekit.client import stream
 
 pytestmark = pytest.mark.slow
+RUN_FIRST = True  # about 2 min (a virtualenv and an install): conftest starts it first
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 

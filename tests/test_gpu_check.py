@@ -14,6 +14,7 @@ import pytest
 ROOT = Path(__file__).resolve().parent.parent
 
 pytestmark = pytest.mark.slow
+RUN_FIRST = True  # about 2.5 min: conftest starts it first
 
 
 def test_cpu_rehearsal_runs_every_step_and_reports_real_figures(tmp_path):
