@@ -60,3 +60,16 @@ def test_no_sentence_is_lost_whatever_the_step_schedule(backend, speech_pcm, ste
     print(f"harvard, steps {step_s} s, first {first_s} s, seed {seed}: WER {error_rate:.1%}: {text}")
     assert "glue the sheet" in text.lower() and "easy to tell" in text.lower(), text
     assert error_rate <= 0.07, text
+
+
+@pytest.mark.slow  # about 10 s of inference
+def test_the_phone_calls_second_sentence_survives_a_bare_full_stop_heard_over_its_opening_noise(backend, speech_pcm):
+    """At this schedule Whisper hears only "." over the call's first seconds; that "." was committed
+    and the buffer cut at it, and "I didn't know you were there" was lost (WER 29.9 %). Over 20 such
+    schedules the call's WER is 12.6-23.0 % (mean 16.7 %) with punctuation joined to its word."""
+    pcm, reference = speech_pcm("pyannote")
+    text = _stream(backend, pcm_to_float(pcm), _steps(3.0, 0.0, 0))
+    error_rate = wer(reference, text)
+    print(f"call, uneven steps, seed 0: WER {error_rate:.1%}: {text}")
+    assert "know you were there" in text.lower(), text
+    assert error_rate <= 0.25, text

@@ -214,3 +214,21 @@ def test_a_hold_back_margin_keeps_agreed_words_near_the_buffer_end_tentative():
         committed[name] = texts(policy.apply(TranscribeResult(words("the cat sat on"))))
     assert committed["plain"] == ["the", "cat", "sat", "on"]
     assert committed["held"] == ["the", "cat", "sat"]  # "sat" ends at 1.2 s; "on" ends within 0.3 s of the end
+
+
+def test_punctuation_decoded_as_a_word_of_its_own_joins_the_word_before_or_is_dropped():
+    # The phone call at one step schedule: "." heard over the opening noise was committed, its empty
+    # text then matched the "?" after "Hello", the buffer was cut at it, and a sentence was lost.
+    policy = LocalAgreementPolicy(buffer_trimming_s=30.0)
+    policy.append_audio(seconds_of_audio(3.0))
+    for _ in range(2):
+        policy.next_request()
+        assert policy.apply(TranscribeResult([Word(0.0, 2.9, " .")])) == []
+    assert policy.tentative == [] and policy.committed == []
+    policy.append_audio(seconds_of_audio(1.0))
+    policy.next_request()
+    policy.apply(TranscribeResult([Word(0.0, 3.0, " Hello"), Word(3.0, 3.4, "?")]))
+    assert [w.text for w in policy.tentative] == [" Hello?"] and policy.tentative[0].end == 3.4
+    policy.next_request()
+    committed = policy.apply(TranscribeResult([Word(0.0, 3.0, " Hello"), Word(3.0, 3.3, "."), Word(3.4, 3.8, " I")]))
+    assert [w.text for w in committed] == [" Hello."]

@@ -37,6 +37,24 @@ def _worth_keeping(run: List[Word]) -> List[Word]:
     return []
 
 
+def attach_punctuation(words: List[Word]) -> List[Word]:
+    """Punctuation Whisper emits as a word of its own joins the word before it; with none before, it
+    is dropped.
+
+    A bare "." has no text to agree on: its empty key matched any other punctuation, so on the
+    phone call a "." heard over the opening noise was committed, made "Hello?" look committed
+    too, and the buffer was cut at a sentence end that was not one (a whole sentence lost)."""
+    joined: List[Word] = []
+    for word in words:
+        if _key(word):
+            joined.append(word)
+        elif joined:
+            last = joined[-1]
+            joined[-1] = Word(last.start, max(last.end, word.end), last.text + word.text.strip(),
+                              min(last.probability, word.probability))
+    return joined
+
+
 class HypothesisBuffer:
     """The uncommitted tail of the last hypothesis, and the agreement rule."""
 
@@ -194,7 +212,7 @@ class LocalAgreementPolicy:
             return []
         if self.language is None and result.language:
             self.language = result.language
-        words = [w.shifted(self._request_offset_s) for w in result.words]
+        words = attach_punctuation([w.shifted(self._request_offset_s) for w in result.words])
         end_s = self._request_offset_s + self._request_samples / SAMPLE_RATE
         committed = self.hypothesis.agree(words, end_s - self.hold_back_s if self.hold_back_s > 0 else float("inf"), end_s)
         if not committed and self.buffer_s > self.buffer_trimming_s:
