@@ -10,7 +10,10 @@ from whisperlivekit.client import stream
 
 CLIPS = [("harvard", 0.10), ("arctic_a0007", 0.10),
          ("arctic_a0009", 0.25),  # tiny.en hears "Greggs in" for "Gregson" offline too (ctranslate2 4.8.5): 2 of 9 words
-         pytest.param("pyannote", 0.25, marks=pytest.mark.slow)]  # a 30 s call
+         # A 30 s two-speaker phone call, 8 kHz. Its WER depends on where the load puts each step:
+         # off the clock at 20 uneven step schedules 12.6-23.0 % (tests/test_local_agreement_model.py);
+         # live at 3x real time beside a second test worker 14.9-26.4 % (8 runs). Losing one sentence adds ~10 %.
+         pytest.param("pyannote", 0.30, marks=pytest.mark.slow)]
 
 
 
