@@ -251,9 +251,16 @@ class FasterWhisperBackend:
         return results, degenerate  # type: ignore[return-value]
 
     def transcribe_offline(self, audio: np.ndarray, language: Optional[str] = None) -> str:
-        """The whole recording in one piece (baseline for WER comparisons)."""
-        segments, _ = self._model.transcribe(audio, language=language, beam_size=5, vad_filter=False)
-        return " ".join(s.text.strip() for s in segments)
+        """The whole recording in one piece (baseline for WER comparisons).
+
+        Computed with single-threaded BLAS, as the device workers compute (runtime/device_worker.py):
+        the thread count changes the mel spectrogram's summation order, and on some CPUs that rounding
+        alone flips a beam (Harvard on an AMD EPYC: "faced us" with one thread, "face dust" with two)."""
+        from threadpoolctl import threadpool_limits
+
+        with threadpool_limits(limits=1, user_api="blas"):
+            segments, _ = self._model.transcribe(audio, language=language, beam_size=5, vad_filter=False)
+            return " ".join(s.text.strip() for s in segments)
 
     def transcribe_file(self, request: FileTranscribeRequest) -> Tuple[FileTranscription, Iterator[FileSegment]]:
         """A whole file with faster-whisper's own long-form loop on the shared model: 30 s windows,
