@@ -115,7 +115,7 @@ async def _hog(url: str, trickle: bytes = b"") -> str:
 def test_eight_idle_or_trickling_clients_give_their_slots_to_a_real_client_within_the_grace_period(speech_pcm, webm):
     pcm, _ = speech_pcm("arctic_a0007")
     payload = webm(pcm * 2)
-    with running_server("--start-grace", str(GRACE_S)) as server:  # WebM input, the CPU's 8 slots
+    with running_server("--start-grace", str(GRACE_S), "--max-cpu-connections", "8") as server:  # WebM input
         async def scenario():
             hogs = [asyncio.create_task(_hog(server.ws_url, payload if i % 2 else b"")) for i in range(8)]
             deadline = time.monotonic() + 60

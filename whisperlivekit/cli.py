@@ -150,8 +150,10 @@ def build_parser() -> argparse.ArgumentParser:
 
     gpu = p.add_argument_group("GPU allocation")
     gpu.add_argument("--gpus", type=_gpu_list, default=None, help="use only these GPU indices, e.g. 0,2,3")
-    gpu.add_argument("--max-connections-per-gpu", type=int, default=DEFAULTS.max_connections_per_gpu)
-    gpu.add_argument("--max-cpu-connections", type=int, default=DEFAULTS.max_cpu_connections)
+    gpu.add_argument("--max-connections-per-gpu", type=int, default=DEFAULTS.max_connections_per_gpu,
+                     help="hard cap per GPU, on top of --max-realtime-load")
+    gpu.add_argument("--max-cpu-connections", type=int, default=DEFAULTS.max_cpu_connections,
+                     help="hard cap on the CPU, on top of --max-realtime-load")
     gpu.add_argument("--min-free-memory-gb", type=float, default=DEFAULTS.min_free_memory_gb)
     gpu.add_argument("--gpu-policy", default=DEFAULTS.gpu_policy, choices=["least-loaded", "round-robin"])
     gpu.add_argument("--queue-timeout", dest="queue_timeout_s", type=float, default=DEFAULTS.queue_timeout_s,
@@ -163,8 +165,8 @@ def build_parser() -> argparse.ArgumentParser:
     gpu.add_argument("--unhealthy-backoff", dest="unhealthy_backoff_s", type=float, default=DEFAULTS.unhealthy_backoff_s)
     gpu.add_argument("--max-realtime-load", type=float, default=DEFAULTS.max_realtime_load,
                      help="refuse a new stream on a device whose measured compute load (per lane, counting the streams "
-                          "admitted too recently to show in it) would reach this (0: off; the per-device connection "
-                          "limits stay as hard caps)")
+                          "admitted too recently to show in it) would reach this: how many streams a device takes "
+                          "(0: off, leaving only the per-device connection caps)")
 
     batching = p.add_argument_group("batching")
     batching.add_argument("--max-batch-size", type=int, default=DEFAULTS.max_batch_size, help="0: auto (8 on GPU, 1 on CPU)")

@@ -102,15 +102,15 @@ class Settings:
 
     # --- GPU allocation -----------------------------------------------------------
     gpus: Optional[Tuple[int, ...]] = None
-    max_connections_per_gpu: int = 4
-    max_cpu_connections: int = 8
+    max_connections_per_gpu: int = 4  # hard caps on top of the measured load (max_realtime_load)
+    max_cpu_connections: int = 32
     min_free_memory_gb: float = 0.0
     gpu_policy: GpuPolicy = "least-loaded"
     queue_timeout_s: float = 0.0
     cpu_fallback: bool = True
     simulate_gpus: int = 0
     unhealthy_backoff_s: float = 30.0
-    max_realtime_load: float = 0.0  # admission by measured load (gpu/manager.py), e.g. 0.9; 0: off
+    max_realtime_load: float = 0.9  # admission by measured load (gpu/manager.py): the capacity model; 0: off
 
     # --- batching -----------------------------------------------------------------
     max_batch_size: int = 0  # 0: auto (8 on GPU; 1 on CPU, where batching measured slower)

@@ -12,7 +12,7 @@ The admission rule is written once (`_admit`) and used by both `acquire` and
 would be refused. The manager is given the devices' real-time load at
 construction (`DeviceLoad`) and is the pool's `DeviceHealth` (`report_fault`).
 
-Admission by measured load (off by default; e.g. `--max-realtime-load 0.9`): a device is
+Admission by measured load (`--max-realtime-load`, 0.9 by default; 0: off): a device is
 refused when its load *after* one more stream would reach the cap. The meter averages
 over `load_settle_s`, so a stream admitted t seconds ago shows in it only for the share
 t / load_settle_s; the rest of its cost is added at the device's measured cost per
