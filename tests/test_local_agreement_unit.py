@@ -201,21 +201,6 @@ def test_a_hypothesis_without_agreement_over_a_full_buffer_is_committed_to_a_sen
     assert policy.offset_s == pytest.approx(0.8)
 
 
-def test_a_hold_back_margin_keeps_agreed_words_near_the_buffer_end_tentative():
-    """`hold_back_s` (off by default): agreed words ending within it of the request's end wait a step."""
-    held = LocalAgreementPolicy(hold_back_s=0.3)
-    plain = LocalAgreementPolicy()
-    committed = {}
-    for name, policy in (("held", held), ("plain", plain)):
-        policy.append_audio(seconds_of_audio(1.6))
-        policy.next_request()
-        policy.apply(TranscribeResult(words("the cat sat on")))  # 'on' ends at 1.6 s, the buffer's end
-        policy.next_request()
-        committed[name] = texts(policy.apply(TranscribeResult(words("the cat sat on"))))
-    assert committed["plain"] == ["the", "cat", "sat", "on"]
-    assert committed["held"] == ["the", "cat", "sat"]  # "sat" ends at 1.2 s; "on" ends within 0.3 s of the end
-
-
 def test_punctuation_decoded_as_a_word_of_its_own_joins_the_word_before_or_is_dropped():
     # The phone call at one step schedule: "." heard over the opening noise was committed, its empty
     # text then matched the "?" after "Hello", the buffer was cut at it, and a sentence was lost.
@@ -232,3 +217,34 @@ def test_punctuation_decoded_as_a_word_of_its_own_joins_the_word_before_or_is_dr
     policy.next_request()
     committed = policy.apply(TranscribeResult([Word(0.0, 3.0, " Hello"), Word(3.0, 3.3, "."), Word(3.4, 3.8, " I")]))
     assert [w.text for w in committed] == [" Hello."]
+
+
+# -- short steps (the engine's --fast-step on an idle device) ----------------------------------------
+def _two_steps(step_s: float) -> List[str]:
+    """Two steps of `step_s` new audio each whose hypotheses agree on 'the cat sat', the last word
+    ending at the buffer's end; what the second step commits."""
+    policy = LocalAgreementPolicy(buffer_trimming_s=30.0)
+    policy.append_audio(seconds_of_audio(step_s))
+    policy.next_request()
+    policy.apply(TranscribeResult(words("the cat sat", step_s=2 * step_s / 3)))
+    policy.append_audio(seconds_of_audio(step_s))
+    policy.next_request()
+    return texts(policy.apply(TranscribeResult(words("the cat sat", step_s=2 * step_s / 3))))
+
+
+def test_a_short_step_holds_back_the_words_at_the_buffers_end_and_a_full_step_does_not():
+    # 0.4 s steps: "sat" ends at 0.8 s, the buffer's end, so it may be cut off: not committed yet
+    assert _two_steps(0.4) == ["the"]
+    assert _two_steps(1.0) == ["the", "cat", "sat"]
+
+
+def test_the_held_back_word_is_committed_by_the_next_step_that_hears_past_it():
+    policy = LocalAgreementPolicy(buffer_trimming_s=30.0)
+    for hypothesis in ("the", "the cat", "the cat sat"):  # words of 0.3 s, steps of 0.4 s
+        policy.append_audio(seconds_of_audio(0.4))
+        policy.next_request()
+        policy.apply(TranscribeResult(words(hypothesis, step_s=0.3)))
+    # "the" (ends 0.3 s) is committed by the step ending at 0.8 s, "cat" (0.6 s) by the one ending at
+    # 1.2 s; each waited until a step ended at least 0.4 s after it
+    assert texts(policy.committed) == ["the", "cat"]
+    assert texts(policy.finish()) == ["sat"]  # a segment end commits the rest

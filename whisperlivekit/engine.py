@@ -37,6 +37,9 @@ from whisperlivekit.runtime.device_worker import DeviceWorker, LiveStream
 logger = logging.getLogger(__name__)
 
 PREROLL_S = 0.4
+# Below this device load (load.py: demand at 1 s steps, per lane) streams step every `--fast-step`:
+# a 0.4 s step costs about as much as a 1 s one, so fast steps spend up to ~2x the compute.
+FAST_STEP_MAX_LOAD = 0.4
 CATCH_UP_TIMEOUT_S = 2.0  # `finalize()` waits at most this long for the decoder to deliver what was sent
 
 
@@ -273,6 +276,15 @@ class TranscriptionEngine:
         self._publish()
 
     # -- the transcription loop ------------------------------------------------------
+    def _step_s(self) -> float:
+        """New audio a step waits for: `--fast-step` while the device has spare capacity (latency),
+        `--min-chunk-size` once it is loaded (capacity). Either way a step that waited in the worker's
+        queue covers all the audio that came meanwhile."""
+        fast, full = self.settings.fast_step_s, self.settings.min_chunk_size_s
+        if 0 < fast < full and self.worker.realtime_load() < FAST_STEP_MAX_LOAD:
+            return fast
+        return full
+
     def _speech_pending(self) -> bool:
         return self.vad is None or self.vad.in_speech or self.segment_end_pending
 
@@ -284,7 +296,7 @@ class TranscriptionEngine:
             while True:
                 await self._wake.wait()
                 self._wake.clear()
-                while self.policy.unprocessed_s >= self.settings.min_chunk_size_s and self._speech_pending():
+                while self.policy.unprocessed_s >= self._step_s() and self._speech_pending():
                     await self._step()
                     if self.segment_end_pending:
                         break

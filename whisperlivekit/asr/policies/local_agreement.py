@@ -21,6 +21,8 @@ from whisperlivekit.audio import SAMPLE_RATE
 PROMPT_CHARS = 200
 UNHEARD_MIN_WORDS = 3
 UNHEARD_MIN_PROBABILITY = 0.5
+SHORT_STEP_S = 0.7  # a step covering less new audio than this holds back its last words
+SHORT_STEP_HOLD_BACK_S = 0.4
 _NORMALISE = re.compile(r"[^\w']+")
 
 
@@ -145,12 +147,13 @@ class LocalAgreementPolicy:
         return cls(settings.buffer_trimming_s, language=language, task=settings.task)
 
     def __init__(self, buffer_trimming_s: float = 8.0, language: Optional[str] = None, task: str = "transcribe",
-                 hold_back_s: float = 0.0, force_prefix: bool = True) -> None:
+                 hold_back_s: float = SHORT_STEP_HOLD_BACK_S, force_prefix: bool = True) -> None:
         self.force_prefix = force_prefix  # send the buffer's committed words as the decoder's prefix
         self.buffer_trimming_s = buffer_trimming_s
-        # Words ending this close to the buffer's end are not committed yet (0: off, the default).
-        # Measured with scripts/measure_steps.py for short steps: 0.4 s steps cost WER 0 % -> 7.5 % on the
-        # test clips, 1.9 % with a 0.5 s hold-back; 1 s steps stay the default (docs/architecture.md).
+        # Words ending this close to the buffer's end are not committed by a short step (under
+        # SHORT_STEP_S of new audio): its last word is often cut off mid-word. Measured with
+        # scripts/measure_steps.py: 0.4 s steps cost WER 0 % -> 5.7 % on the test clips, 0 % with a 0.4 s
+        # hold-back; longer steps need none (docs/architecture.md).
         self.hold_back_s = hold_back_s
         self.language = language
         self.task = task
@@ -159,6 +162,7 @@ class LocalAgreementPolicy:
         self.processed_samples = 0  # how much of `audio` the last request covered
         self._request_offset_s = 0.0  # offset_s when that request was made
         self._request_samples = 0  # its length
+        self._request_new_s = 0.0  # the new audio it covered
         self.hypothesis = HypothesisBuffer()
         self.committed: List[Word] = []
 
@@ -200,6 +204,7 @@ class LocalAgreementPolicy:
         return "".join(w.text for w in words)
 
     def next_request(self) -> TranscribeRequest:
+        self._request_new_s = self.unprocessed_s
         self.processed_samples = len(self.audio)
         self._request_offset_s = self.offset_s
         self._request_samples = len(self.audio)
@@ -214,7 +219,8 @@ class LocalAgreementPolicy:
             self.language = result.language
         words = attach_punctuation([w.shifted(self._request_offset_s) for w in result.words])
         end_s = self._request_offset_s + self._request_samples / SAMPLE_RATE
-        committed = self.hypothesis.agree(words, end_s - self.hold_back_s if self.hold_back_s > 0 else float("inf"), end_s)
+        hold_back_s = self.hold_back_s if self._request_new_s < SHORT_STEP_S else 0.0
+        committed = self.hypothesis.agree(words, end_s - hold_back_s if hold_back_s > 0 else float("inf"), end_s)
         if not committed and self.buffer_s > self.buffer_trimming_s:
             committed = self._commit_stalled()
         self.committed.extend(committed)
