@@ -146,3 +146,28 @@ def test_a_burst_of_arrivals_is_admitted_only_up_to_the_measured_cost_per_stream
     clock[0] = 60.0
     load["cpu"] = 0.5  # five streams seen in full: 0.1 each, room for two more
     assert assert_ready_means_admitted(manager)
+
+
+def test_streams_that_just_left_count_in_the_cost_per_stream_so_short_sessions_do_not_look_expensive():
+    """Four 5 s sessions ended just now and two streams have run for the whole 10 s window, each costing
+    0.09: the meter reads 0.36. Charged to the two holders alone (0.18 each), a third stream would project
+    to 0.54 and be refused under a 0.5 cap; counted with the departed ones it projects to 0.45."""
+    clock = FakeClock()
+    load: Dict[str, float] = {"cpu": 0.0}
+    manager = GpuManager(SimulatedProbe(0), max_cpu_connections=64, max_realtime_load=0.5, load=_Loads(load),
+                         load_settle_s=10.0, clock=clock)
+    clock.now_s = 100.0
+    manager.acquire("long-0"), manager.acquire("long-1")
+    clock.now_s = 105.0
+    for i in range(4):
+        manager.acquire(f"short-{i}")
+    clock.now_s = 110.0
+    for i in range(4):
+        manager.release(f"short-{i}")
+    load["cpu"] = 4 * 0.5 * 0.09 + 2 * 0.09
+    assert assert_ready_means_admitted(manager)
+    assert manager.acquire("third").device == "cpu"
+    # and once the departed sessions have left the window, the holders carry the load again
+    clock.now_s = 125.0
+    load["cpu"] = 3 * 0.09 * 1.6  # the three streams now measured dearer: 0.432 over 3 seen
+    assert not assert_ready_means_admitted(manager)  # 0.432 + 0.144 = 0.576 >= 0.5

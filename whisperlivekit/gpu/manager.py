@@ -16,8 +16,9 @@ Admission by measured load (`--max-realtime-load`, 0.9 by default; 0: off): a de
 refused when its load *after* one more stream would reach the cap. The meter averages
 over `load_settle_s`, so a stream admitted t seconds ago shows in it only for the share
 t / load_settle_s; the rest of its cost is added at the device's measured cost per
-stream (load / streams already seen), so a burst of arrivals is not all admitted on the
-strength of a load that has not seen them yet. A device nobody holds is judged on its
+stream (load / streams already seen, counting for the part of the window they ran in the
+streams that have just left), so a burst of arrivals is not all admitted on the strength
+of a load that has not seen them yet. A device nobody holds is judged on its
 measured load alone. `--max-connections-per-gpu` and
 `--max-cpu-connections` stay as hard caps on top.
 
@@ -153,6 +154,7 @@ class GpuManager:
         self._load = load
         self.load_settle_s = load_settle_s  # the load meter's window: how long a new stream takes to show in full
         self._admitted_at: Dict[str, float] = {}
+        self._departed: Dict[str, List[Tuple[float, float]]] = {}  # device -> (admitted, released) of recent streams
         self._cost_per_stream: Dict[str, float] = {}  # last measured load per fully-seen stream, per device
         self._rr_cursor = 0
         self._waiters: List[asyncio.Future] = []
@@ -227,6 +229,12 @@ class GpuManager:
         for connection_id in holders:
             share = min(1.0, max(0.0, now - self._admitted_at.get(connection_id, now)) / self.load_settle_s)
             seen, unseen = seen + share, unseen + 1.0 - share
+        # Streams that left within the window are still in the measured load for the time they ran in it;
+        # not counting them made short sessions look expensive, and admission refused an unsaturated device.
+        window_start = now - self.load_settle_s
+        departed = [(a, r) for a, r in self._departed.get(device, []) if r > window_start]
+        self._departed[device] = departed
+        seen += sum(max(0.0, r - max(a, window_start)) for a, r in departed) / self.load_settle_s
         if seen >= 1.0:
             self._cost_per_stream[device] = load / seen
         return load + self._cost_per_stream.get(device, 0.0) * (unseen + 1.0)
@@ -372,9 +380,11 @@ class GpuManager:
         connection_id = slot_or_id if isinstance(slot_or_id, str) else slot_or_id.connection_id
         with self._lock:
             slot = self._slots.pop(connection_id, None)
-            self._admitted_at.pop(connection_id, None)
+            admitted_at = self._admitted_at.pop(connection_id, None)
             if slot is None:
                 return False
+            if admitted_at is not None:  # its compute stays in the load window for a while (projected_load)
+                self._departed.setdefault(slot.device, []).append((admitted_at, self._clock()))
             if slot.gpu_id is None:
                 self._cpu_holders.remove(connection_id)
                 remaining = len(self._cpu_holders)
