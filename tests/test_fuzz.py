@@ -76,7 +76,8 @@ def test_garbage_frames_get_errors_while_a_real_stream_stays_accurate(speech_pcm
             return await good
 
         result = run(scenario())
-        assert result.ended_with_ready_to_stop and wer(reference, result.text) <= 0.10, result.text
+        assert result.ended_with_ready_to_stop and wer(reference, result.text) <= 0.10, \
+            (result.close_code, result.close_reason, result.messages[-1:], result.text)
         assert outcomes and all(code in DELIBERATE_CLOSES for _, code in outcomes), sorted(set(outcomes))
         assert all(error for error, code in outcomes if code in CLOSES_THAT_EXPLAIN), sorted(set(outcomes))
         assert eventually(lambda: server.get("/health").json()["active_connections"] == 0, timeout=30)
