@@ -16,12 +16,15 @@ import subprocess
 import sys
 import time
 
+import signal
+
 import psutil
 import pytest
 import websockets
 
 from conftest import ServerProcess, run, running_server, wait_healthy
-from helpers import eventually, open_session
+from helpers import check_finished_stream, eventually, ffmpeg_children, open_session
+from whisperlivekit.client import stream
 from whisperlivekit.api.security import AuthThrottle
 from whisperlivekit.config import Settings
 from whisperlivekit.api.errors import ending_for
@@ -41,7 +44,7 @@ class Clock:
 
 
 def _guard(clock: Clock, decoded: list, **settings) -> SessionGuard:
-    return SessionGuard(Settings(**settings), backlog_s=lambda: 0.0, decoded_s=lambda: decoded[0], clock=clock)
+    return SessionGuard(Settings(**settings), backlog_s=lambda: 0.0, audio_s=lambda: decoded[0], clock=clock)
 
 
 # -- item 2: slots are for live streams ------------------------------------------------------
@@ -148,6 +151,42 @@ def test_eight_idle_or_trickling_clients_give_their_slots_to_a_real_client_withi
         assert outcomes.count("Too little audio") == 8, outcomes
         assert close_code == 1000 and messages[-1] == {"type": "ready_to_stop"}, messages[-3:]
         assert not any(m.get("error") for m in messages)
+
+
+def test_a_real_time_webm_client_keeps_its_slot_while_the_servers_decoder_is_starved(speech_pcm, webm):
+    """The audio-rate rule counts what the client sent, not what a starved ffmpeg has decoded yet.
+
+    The stream's ffmpeg is stopped (SIGSTOP: no CPU at all, the extreme of a loaded server) for
+    twice the grace period while the client keeps sending WebM at real time. Counting decoded audio,
+    the server closed this honest client with 1008 "Too little audio" (seen under CPU starvation in
+    the full suite); now it keeps the stream, and once ffmpeg runs again the transcript is whole.
+    """
+    pcm, reference = speech_pcm("harvard")
+    stopped = []
+    with running_server("--start-grace", "3", "--min-audio-rate", "0.5") as server:
+        async def starve_the_decoder() -> None:
+            await asyncio.sleep(3.0)
+            children = ffmpeg_children(server.proc.pid)
+            assert len(children) == 1, children
+            children[0].send_signal(signal.SIGSTOP)
+            stopped.append(children[0].pid)
+            try:
+                await asyncio.sleep(2 * 3.0 + 1.0)
+            finally:
+                try:
+                    children[0].send_signal(signal.SIGCONT)
+                except psutil.NoSuchProcess:
+                    pass  # the server ended the stream and reaped its ffmpeg: the check below says why
+
+        async def scenario():
+            starving = asyncio.create_task(starve_the_decoder())
+            result = await stream(server.ws_url, webm(pcm), pcm=False, speed=1.0)
+            await starving
+            return result
+
+        result = run(scenario())
+    assert stopped, "the decoder was never stopped"
+    check_finished_stream(result, reference, max_wer=0.10)
 
 
 # -- a server with every guard set low, under a low descriptor limit --------------------------

@@ -45,7 +45,7 @@ def _garbage(rng: random.Random, webm: bytes):
 def test_garbage_frames_get_errors_while_a_real_stream_stays_accurate(speech_pcm, webm):
     pcm, reference = speech_pcm("harvard")
     encoded = webm(pcm)
-    with running_server("--max-cpu-connections", "12", "--idle-timeout", "5", "--min-audio-rate", "0") as server:
+    with running_server("--max-cpu-connections", "12", "--idle-timeout", "5") as server:
         sent = 0
         outcomes = []
 
@@ -126,7 +126,7 @@ def test_garbage_on_listen_and_realtime_gets_their_errors_and_leaks_nothing(spee
     pcm, reference = speech_pcm("arctic_a0009")
     encoded = webm(pcm)
     # no audio-rate floor: on 2 loaded cores the good session must not be taken for a slot hog
-    with running_server("--max-cpu-connections", "12", "--idle-timeout", "5", "--min-audio-rate", "0") as server:
+    with running_server("--max-cpu-connections", "12", "--idle-timeout", "5") as server:
         sent = 0
         outcomes = []
         listen_url = server.ws_url.replace("/asr", "/v1/listen")

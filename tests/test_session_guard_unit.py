@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import asyncio
+from typing import Optional
 
 import pytest
 
 from whisperlivekit.config import Settings
 from whisperlivekit.api.errors import ending_for
 from whisperlivekit.errors import LimitExceeded
-from whisperlivekit.limits import AddressCounter, SessionGuard
+from whisperlivekit.limits import CHECK_INTERVAL_S, UNDECODED_CREDIT_S, AddressCounter, SentAudioMeter, SessionGuard
 
 
 class FakeClock:
@@ -38,7 +39,7 @@ def guard(backlog_s: float = 0.0, **limits) -> tuple:
     clock, audio = FakeClock(), Audio()
     backlog = [backlog_s]
     settings = Settings(**{"idle_timeout_s": 0.0, "max_session_s": 0.0, "max_backlog_s": 0.0, "min_audio_rate": 0.0, **limits})
-    session = SessionGuard(settings, backlog_s=lambda: backlog[0], decoded_s=audio, clock=clock)
+    session = SessionGuard(settings, backlog_s=lambda: backlog[0], audio_s=audio, clock=clock)
     session.audio = audio
     return session, clock, backlog
 
@@ -133,3 +134,68 @@ def test_the_address_counter_admits_up_to_its_limit_per_address():
     counter.remove("10.0.0.1")
     assert counter.try_add("10.0.0.1") and counter.count("10.0.0.1") == 2
     assert AddressCounter(limit=0).try_add("x")  # 0: no limit
+
+
+# -- what counts as audio the client sent ------------------------------------------------------
+def test_pcm_bytes_count_as_audio_before_they_are_decoded():
+    meter = SentAudioMeter(pcm_bytes_per_s=32_000)
+    meter.fed(64_000)
+    assert meter.sent_s == pytest.approx(2.0)  # nothing decoded yet: a busy VAD lane is the server's delay
+    meter.decoded(2.0)
+    assert meter.sent_s == pytest.approx(2.0)  # and decoding it does not count it twice
+
+
+def test_container_bytes_count_at_the_rate_the_stream_has_shown_once_it_has_shown_one():
+    meter = SentAudioMeter()  # WebM: seconds per byte unknown until ffmpeg has decoded some
+    meter.fed(8_000)
+    meter.decoded(0.5)
+    assert meter.sent_s == pytest.approx(0.5)  # not enough evidence yet: only the decoded audio counts
+    meter.decoded(1.5)  # 2 s from 8000 bytes: 4000 bytes per second
+    meter.fed(20_000)  # then ffmpeg stalls while the client sends 5 s more
+    assert meter.sent_s == pytest.approx(7.0)
+
+
+def test_bytes_that_never_decode_stop_counting_after_a_bounded_credit():
+    meter = SentAudioMeter()
+    meter.fed(4_000)
+    meter.decoded(1.0)
+    meter.fed(4_000 * 1000)  # 1000 s worth of bytes that the decoder never turns into audio
+    assert meter.sent_s == pytest.approx(1.0 + UNDECODED_CREDIT_S)
+
+
+def test_bytes_with_no_audio_at_all_count_for_nothing():
+    meter = SentAudioMeter()
+    meter.fed(1_000_000)  # a header and junk: no rate shown, so no credit
+    assert meter.sent_s == 0.0
+
+
+class MinutePassed(Exception):
+    pass
+
+
+def test_a_guard_woken_late_by_a_busy_event_loop_holds_that_time_against_the_server(monkeypatch):
+    """Each check wakes 2 s late (the loop was busy) and no audio arrives: no verdict against the
+    client for a minute, because the server was not listening. Woken on time, the same silence is closed."""
+    def watch_a_minute(late_s: float) -> Optional[LimitExceeded]:
+        session, clock, _ = guard(min_audio_rate=0.5, start_grace_s=10.0)
+        ends_at = clock() + 60.0
+        real_sleep = asyncio.sleep
+
+        async def sleep_and_wake_late(seconds: float) -> None:
+            if clock() >= ends_at:
+                raise MinutePassed
+            clock.advance(seconds + late_s)
+            await real_sleep(0)
+
+        monkeypatch.setattr(asyncio, "sleep", sleep_and_wake_late)
+        try:
+            asyncio.run(session.watch())
+        except LimitExceeded as exceeded:
+            return exceeded
+        except MinutePassed:
+            return None
+        finally:
+            monkeypatch.setattr(asyncio, "sleep", real_sleep)
+
+    assert watch_a_minute(late_s=2.0) is None
+    assert ending_reason(watch_a_minute(late_s=0.0)) == "Too little audio"

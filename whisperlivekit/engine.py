@@ -30,6 +30,7 @@ from whisperlivekit.events import (
     BY_END, BY_FINALIZE, BY_VAD, Committed, EngineEvent, Final, Partial, SpeechStarted, SpeechStopped,
 )
 from whisperlivekit.gpu.manager import Slot
+from whisperlivekit.limits import SentAudioMeter
 from whisperlivekit.metrics import CommitLagMeter
 from whisperlivekit.protocol import LineCache, PipelineView, transcript_update
 from whisperlivekit.runtime.device_worker import DeviceWorker, LiveStream
@@ -56,7 +57,7 @@ class TranscriptionEngine:
         self.detects_language = language is None  # `auto`: updates name the language once detected
         self.vad = VadStream(threshold=settings.vad_threshold) if settings.vac else None
         self.received_samples = 0
-        self.fed_bytes = 0
+        self.sent_audio = SentAudioMeter(self.input_format.bytes_per_s)  # what the guards count
         self.segment_end_pending = False
         self.input_done = False
         self.failure: Optional[WhisperLiveKitError] = None  # typed, so api/errors.py closes with the right code
@@ -88,7 +89,7 @@ class TranscriptionEngine:
     async def feed(self, data: bytes) -> None:
         if self.failure is not None:
             raise self.failure
-        self.fed_bytes += len(data)
+        self.sent_audio.fed(len(data))
         await self.decoder.feed(data)
 
     async def end_of_audio(self) -> None:
@@ -186,7 +187,7 @@ class TranscriptionEngine:
         last, quiet_since = self.received_samples, loop.time()
         while loop.time() < deadline and not self.input_done:
             if bytes_per_s is not None:
-                if self.received_s >= self.fed_bytes / bytes_per_s - 0.02:  # a resampler may keep a few ms
+                if self.received_s >= self.sent_audio.fed_bytes / bytes_per_s - 0.02:  # a resampler may keep a few ms
                     return
             elif self.received_samples == last:
                 if loop.time() - quiet_since >= 0.25:
@@ -230,7 +231,7 @@ class TranscriptionEngine:
         queued here, so its not-yet-decoded part is counted from the bytes fed.
         """
         passthrough = self.input_format.passthrough
-        queued_s = max(0.0, self.fed_bytes / (2 * SAMPLE_RATE) - self.received_s) if passthrough else 0.0
+        queued_s = max(0.0, self.sent_audio.fed_bytes / (2 * SAMPLE_RATE) - self.received_s) if passthrough else 0.0
         return queued_s + (self.policy.unprocessed_s if self._speech_pending() else 0.0)
 
     @property
@@ -255,6 +256,7 @@ class TranscriptionEngine:
 
     async def _on_audio(self, chunk: np.ndarray) -> None:
         self.received_samples += len(chunk)
+        self.sent_audio.decoded(len(chunk) / SAMPLE_RATE)
         self.commit_lag.audio_arrived(self.received_s)
         self.policy.append_audio(chunk)
         if self._diar_feed is not None:

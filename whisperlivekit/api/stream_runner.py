@@ -84,7 +84,7 @@ async def run_stream(services: Services, engine: TranscriptionEngine, connection
                      log: logging.LoggerAdapter, parts: StreamParts) -> str:
     """Run one admitted stream to its end; returns the outcome (a metric label). Raises typed
     errors (a limit, bad input, the pipeline's failure) for the adapter to close with."""
-    guard = SessionGuard(services.settings, lambda: engine.backlog_s, lambda: engine.received_s)
+    guard = SessionGuard(services.settings, lambda: engine.backlog_s, lambda: engine.sent_audio.sent_s)
     finish_now = services.sessions.register(connection_id)
     sender = asyncio.create_task(parts.send())
     receiver = asyncio.create_task(parts.receive(guard))
