@@ -77,9 +77,9 @@ def test_two_different_voices_get_two_speakers_right(diarizing_server, speech_pc
     accuracy, labels = _speaker_accuracy(final["lines"], turns)
     print(f"speaker accuracy {accuracy:.1%}, speakers {labels}")
     assert len(labels) == 2, final["lines"]
-    # The diarizer itself gets this pair 100 % right (tests/test_diarization.py asserts >= 95 %); line time
-    # here also carries Whisper's word timings at the turn edges (measured 95-97 %).
-    assert accuracy >= 0.92, final["lines"]
+    # Issue 17's goal. Line time also carries Whisper's word timings at the turn edges: 95-97 % while a
+    # frame's label waited for the next window, 100 % in four runs since labels settle a hop earlier.
+    assert accuracy >= 0.95, final["lines"]
     assert all(isinstance(m["buffer_diarization"], str) for m in result.updates)
     assert any(m["remaining_time_diarization"] > 0 for m in result.updates[:-1])
     assert final["remaining_time_diarization"] == 0 and final["buffer_diarization"] == ""
