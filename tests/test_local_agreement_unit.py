@@ -248,3 +248,32 @@ def test_the_held_back_word_is_committed_by_the_next_step_that_hears_past_it():
     # 1.2 s; each waited until a step ended at least 0.4 s after it
     assert texts(policy.committed) == ["the", "cat"]
     assert texts(policy.finish()) == ["sat"]  # a segment end commits the rest
+
+
+def _fast_steps(hypotheses: List[str], spacing_s: float) -> LocalAgreementPolicy:
+    """0.4 s steps (words of 0.25 s); one hypothesis per step."""
+    policy = LocalAgreementPolicy(buffer_trimming_s=30.0, agreement_spacing_s=spacing_s)
+    for hypothesis in hypotheses:
+        policy.append_audio(seconds_of_audio(0.4))
+        policy.next_request()
+        policy.apply(TranscribeResult(words(hypothesis, step_s=0.25)))
+    return policy
+
+
+def test_with_agreement_spacing_only_hypotheses_a_second_apart_vote_and_the_others_are_shown():
+    """The model flips between 'canoe' and 'cano' from step to step (MP3 audio, tiny.en). Without
+    spacing, the steps at 0.8 and 1.2 s agree on 'cano' (and the words before it); with it, the
+    steps at 0.4 and 1.6 s vote, and 'cano' against 'canoe' commits nothing past 'the birch'."""
+    flips = ["the birch", "the birch cano", "the birch cano slid", "the birch canoe slid on the", "the birch cano slid on the"]
+    assert "cano" in texts(_fast_steps(flips, spacing_s=0.0).committed)
+    spaced = _fast_steps(flips, spacing_s=0.9)
+    assert texts(spaced.committed) == ["the", "birch"]
+    assert texts(spaced.tentative) == ["cano", "slid", "on", "the"]  # the newest hypothesis is what is shown
+    assert texts(spaced.finish()) == ["cano", "slid", "on", "the"]  # a segment end commits what was shown
+
+
+def test_the_policy_spaces_agreement_only_when_the_engine_takes_fast_steps():
+    from whisperlivekit.config import Settings
+
+    assert LocalAgreementPolicy.from_settings(Settings(fast_step_s=0.4), "en").agreement_spacing_s == pytest.approx(0.9)
+    assert LocalAgreementPolicy.from_settings(Settings(fast_step_s=0.0), "en").agreement_spacing_s == 0.0

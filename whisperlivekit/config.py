@@ -67,7 +67,7 @@ class Settings:
 
     # --- streaming policy ---------------------------------------------------------
     min_chunk_size_s: float = 1.0  # the step once the device is loaded
-    fast_step_s: float = 0.0  # e.g. 0.4: the step while the device has spare capacity (engine.py); 0: off (see docs/architecture.md)
+    fast_step_s: float = 0.4  # the step while the device has spare capacity (engine.py); 0: off (see docs/architecture.md)
     beam_size: int = 1
     buffer_trimming_s: float = 8.0
     min_encoder_window_s: float = 10.0

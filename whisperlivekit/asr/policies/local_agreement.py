@@ -3,7 +3,9 @@
 The buffer holds the audio since the last trim point. Each step transcribes the
 whole buffer (with committed text before it as the prompt); the longest common
 prefix of this hypothesis and the previous one is committed, the rest stays
-tentative. When the buffer grows past `buffer_trimming_s`, it is cut at the end
+tentative. With the engine's fast steps, only hypotheses `agreement_spacing_s`
+of audio apart are compared; a step in between only refreshes the tentative text.
+When the buffer grows past `buffer_trimming_s`, it is cut at the end
 of the last committed sentence (or, failing that, the last committed word), so
 each step's cost stays bounded however long the stream runs.
 """
@@ -23,6 +25,11 @@ UNHEARD_MIN_WORDS = 3
 UNHEARD_MIN_PROBABILITY = 0.5
 SHORT_STEP_S = 0.7  # a step covering less new audio than this holds back its last words
 SHORT_STEP_HOLD_BACK_S = 0.4
+# Hypotheses compared for agreement are at least this much audio apart: steps closer together (the
+# engine's fast steps on an idle device) only refresh the tentative text shown. On MP3 audio tiny.en
+# flips between "canoe" and "cano" from step to step; two hypotheses 0.4-0.8 s apart agreed on the
+# wrong one in 9-10 of 20 step patterns, 1 s apart in 0 of 10 (docs/architecture.md).
+AGREEMENT_SPACING_S = 0.9
 _NORMALISE = re.compile(r"[^\w']+")
 
 
@@ -144,10 +151,13 @@ class LocalAgreementPolicy:
 
     @classmethod
     def from_settings(cls, settings, language: Optional[str]) -> "LocalAgreementPolicy":
-        return cls(settings.buffer_trimming_s, language=language, task=settings.task)
+        # With fast steps, only hypotheses ~1 s apart vote; the ones between refresh the tentative text.
+        spacing_s = AGREEMENT_SPACING_S if 0 < settings.fast_step_s < settings.min_chunk_size_s else 0.0
+        return cls(settings.buffer_trimming_s, language=language, task=settings.task, agreement_spacing_s=spacing_s)
 
     def __init__(self, buffer_trimming_s: float = 8.0, language: Optional[str] = None, task: str = "transcribe",
-                 hold_back_s: float = SHORT_STEP_HOLD_BACK_S, force_prefix: bool = True) -> None:
+                 hold_back_s: float = SHORT_STEP_HOLD_BACK_S, force_prefix: bool = True,
+                 agreement_spacing_s: float = 0.0) -> None:
         self.force_prefix = force_prefix  # send the buffer's committed words as the decoder's prefix
         self.buffer_trimming_s = buffer_trimming_s
         # Words ending this close to the buffer's end are not committed by a short step (under
@@ -162,9 +172,11 @@ class LocalAgreementPolicy:
         self.processed_samples = 0  # how much of `audio` the last request covered
         self._request_offset_s = 0.0  # offset_s when that request was made
         self._request_samples = 0  # its length
-        self._request_new_s = 0.0  # the new audio it covered
         self.hypothesis = HypothesisBuffer()
         self.committed: List[Word] = []
+        self.agreement_spacing_s = agreement_spacing_s
+        self._agreed_at_s = float("-inf")  # audio end of the last hypothesis that took part in agreement
+        self._preview: Optional[List[Word]] = None  # a newer hypothesis' uncommitted words, shown only
 
     # -- audio in --------------------------------------------------------------------
     def append_audio(self, samples: np.ndarray) -> None:
@@ -204,7 +216,6 @@ class LocalAgreementPolicy:
         return "".join(w.text for w in words)
 
     def next_request(self) -> TranscribeRequest:
-        self._request_new_s = self.unprocessed_s
         self.processed_samples = len(self.audio)
         self._request_offset_s = self.offset_s
         self._request_samples = len(self.audio)
@@ -219,7 +230,12 @@ class LocalAgreementPolicy:
             self.language = result.language
         words = attach_punctuation([w.shifted(self._request_offset_s) for w in result.words])
         end_s = self._request_offset_s + self._request_samples / SAMPLE_RATE
-        hold_back_s = self.hold_back_s if self._request_new_s < SHORT_STEP_S else 0.0
+        since_agreement_s = end_s - self._agreed_at_s
+        if since_agreement_s < self.agreement_spacing_s:
+            self._preview = words[self.hypothesis._uncommitted_start(words):]
+            return []
+        self._agreed_at_s, self._preview = end_s, None
+        hold_back_s = self.hold_back_s if since_agreement_s < SHORT_STEP_S else 0.0
         committed = self.hypothesis.agree(words, end_s - hold_back_s if hold_back_s > 0 else float("inf"), end_s)
         if not committed and self.buffer_s > self.buffer_trimming_s:
             committed = self._commit_stalled()
@@ -246,6 +262,9 @@ class LocalAgreementPolicy:
 
     def finish(self) -> List[Word]:
         """End of a voiced segment or of the stream: commit the tentative tail and empty the buffer."""
+        if self._preview is not None:  # the newest hypothesis heard the most
+            self.hypothesis.previous, self._preview = self._preview, None
+        self._agreed_at_s = float("-inf")
         committed = self.hypothesis.take_all()
         self.committed.extend(committed)
         # Only the audio the last hypothesis covered is done with; what arrived while it ran stays.
@@ -258,7 +277,7 @@ class LocalAgreementPolicy:
 
     @property
     def tentative(self) -> List[Word]:
-        return self.hypothesis.tentative
+        return list(self._preview) if self._preview is not None else self.hypothesis.tentative
 
     def _trim(self) -> None:
         in_buffer = [w for w in self.committed if w.end > self.offset_s]
