@@ -10,7 +10,9 @@ import pytest
 from whisperlivekit.config import Settings
 from whisperlivekit.api.errors import ending_for
 from whisperlivekit.errors import LimitExceeded
-from whisperlivekit.limits import CHECK_INTERVAL_S, UNDECODED_CREDIT_S, AddressCounter, SentAudioMeter, SessionGuard
+from whisperlivekit.limits import (
+    CONTAINER_MIN_SECONDS_PER_BYTE, UNDECODED_CREDIT_S, AddressCounter, SentAudioMeter, SessionGuard,
+)
 
 
 class FakeClock:
@@ -145,14 +147,15 @@ def test_pcm_bytes_count_as_audio_before_they_are_decoded():
     assert meter.sent_s == pytest.approx(2.0)  # and decoding it does not count it twice
 
 
-def test_container_bytes_count_at_the_rate_the_stream_has_shown_once_it_has_shown_one():
+def test_container_bytes_count_once_any_audio_decoded_at_the_higher_of_a_floor_and_the_shown_rate():
     meter = SentAudioMeter()  # WebM: seconds per byte unknown until ffmpeg has decoded some
     meter.fed(8_000)
-    meter.decoded(0.5)
-    assert meter.sent_s == pytest.approx(0.5)  # not enough evidence yet: only the decoded audio counts
-    meter.decoded(1.5)  # 2 s from 8000 bytes: 4000 bytes per second
-    meter.fed(20_000)  # then ffmpeg stalls while the client sends 5 s more
-    assert meter.sent_s == pytest.approx(7.0)
+    assert meter.sent_s == 0.0  # nothing decoded yet: a header alone is no stream
+    meter.decoded(0.1)  # ffmpeg started, then stalled while the client sent 2 s more
+    assert meter.sent_s == pytest.approx(8_000 * CONTAINER_MIN_SECONDS_PER_BYTE)  # 16 kbit/s floor: 4 s
+    meter.decoded(5.9)  # it catches up: 6 s from 8000 bytes (8 kbit/s, more seconds per byte than the floor)
+    meter.fed(8_000)  # and stalls again while the client sends 6 s more
+    assert meter.sent_s == pytest.approx(12.0)
 
 
 def test_bytes_that_never_decode_stop_counting_after_a_bounded_credit():

@@ -10,7 +10,7 @@
 Audio is counted in seconds, never as frames: a frame of two bytes, or a WebM header that decodes to
 nothing, keeps no connection alive. `SentAudioMeter` turns what the client sent into seconds: the
 audio decoded so far, plus the bytes the decoder has not caught up with at the rate this stream
-has shown (a starved ffmpeg or a busy VAD lane is the server's delay, not the client's). Time the
+has shown, or a low-bitrate floor (a starved ffmpeg or a busy VAD lane is the server's delay, not the client's). Time the
 server itself spends accepting a frame (the decoder pushing back on a client that sends faster than
 real time), and time its event loop was too busy to look, are not held against the client either.
 """
@@ -31,8 +31,13 @@ CHECK_INTERVAL_S = 0.25
 # Bytes the decoder has not turned into audio yet count at most this far ahead of the decoded audio:
 # a server can be this far behind on an honest stream, and bytes that never decode stop counting.
 UNDECODED_CREDIT_S = 30.0
-# Audio decoded before this stream's bytes-per-second is trusted (a container's header has no audio).
-MIN_RATE_EVIDENCE_S = 1.0
+# Container bytes not decoded yet count at least this many seconds each: Opus at 16 kbit/s, below what
+# browsers send (32-128 kbit/s), so an honest client is never under-counted; a higher rate shown by
+# the decoder wins. (Measured from the decoder alone, the rate came out far too low when ffmpeg had
+# lagged from the start: a starved server still closed honest WebM clients in the full suite.)
+CONTAINER_MIN_SECONDS_PER_BYTE = 1.0 / 2000
+# Lateness of the guard's own wake-up beyond this is time the event loop could not read the client.
+LATE_TOLERANCE_S = 0.05
 
 
 class AddressCounter:
@@ -68,27 +73,30 @@ class SentAudioMeter:
     chunk waits for) can fall seconds behind a client that streams at real time, and the audio-rate
     rule then closed honest clients ("1.9 s of audio in the last 10 s", measured under CPU
     starvation). Why not bytes alone: bytes that never decode (a header, junk) are no stream.
-    So undecoded bytes count at this stream's own rate: exact for raw PCM, for a container the
-    highest seconds-per-byte its decoder has shown (conservative: the decoded audio lags the bytes
-    fed), and at most `UNDECODED_CREDIT_S` ahead of the decoded audio.
+    So undecoded bytes count at this stream's own rate: exact for raw PCM; for a container, the
+    higher of a low-bitrate floor and the seconds-per-byte its decoder has shown, once it has decoded
+    any audio at all. Either way at most `UNDECODED_CREDIT_S` ahead of the decoded audio: that cap,
+    not the rate, is what keeps bytes that never decode from holding a slot.
     """
 
     def __init__(self, pcm_bytes_per_s: Optional[int] = None) -> None:
         self.fed_bytes = 0
         self.decoded_s = 0.0
-        self._seconds_per_byte = 1.0 / pcm_bytes_per_s if pcm_bytes_per_s else 0.0
-        self._rate_known = bool(pcm_bytes_per_s)
+        self._pcm = bool(pcm_bytes_per_s)
+        self._seconds_per_byte = 1.0 / pcm_bytes_per_s if pcm_bytes_per_s else CONTAINER_MIN_SECONDS_PER_BYTE
 
     def fed(self, n_bytes: int) -> None:
         self.fed_bytes += n_bytes
 
     def decoded(self, seconds: float) -> None:
         self.decoded_s += seconds
-        if not self._rate_known and self.decoded_s >= MIN_RATE_EVIDENCE_S and self.fed_bytes:
+        if not self._pcm and self.fed_bytes:
             self._seconds_per_byte = max(self._seconds_per_byte, self.decoded_s / self.fed_bytes)
 
     @property
     def sent_s(self) -> float:
+        if not self._pcm and self.decoded_s <= 0.0:
+            return 0.0  # a container that has decoded to nothing yet (a header, junk) is no stream yet
         undecoded_s = self.fed_bytes * self._seconds_per_byte - self.decoded_s
         return self.decoded_s + min(max(0.0, undecoded_s), UNDECODED_CREDIT_S)
 
@@ -199,8 +207,8 @@ class SessionGuard:
             asked_at = self._clock()
             await asyncio.sleep(CHECK_INTERVAL_S)
             late_s = self._clock() - asked_at - CHECK_INTERVAL_S
-            if late_s > CHECK_INTERVAL_S:
-                self.server_was_busy(late_s)
+            if late_s > LATE_TOLERANCE_S:
+                self.server_was_busy(late_s - LATE_TOLERANCE_S)
             exceeded = self.check()
             if exceeded is not None:
                 raise exceeded
