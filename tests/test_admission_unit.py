@@ -171,3 +171,16 @@ def test_streams_that_just_left_count_in_the_cost_per_stream_so_short_sessions_d
     clock.now_s = 125.0
     load["cpu"] = 3 * 0.09 * 1.6  # the three streams now measured dearer: 0.432 over 3 seen
     assert not assert_ready_means_admitted(manager)  # 0.432 + 0.144 = 0.576 >= 0.5
+
+
+def test_the_record_of_departed_streams_stays_bounded_with_admission_off():
+    """Departed streams are remembered for one load window. They were pruned only while judging
+    admission, so with `--max-realtime-load 0` the record grew by one entry per connection forever."""
+    clock = FakeClock()
+    manager = GpuManager(SimulatedProbe(0), max_cpu_connections=64, max_realtime_load=0.0, load_settle_s=10.0,
+                         clock=clock)
+    for i in range(1000):
+        clock.now_s = float(i)
+        manager.acquire(f"c{i}")
+        manager.release(f"c{i}")
+    assert len(manager._departed["cpu"]) <= 11  # one a second, over a 10 s window

@@ -232,9 +232,7 @@ class GpuManager:
         # Streams that left within the window are still in the measured load for the time they ran in it;
         # not counting them made short sessions look expensive, and admission refused an unsaturated device.
         window_start = now - self.load_settle_s
-        departed = [(a, r) for a, r in self._departed.get(device, []) if r > window_start]
-        self._departed[device] = departed
-        seen += sum(max(0.0, r - max(a, window_start)) for a, r in departed) / self.load_settle_s
+        seen += sum(max(0.0, r - max(a, window_start)) for a, r in self._departed.get(device, ())) / self.load_settle_s
         if seen >= 1.0:
             self._cost_per_stream[device] = load / seen
         return load + self._cost_per_stream.get(device, 0.0) * (unseen + 1.0)
@@ -384,7 +382,9 @@ class GpuManager:
             if slot is None:
                 return False
             if admitted_at is not None:  # its compute stays in the load window for a while (projected_load)
-                self._departed.setdefault(slot.device, []).append((admitted_at, self._clock()))
+                now = self._clock()  # kept only while in the window, admission on or off: bounded
+                recent = [(a, r) for a, r in self._departed.get(slot.device, ()) if r > now - self.load_settle_s]
+                self._departed[slot.device] = recent + [(admitted_at, now)]
             if slot.gpu_id is None:
                 self._cpu_holders.remove(connection_id)
                 remaining = len(self._cpu_holders)
