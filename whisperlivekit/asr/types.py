@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass, field
 from typing import List, Optional, Protocol, Sequence, Tuple
 
@@ -19,6 +20,15 @@ class Word:
 
     def shifted(self, offset_s: float) -> "Word":
         return Word(self.start + offset_s, self.end + offset_s, self.text, self.probability)
+
+    @property
+    def key(self) -> str:
+        """The word as the policies compare hypotheses: lower case, without spaces or punctuation
+        (punctuation alone has an empty key)."""
+        return _NOT_IN_KEY.sub("", self.text.lower())
+
+
+_NOT_IN_KEY = re.compile(r"[^\w']+")
 
 
 @dataclass

@@ -12,7 +12,6 @@ each step's cost stays bounded however long the stream runs.
 
 from __future__ import annotations
 
-import re
 from typing import List, Optional
 
 import numpy as np
@@ -30,11 +29,6 @@ SHORT_STEP_HOLD_BACK_S = 0.4
 # flips between "canoe" and "cano" from step to step; two hypotheses 0.4-0.8 s apart agreed on the
 # wrong one in 9-10 of 20 step patterns, 1 s apart in 0 of 10 (docs/architecture.md).
 AGREEMENT_SPACING_S = 0.9
-_NORMALISE = re.compile(r"[^\w']+")
-
-
-def _key(word: Word) -> str:
-    return _NORMALISE.sub("", word.text.lower())
 
 
 def _worth_keeping(run: List[Word]) -> List[Word]:
@@ -55,7 +49,7 @@ def attach_punctuation(words: List[Word]) -> List[Word]:
     too, and the buffer was cut at a sentence end that was not one (a whole sentence lost)."""
     joined: List[Word] = []
     for word in words:
-        if _key(word):
+        if word.key:
             joined.append(word)
         elif joined:
             last = joined[-1]
@@ -88,7 +82,7 @@ class HypothesisBuffer:
         new = hypothesis[self._uncommitted_start(hypothesis):]
         tail = self._unheard_tail(hypothesis, new)
         committed: List[Word] = []
-        while new and self.previous and _key(new[0]) == _key(self.previous[0]) and new[0].end < commit_before_s:
+        while new and self.previous and new[0].key == self.previous[0].key and new[0].end < commit_before_s:
             committed.append(new.pop(0))
             self.previous.pop(0)
         if committed:
@@ -119,8 +113,8 @@ class HypothesisBuffer:
         by_time = next((i for i, w in enumerate(hypothesis) if w.start > self.last_committed_end_s - 0.1), len(hypothesis))
         if not self.committed_in_buffer:
             return by_time
-        keys = [_key(w) for w in hypothesis]
-        tail = [_key(w) for w in self.committed_in_buffer[-3:]]
+        keys = [w.key for w in hypothesis]
+        tail = [w.key for w in self.committed_in_buffer[-3:]]
         best, best_score = None, 0
         for j in range(max(0, by_time - 4), min(len(keys), by_time + 4) + 1):
             for n in range(len(tail), 0, -1):
