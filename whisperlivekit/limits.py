@@ -124,7 +124,7 @@ class SessionGuard:
         self._last_audio_s = 0.0
         self._feeding_since: Optional[float] = None
         self._feeding_depth = 0
-        self._fed_s = 0.0  # time spent inside `feeding()`: the server, not the client, was the holdup
+        self._fed_s = 0.0  # time inside `feeding()` or the event loop was late: the server was the holdup
         # (time, audio seconds, time the server was the holdup) samples reaching back one grace period: the audio-rate window
         self._history: Deque[Tuple[float, float, float]] = deque([(self.started_at, 0.0, 0.0)])
         self.input_ended = False

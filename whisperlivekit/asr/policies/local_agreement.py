@@ -26,8 +26,9 @@ SHORT_STEP_S = 0.7  # a step covering less new audio than this holds back its la
 SHORT_STEP_HOLD_BACK_S = 0.4
 # Hypotheses compared for agreement are at least this much audio apart: steps closer together (the
 # engine's fast steps on an idle device) only refresh the tentative text shown. On MP3 audio tiny.en
-# flips between "canoe" and "cano" from step to step; two hypotheses 0.4-0.8 s apart agreed on the
-# wrong one in 9-10 of 20 step patterns, 1 s apart in 0 of 10 (docs/architecture.md).
+# flips between "canoe" and "cano" from step to step; consecutive hypotheses 0.3-0.9 s apart agreed on
+# the wrong one in 9-10 of 20 step patterns, 1 s steps in 3 of 30, fast steps with this spacing in
+# 3-4 of 20 (docs/architecture.md).
 AGREEMENT_SPACING_S = 0.9
 
 

@@ -10,8 +10,8 @@ emitted word may be unfinished ("bir" of "birch", or a guess from the onset of a
 word), so it stays tentative and is decoded again by the next step; and a word
 that is a cut-short version of what the previous step showed at its place waits
 one step (`_revised_from`). Measured on Harvard at 0.3-0.55 s steps: a step heard
-" canoe slid", the next decoded " can" "o" " slid" and committed "cano" (2 of 12
-random step patterns).
+" canoe slid", the next decoded " can" "o" " slid" and committed "cano" (3 of 12
+random step patterns on its first 4 s).
 
 The buffer holds at most `audio_max_len_s` seconds, and its committed tokens
 must leave the decoder (448 positions) room for the prompt and a step's new
