@@ -13,8 +13,13 @@ from whisperlivekit.audio import SAMPLE_RATE
 
 
 def words(text: str, start_s: float = 0.0, step_s: float = 0.4) -> List[Word]:
-    """' the cat sat' → Words 0.4 s apart from `start_s`, with Whisper's leading spaces."""
-    return [Word(start_s + i * step_s, start_s + (i + 1) * step_s, f" {w}") for i, w in enumerate(text.split())]
+    """' the cat sat' → Words 0.4 s apart from `start_s`, with Whisper's leading spaces; 'cat@0.5' is a
+    word the model gave probability 0.5 (the others 1.0)."""
+    out = []
+    for i, token in enumerate(text.split()):
+        word, _, probability = token.partition("@")
+        out.append(Word(start_s + i * step_s, start_s + (i + 1) * step_s, f" {word}", float(probability or 1.0)))
+    return out
 
 
 def texts(ws: List[Word]) -> List[str]:
@@ -261,15 +266,44 @@ def _fast_steps(hypotheses: List[str], spacing_s: float) -> LocalAgreementPolicy
 
 
 def test_with_agreement_spacing_only_hypotheses_a_second_apart_vote_and_the_others_are_shown():
-    """The model flips between 'canoe' and 'cano' from step to step (MP3 audio, tiny.en). Without
-    spacing, the steps at 0.8 and 1.2 s agree on 'cano' (and the words before it); with it, the
-    steps at 0.4 and 1.6 s vote, and 'cano' against 'canoe' commits nothing past 'the birch'."""
-    flips = ["the birch", "the birch cano", "the birch cano slid", "the birch canoe slid on the", "the birch cano slid on the"]
+    """The model flips between 'canoe' and 'cano' from step to step (MP3 audio, tiny.en), and is unsure
+    of both (probability 0.34-0.56 for 'cano'). Without spacing, the steps at 0.8 and 1.2 s agree on
+    'cano' (and the words before it); with it, the steps at 0.4 and 1.6 s vote, and 'cano' against
+    'canoe' commits nothing past 'the birch' (which the close steps were sure of)."""
+    flips = ["the birch", "the birch cano@0.45", "the birch cano@0.45 slid", "the birch canoe@0.5 slid on the",
+             "the birch cano@0.45 slid on the"]
     assert "cano" in texts(_fast_steps(flips, spacing_s=0.0).committed)
     spaced = _fast_steps(flips, spacing_s=0.9)
     assert texts(spaced.committed) == ["the", "birch"]
     assert texts(spaced.tentative) == ["cano", "slid", "on", "the"]  # the newest hypothesis is what is shown
     assert texts(spaced.finish()) == ["cano", "slid", "on", "the"]  # a segment end commits what was shown
+
+
+def _fast_commits(birch: str) -> List[List[str]]:
+    """What each 0.4 s step commits, with agreement spaced 0.9 s; 'birch' as given."""
+    hypotheses = [" ".join(["the", birch, "canoe", "slid", "on", "the", "smooth", "planks"][:n]) for n in range(1, 9)]
+    policy = LocalAgreementPolicy(buffer_trimming_s=30.0, agreement_spacing_s=0.9)
+    steps = []
+    for hypothesis in hypotheses:
+        policy.append_audio(seconds_of_audio(0.4))
+        policy.next_request()
+        steps.append(texts(policy.apply(TranscribeResult(words(hypothesis, step_s=0.25)))))
+    return steps
+
+
+def test_between_spaced_votes_two_close_steps_commit_the_words_both_were_sure_of():
+    """Close steps need not wait for the spaced vote on words the model is sure of: each word is
+    committed by the second step that heard it whole (0.4 s before that step's end)."""
+    assert _fast_commits("birch") == [[], ["the"], ["birch"], ["canoe"], ["slid"], ["on"], ["the"], ["smooth"]]
+
+
+def test_a_word_a_close_step_was_unsure_of_waits_for_the_spaced_vote_and_holds_the_words_after_it():
+    steps = _fast_commits("birch@0.5")
+    assert steps[:6] == [[], ["the"], [], [], [], []]
+    # the vote at 2.8 s (1.2 s after the one at 1.6 s) commits it and what both votes heard after it,
+    # and close steps commit sure words again from there
+    assert steps[6] == ["birch", "canoe", "slid"]
+    assert steps[7] == ["on", "the", "smooth"]
 
 
 def test_the_policy_spaces_agreement_only_when_the_engine_takes_fast_steps():

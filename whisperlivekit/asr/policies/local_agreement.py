@@ -12,7 +12,7 @@ each step's cost stays bounded however long the stream runs.
 
 from __future__ import annotations
 
-from typing import List, Optional
+from typing import List, Optional, Tuple
 
 import numpy as np
 
@@ -30,6 +30,7 @@ SHORT_STEP_HOLD_BACK_S = 0.4
 # the wrong one in 9-10 of 20 step patterns, 1 s steps in 3 of 30, fast steps with this spacing in
 # 3-4 of 20 (docs/architecture.md).
 AGREEMENT_SPACING_S = 0.9
+FAST_COMMIT_MIN_PROBABILITY = 0.6  # both close hypotheses this sure of a word: it need not wait for spacing
 
 
 def _worth_keeping(run: List[Word]) -> List[Word]:
@@ -93,6 +94,22 @@ class HypothesisBuffer:
         self.previous_audio_end_s = audio_end_s
         return committed
 
+    def agree_confident(self, earlier: List[Word], hypothesis: List[Word], commit_before_s: float,
+                        min_probability: float) -> Tuple[List[Word], List[Word]]:
+        """Commit the common prefix of two close hypotheses as far as both were sure of each word;
+        returns (committed, the rest of `hypothesis` after them)."""
+        new = hypothesis[self._uncommitted_start(hypothesis):]
+        committed: List[Word] = []
+        for before, now in zip(earlier, new):
+            if now.key != before.key or now.end >= commit_before_s or min(now.probability, before.probability) < min_probability:
+                break
+            committed.append(now)
+        if committed:
+            self.last_committed_end_s = committed[-1].end
+            self.committed_in_buffer.extend(committed)
+            self.previous = self.previous[self._uncommitted_start(self.previous):]
+        return committed, new[len(committed):]
+
     def _unheard_tail(self, hypothesis: List[Word], new: List[Word]) -> List[Word]:
         """The previous hypothesis' words, when this one (not empty) repeats only committed words.
 
@@ -152,7 +169,7 @@ class LocalAgreementPolicy:
 
     def __init__(self, buffer_trimming_s: float = 8.0, language: Optional[str] = None, task: str = "transcribe",
                  hold_back_s: float = SHORT_STEP_HOLD_BACK_S, force_prefix: bool = True,
-                 agreement_spacing_s: float = 0.0) -> None:
+                 agreement_spacing_s: float = 0.0, fast_commit_min_probability: float = FAST_COMMIT_MIN_PROBABILITY) -> None:
         self.force_prefix = force_prefix  # send the buffer's committed words as the decoder's prefix
         self.buffer_trimming_s = buffer_trimming_s
         # Words ending this close to the buffer's end are not committed by a short step (under
@@ -170,6 +187,7 @@ class LocalAgreementPolicy:
         self.hypothesis = HypothesisBuffer()
         self.committed: List[Word] = []
         self.agreement_spacing_s = agreement_spacing_s
+        self.fast_commit_min_probability = fast_commit_min_probability
         self._agreed_at_s = float("-inf")  # audio end of the last hypothesis that took part in agreement
         self._preview: Optional[List[Word]] = None  # a newer hypothesis' uncommitted words, shown only
 
@@ -226,12 +244,18 @@ class LocalAgreementPolicy:
         words = attach_punctuation([w.shifted(self._request_offset_s) for w in result.words])
         end_s = self._request_offset_s + self._request_samples / SAMPLE_RATE
         since_agreement_s = end_s - self._agreed_at_s
-        if since_agreement_s < self.agreement_spacing_s:
-            self._preview = words[self.hypothesis._uncommitted_start(words):]
-            return []
+        committed: List[Word] = []
+        if self.agreement_spacing_s > 0:  # fast steps: the step before this one was close
+            earlier = self._preview if self._preview is not None else self.hypothesis.previous
+            committed, rest = self.hypothesis.agree_confident(
+                earlier, words, end_s - self.hold_back_s, self.fast_commit_min_probability)
+            if since_agreement_s < self.agreement_spacing_s:
+                self._preview = rest
+                self.committed.extend(committed)
+                return committed
         self._agreed_at_s, self._preview = end_s, None
         hold_back_s = self.hold_back_s if since_agreement_s < SHORT_STEP_S else 0.0
-        committed = self.hypothesis.agree(words, end_s - hold_back_s if hold_back_s > 0 else float("inf"), end_s)
+        committed += self.hypothesis.agree(words, end_s - hold_back_s if hold_back_s > 0 else float("inf"), end_s)
         if not committed and self.buffer_s > self.buffer_trimming_s:
             committed = self._commit_stalled()
         self.committed.extend(committed)
