@@ -15,6 +15,9 @@ script starts its own server (`--pcm-input --max-cpu-connections 64`, plus any
 `--server-arg`), and for each N runs N clients that stream real speech at real
 time: each loops over the Harvard, ARCTIC a0007 and a0009 clips for about
 --duration-s seconds, one connection per clip, starting after a random 0-1 s.
+With `--loop` each client instead streams the three clips back to back, looped to
+at least --duration-s, in one connection (a long live stream, as issue #14 asks);
+its offline WER is that of the same looped audio.
 
 Per N it reports connection set-up (open -> config) p50/p95, first-partial
 p50, commit lag p50/p95, WER (mean over clips; against the reference and
@@ -78,6 +81,16 @@ def load_clips() -> Dict[str, Tuple[bytes, str]]:
     if not clips:
         raise SystemExit("no clip available")
     return clips
+
+
+def looped(clips: Dict[str, Tuple[bytes, str]], duration_s: float) -> Tuple[bytes, str]:
+    """The clips back to back, repeated until at least `duration_s` long, with the joined reference."""
+    pcm, reference = b"", []
+    while len(pcm) < duration_s * 2 * 16000:
+        for clip_pcm, clip_reference in clips.values():
+            pcm += clip_pcm
+            reference.append(clip_reference)
+    return pcm, " ".join(reference)
 
 
 def offline_baseline(clips: Dict[str, Tuple[bytes, str]], model: str, device: str) -> Dict[str, dict]:
@@ -479,6 +492,8 @@ def main(argv: Optional[List[str]] = None) -> int:
     p.add_argument("--keep-sessions", action="store_true", help="put every session in the JSON report")
     p.add_argument("--seed", type=int, default=1)
     p.add_argument("--out", type=Path, default=Path("bench-out"))
+    p.add_argument("--loop", action="store_true",
+                   help="each client streams the clips looped to --duration-s in one connection (default: one connection per clip)")
     p.add_argument("--quick", action="store_true", help="smoke run: N=1,2,4, 15 s each")
     p.add_argument("--from-json", type=Path, nargs="+",
                    help="only re-render table, ratios and plot from earlier report.json files (several: merged by N)")
@@ -516,12 +531,14 @@ def main(argv: Optional[List[str]] = None) -> int:
             "load_avg_start": round(os.getloadavg()[0], 2), "uptime": os.popen("uptime").read().strip()}
     log(f"host: {host['uptime']}", t0)
     clips = load_clips()
+    if args.loop:
+        clips = {"loop": looped(clips, args.duration_s)}
     log(f"clips: {', '.join(f'{k} {len(v[0]) / 32000:.1f} s' for k, v in clips.items())}", t0)
     offline = offline_baseline(clips, args.model, args.device)
     for name, o in offline.items():
         log(f"offline {name}: WER {o['wer']:.3f}  {o['text']!r}", t0)
 
-    report = {"model": args.model, "host": host, "streams": args.streams, "duration_s": args.duration_s,
+    report = {"model": args.model, "host": host, "streams": args.streams, "duration_s": args.duration_s, "loop": args.loop,
               "criteria": {"commit_lag_p95_s_max": args.max_lag_p95_s, "wer": f"<= {WER_FACTOR} x offline + {WER_SLACK}",
                            "refusals": 0},
               "offline": offline, "modes": []}
