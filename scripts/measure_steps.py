@@ -3,6 +3,7 @@
 
     PYTHONPATH=. python scripts/measure_steps.py --steps 0.4,1.0 --windows 10
     PYTHONPATH=. python scripts/measure_steps.py --steps 1.0 --windows 4,6,10,30
+    PYTHONPATH=. python scripts/measure_steps.py --steps 1.0 --loops 1,4   # a long stream: the clips 4 times
 
 Streams the test clips (Harvard + ARCTIC a0007 + a0009 as one 18 s stream, and the 30 s
 pyannote phone call) through the real policy and the real faster-whisper backend, one step
@@ -35,13 +36,13 @@ from whisperlivekit.config import Settings  # noqa: E402
 from whisperlivekit.runtime.model_pool import ModelPool  # noqa: E402
 
 
-def streams() -> List[Tuple[str, np.ndarray, str]]:
-    """(name, audio, reference) of the streams measured."""
+def streams(loops: List[int]) -> List[Tuple[str, np.ndarray, str]]:
+    """(name, audio, reference) of the streams measured: the clips once and looped, and the call."""
     parts, texts = [], []
     for path, text in (audio_assets.harvard(), audio_assets.arctic("arctic_a0007"), audio_assets.arctic("arctic_a0009")):
         parts += [pcm_to_float(load_pcm16(path)), np.zeros(SAMPLE_RATE // 2, np.float32)]
         texts.append(text)
-    out = [("harvard+arctic", np.concatenate(parts), " ".join(texts))]
+    out = [("harvard+arctic" + (f" x{k}" if k > 1 else ""), np.concatenate(parts * k), " ".join(texts * k)) for k in loops]
     try:
         call, text, _ = audio_assets.pyannote_call()
         out.append(("pyannote call", pcm_to_float(load_pcm16(call)), text))
@@ -73,12 +74,13 @@ def main() -> int:
     p.add_argument("--windows", default="10", help="smallest encoder windows in seconds")
     p.add_argument("--hold-back", default="0", help="LocalAgreement hold-back margins in seconds")
     p.add_argument("--prefix", default="on", help="force the committed words as the decoder prefix: on, off or on,off")
+    p.add_argument("--loops", default="1", help="the clip stream repeated this many times (a long stream), e.g. 1,4")
     p.add_argument("--model", default="tiny.en")
     args = p.parse_args()
     path = ModelPool(Settings(model=args.model)).model_path()
-    data = streams()
-    print("| step s | min window s | hold back s | prefix | stream | WER | steps | compute s | tokens/step | retries |")
-    print("|---|---|---|---|---|---|---|---|---|---|")
+    data = streams([int(k) for k in args.loops.split(",")])
+    print("| step s | min window s | hold back s | prefix | stream | WER | steps | compute s | ms/step | tokens/step | retries |")
+    print("|---|---|---|---|---|---|---|---|---|---|---|")
     for window_s in [float(x) for x in args.windows.split(",")]:
         backend = FasterWhisperBackend(path, device="cpu", min_window_s=window_s, cpu_threads=1)
         try:
@@ -87,7 +89,7 @@ def main() -> int:
                 for name, audio, reference in data:
                     r = run(backend, audio, step_s, hold_s, prefix == "on")
                     print(f"| {step_s} | {window_s:g} | {hold_s:g} | {prefix} | {name} | {wer(reference, r['text']):.3f} | {r['steps']} "
-                          f"| {r['compute_s']:.1f} | {r['tokens_per_step']:.1f} | {r['retries']} |", flush=True)
+                          f"| {r['compute_s']:.1f} | {1000 * r['compute_s'] / r['steps']:.0f} | {r['tokens_per_step']:.1f} | {r['retries']} |", flush=True)
         finally:
             backend.close()
     return 0

@@ -248,7 +248,9 @@ class LocalAgreementPolicy:
         end_s = self._request_offset_s + self._request_samples / SAMPLE_RATE
         since_agreement_s = end_s - self._agreed_at_s
         committed: List[Word] = []
-        if self.agreement_spacing_s > 0:  # fast steps: the step before this one was close
+        if self.agreement_spacing_s > 0:
+            # with fast steps on, what this step and the one before it were both sure of needs no spaced vote
+            # (under load the steps are ~1 s apart anyway, and this commits a part of what the vote would)
             earlier = self._preview if self._preview is not None else self.hypothesis.previous
             committed, rest = self.hypothesis.agree_confident(
                 earlier, words, end_s - self.hold_back_s, self.fast_commit_min_probability)
