@@ -7,8 +7,9 @@ CTranslate2's encode / generate / align steps directly instead of
 - the encoder window is the buffer plus padding, at least `min_window_s`, instead
   of always 30 s: a 10 s window costs a third of a 30 s one;
 - the words a policy already committed at the start of the buffer (`request.prefix`) are forced
-  as the decoder's prefix after <|0.00|>: CTranslate2 runs them as one parallel pass and
-  decodes only the rest token by token (same transcript as decoding it all: tested);
+  as the decoder's prefix after <|0.00|>, so a step cannot revise them (same transcript as
+  decoding it all: tested). CTranslate2 still runs each forced token through the decoder one
+  step at a time, so this saves no compute (measured: docs/architecture.md);
 - decoding is greedy by default; on GPU requests are batched across streams, on
   CPU `lanes` single-threaded calls run side by side (measured: 2 lanes x 1 thread
   give 1.8x the throughput of 1 lane x 2 threads, while CPU batching is slower);
