@@ -116,7 +116,7 @@ class _LiveCollector(Collector):
             "queue_wait_seconds": "Submission of a device job to a lane taking it",
             "schedule_lag_seconds": "At a step's start, age of the stream's oldest untranscribed audio",
             "batch_size": "Requests per transcription batch",
-            "decoded_tokens": "Tokens decoded one by one per transcription step",
+            "decoded_tokens": "Tokens the model chose per transcription step (a forced prefix excluded)",
         }
         families = {name: HistogramMetricFamily(f"{PREFIX}_step_{name}", text, labels=["device"]) for name, text in helps.items()}
         retries = CounterMetricFamily(f"{PREFIX}_degenerate_retries", "Steps redone on the full 30 s window because the "

@@ -52,7 +52,7 @@ class TranscribeResult:
     words: List[Word] = field(default_factory=list)
     language: Optional[str] = None
     degenerate: bool = False  # a repetition loop even after the retries: policies ignore it
-    decoded_tokens: int = 0  # tokens generated one by one for this result (prompt and forced prefix excluded)
+    decoded_tokens: int = 0  # tokens the model chose for this result (prompt and forced prefix excluded; CTranslate2 still steps through the prefix)
     retried: bool = False  # the degenerate-output retry on the full 30 s window ran for it
 
     @property
