@@ -17,7 +17,7 @@ time: each loops over the Harvard, ARCTIC a0007 and a0009 clips for about
 --duration-s seconds, one connection per clip, starting after a random 0-1 s.
 With `--loop` each client instead streams the three clips back to back, looped to
 at least --duration-s, in one connection (a long live stream, as issue #14 asks);
-its offline WER is that of the same looped audio.
+its offline WER is that of the same looped audio. `--pause-s` puts silence after each clip.
 
 Per N it reports connection set-up (open -> config) p50/p95, first-partial
 p50, commit lag p50/p95, WER (mean over clips; against the reference and
@@ -83,12 +83,14 @@ def load_clips() -> Dict[str, Tuple[bytes, str]]:
     return clips
 
 
-def looped(clips: Dict[str, Tuple[bytes, str]], duration_s: float) -> Tuple[bytes, str]:
-    """The clips back to back, repeated until at least `duration_s` long, with the joined reference."""
+def looped(clips: Dict[str, Tuple[bytes, str]], duration_s: float, pause_s: float = 0.0) -> Tuple[bytes, str]:
+    """The clips back to back (`pause_s` of silence after each), repeated until at least `duration_s` long,
+    with the joined reference."""
     pcm, reference = b"", []
+    silence = bytes(2 * int(16000 * pause_s))
     while len(pcm) < duration_s * 2 * 16000:
         for clip_pcm, clip_reference in clips.values():
-            pcm += clip_pcm
+            pcm += clip_pcm + silence
             reference.append(clip_reference)
     return pcm, " ".join(reference)
 
@@ -494,6 +496,7 @@ def main(argv: Optional[List[str]] = None) -> int:
     p.add_argument("--out", type=Path, default=Path("bench-out"))
     p.add_argument("--loop", action="store_true",
                    help="each client streams the clips looped to --duration-s in one connection (default: one connection per clip)")
+    p.add_argument("--pause-s", type=float, default=0.0, help="with --loop: seconds of silence after each clip")
     p.add_argument("--quick", action="store_true", help="smoke run: N=1,2,4, 15 s each")
     p.add_argument("--from-json", type=Path, nargs="+",
                    help="only re-render table, ratios and plot from earlier report.json files (several: merged by N)")
@@ -532,13 +535,13 @@ def main(argv: Optional[List[str]] = None) -> int:
     log(f"host: {host['uptime']}", t0)
     clips = load_clips()
     if args.loop:
-        clips = {"loop": looped(clips, args.duration_s)}
+        clips = {"loop": looped(clips, args.duration_s, args.pause_s)}
     log(f"clips: {', '.join(f'{k} {len(v[0]) / 32000:.1f} s' for k, v in clips.items())}", t0)
     offline = offline_baseline(clips, args.model, args.device)
     for name, o in offline.items():
         log(f"offline {name}: WER {o['wer']:.3f}  {o['text']!r}", t0)
 
-    report = {"model": args.model, "host": host, "streams": args.streams, "duration_s": args.duration_s, "loop": args.loop,
+    report = {"model": args.model, "host": host, "streams": args.streams, "duration_s": args.duration_s, "loop": args.loop, "pause_s": args.pause_s,
               "criteria": {"commit_lag_p95_s_max": args.max_lag_p95_s, "wer": f"<= {WER_FACTOR} x offline + {WER_SLACK}",
                            "refusals": 0},
               "offline": offline, "modes": []}

@@ -306,6 +306,24 @@ def test_a_word_a_close_step_was_unsure_of_waits_for_the_spaced_vote_and_holds_t
     assert steps[7] == ["on", "the", "smooth"]
 
 
+def test_a_vote_that_repeats_what_close_steps_committed_drops_the_older_votes_extra_words():
+    """The last vote heard 'd e f' after 'a b c' (a hallucination, say); a close step then committed
+    'a b c' alone. The next vote says 'a b c' and stops: it said new words since the last vote (the
+    close step's), so the older vote's 'd e f' are dropped, as without close-step commits, and a
+    segment end does not commit them."""
+    def hypothesis(text: str) -> TranscribeResult:
+        return TranscribeResult([Word(0.1 * i, 0.1 * (i + 1), f" {w}", 0.9) for i, w in enumerate(text.split())])
+
+    policy = LocalAgreementPolicy(buffer_trimming_s=30.0, agreement_spacing_s=0.9)
+    for step_s, text in ((1.0, "a b c d e f"), (0.4, "a b c"), (0.6, "a b c")):
+        policy.append_audio(seconds_of_audio(step_s))
+        policy.next_request()
+        policy.apply(hypothesis(text))
+    assert texts(policy.committed) == ["a", "b", "c"]
+    assert policy.tentative == []
+    assert policy.finish() == []
+
+
 def test_the_policy_spaces_agreement_only_when_the_engine_takes_fast_steps():
     from whisperlivekit.config import Settings
 

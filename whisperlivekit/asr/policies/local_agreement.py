@@ -71,6 +71,7 @@ class HypothesisBuffer:
         self.committed_in_buffer: List[Word] = []
         self.last_committed_end_s = 0.0
         self.previous_audio_end_s = float("inf")
+        self.committed_since_agree = False  # close steps committed words since the last vote
 
     def agree(self, hypothesis: List[Word], commit_before_s: float = float("inf"),
               audio_end_s: float = float("inf")) -> List[Word]:
@@ -85,7 +86,9 @@ class HypothesisBuffer:
         `audio_end_s` is where this hypothesis' audio ends (a word cut off there is not kept).
         """
         new = hypothesis[self._uncommitted_start(hypothesis):]
-        tail = self._unheard_tail(hypothesis, new)
+        # Close steps that committed words since the last vote said new words: the newer ones decide.
+        tail = [] if self.committed_since_agree else self._unheard_tail(hypothesis, new)
+        self.committed_since_agree = False
         committed: List[Word] = []
         while new and self.previous and new[0].key == self.previous[0].key and new[0].end < commit_before_s:
             committed.append(new.pop(0))
@@ -111,6 +114,7 @@ class HypothesisBuffer:
             self.last_committed_end_s = committed[-1].end
             self.committed_in_buffer.extend(committed)
             self.previous = self.previous[self._uncommitted_start(self.previous):]
+            self.committed_since_agree = True
         return committed, new[len(committed):]
 
     def _unheard_tail(self, hypothesis: List[Word], new: List[Word]) -> List[Word]:
