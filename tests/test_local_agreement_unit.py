@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import List
+from typing import List, Tuple
 
 import numpy as np
 import pytest
@@ -255,14 +255,15 @@ def test_the_held_back_word_is_committed_by_the_next_step_that_hears_past_it():
     assert texts(policy.finish()) == ["sat"]  # a segment end commits the rest
 
 
-def _fast_steps(hypotheses: List[str], spacing_s: float) -> LocalAgreementPolicy:
-    """0.4 s steps (words of 0.25 s); one hypothesis per step."""
+def _fast_steps(hypotheses: List[str], spacing_s: float) -> Tuple[LocalAgreementPolicy, List[List[str]]]:
+    """0.4 s steps (words of 0.25 s); one hypothesis per step. Returns the policy and what each step committed."""
     policy = LocalAgreementPolicy(buffer_trimming_s=30.0, agreement_spacing_s=spacing_s)
+    steps = []
     for hypothesis in hypotheses:
         policy.append_audio(seconds_of_audio(0.4))
         policy.next_request()
-        policy.apply(TranscribeResult(words(hypothesis, step_s=0.25)))
-    return policy
+        steps.append(texts(policy.apply(TranscribeResult(words(hypothesis, step_s=0.25)))))
+    return policy, steps
 
 
 def test_with_agreement_spacing_only_hypotheses_a_second_apart_vote_and_the_others_are_shown():
@@ -272,8 +273,8 @@ def test_with_agreement_spacing_only_hypotheses_a_second_apart_vote_and_the_othe
     'canoe' commits nothing past 'the birch' (which the close steps were sure of)."""
     flips = ["the birch", "the birch cano@0.45", "the birch cano@0.45 slid", "the birch canoe@0.5 slid on the",
              "the birch cano@0.45 slid on the"]
-    assert "cano" in texts(_fast_steps(flips, spacing_s=0.0).committed)
-    spaced = _fast_steps(flips, spacing_s=0.9)
+    assert "cano" in texts(_fast_steps(flips, spacing_s=0.0)[0].committed)
+    spaced, _ = _fast_steps(flips, spacing_s=0.9)
     assert texts(spaced.committed) == ["the", "birch"]
     assert texts(spaced.tentative) == ["cano", "slid", "on", "the"]  # the newest hypothesis is what is shown
     assert texts(spaced.finish()) == ["cano", "slid", "on", "the"]  # a segment end commits what was shown
@@ -281,14 +282,8 @@ def test_with_agreement_spacing_only_hypotheses_a_second_apart_vote_and_the_othe
 
 def _fast_commits(birch: str) -> List[List[str]]:
     """What each 0.4 s step commits, with agreement spaced 0.9 s; 'birch' as given."""
-    hypotheses = [" ".join(["the", birch, "canoe", "slid", "on", "the", "smooth", "planks"][:n]) for n in range(1, 9)]
-    policy = LocalAgreementPolicy(buffer_trimming_s=30.0, agreement_spacing_s=0.9)
-    steps = []
-    for hypothesis in hypotheses:
-        policy.append_audio(seconds_of_audio(0.4))
-        policy.next_request()
-        steps.append(texts(policy.apply(TranscribeResult(words(hypothesis, step_s=0.25)))))
-    return steps
+    text = ["the", birch, "canoe", "slid", "on", "the", "smooth", "planks"]
+    return _fast_steps([" ".join(text[:n]) for n in range(1, 9)], spacing_s=0.9)[1]
 
 
 def test_between_spaced_votes_two_close_steps_commit_the_words_both_were_sure_of():

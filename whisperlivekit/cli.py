@@ -108,7 +108,7 @@ def build_parser() -> argparse.ArgumentParser:
     streaming.add_argument("--min-chunk-size", dest="min_chunk_size_s", type=float, default=DEFAULTS.min_chunk_size_s,
                            help="seconds of new audio before the next transcription step on a loaded device")
     streaming.add_argument("--fast-step", dest="fast_step_s", type=float, default=DEFAULTS.fast_step_s,
-                           help="a shorter step taken while the device has spare capacity: partials that often; LocalAgreement still compares hypotheses ~1 s apart (0: off)")
+                           help="a shorter step taken while the device has spare capacity: partials that often; LocalAgreement votes stay ~1 s apart, the steps between commit only words both were sure of (0: off)")
     streaming.add_argument("--beam-size", "--beams", dest="beam_size", type=int, default=DEFAULTS.beam_size)
     streaming.add_argument("--buffer-trimming-sec", dest="buffer_trimming_s", type=float, default=DEFAULTS.buffer_trimming_s)
     streaming.add_argument("--min-encoder-window", dest="min_encoder_window_s", type=float, default=DEFAULTS.min_encoder_window_s,

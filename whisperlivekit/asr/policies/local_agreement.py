@@ -25,8 +25,8 @@ UNHEARD_MIN_WORDS = 3
 UNHEARD_MIN_PROBABILITY = 0.5
 SHORT_STEP_S = 0.7  # a step covering less new audio than this holds back its last words
 SHORT_STEP_HOLD_BACK_S = 0.4
-# Hypotheses compared for agreement are at least this much audio apart: steps closer together (the
-# engine's fast steps on an idle device) only refresh the tentative text shown. On MP3 audio tiny.en
+# Hypotheses that vote are at least this much audio apart: steps closer together (the engine's fast
+# steps on an idle device) refresh the tentative text and commit only sure words. On MP3 audio tiny.en
 # flips between "canoe" and "cano" from step to step; consecutive hypotheses 0.3-0.9 s apart agreed on
 # the wrong one in 9-10 of 20 step patterns, 1 s steps in 3 of 30, fast steps with this spacing in
 # 3-4 of 20 (docs/architecture.md).
@@ -93,9 +93,7 @@ class HypothesisBuffer:
         while new and self.previous and new[0].key == self.previous[0].key and new[0].end < commit_before_s:
             committed.append(new.pop(0))
             self.previous.pop(0)
-        if committed:
-            self.last_committed_end_s = committed[-1].end
-            self.committed_in_buffer.extend(committed)
+        self.record_committed(committed)
         self.previous = new + tail
         self.previous_audio_end_s = audio_end_s
         return committed
@@ -111,11 +109,16 @@ class HypothesisBuffer:
                 break
             committed.append(now)
         if committed:
-            self.last_committed_end_s = committed[-1].end
-            self.committed_in_buffer.extend(committed)
+            self.record_committed(committed)
             self.previous = self.previous[self._uncommitted_start(self.previous):]
             self.committed_since_agree = True
         return committed, new[len(committed):]
+
+    def record_committed(self, words: List[Word]) -> None:
+        """Words just committed: the seam of the next hypothesis is found after them."""
+        if words:
+            self.last_committed_end_s = words[-1].end
+            self.committed_in_buffer.extend(words)
 
     def _unheard_tail(self, hypothesis: List[Word], new: List[Word]) -> List[Word]:
         """The previous hypothesis' words, when this one (not empty) repeats only committed words.
@@ -159,9 +162,7 @@ class HypothesisBuffer:
 
     def take_all(self) -> List[Word]:
         words, self.previous = self.previous, []
-        if words:
-            self.last_committed_end_s = words[-1].end
-            self.committed_in_buffer.extend(words)
+        self.record_committed(words)
         return words
 
 
@@ -170,7 +171,7 @@ class LocalAgreementPolicy:
 
     @classmethod
     def from_settings(cls, settings, language: Optional[str]) -> "LocalAgreementPolicy":
-        # With fast steps, only hypotheses ~1 s apart vote; the ones between refresh the tentative text.
+        # With fast steps, only hypotheses ~1 s apart vote; the ones between commit only sure words.
         spacing_s = AGREEMENT_SPACING_S if 0 < settings.fast_step_s < settings.min_chunk_size_s else 0.0
         return cls(settings.buffer_trimming_s, language=language, task=settings.task, agreement_spacing_s=spacing_s)
 
@@ -284,8 +285,7 @@ class LocalAgreementPolicy:
         if cut == 0:
             return []
         words, self.hypothesis.previous = tentative[:cut], tentative[cut:]
-        self.hypothesis.last_committed_end_s = words[-1].end
-        self.hypothesis.committed_in_buffer.extend(words)
+        self.hypothesis.record_committed(words)
         return words
 
     def finish(self) -> List[Word]:
