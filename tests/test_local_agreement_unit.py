@@ -324,3 +324,20 @@ def test_the_policy_spaces_agreement_only_when_the_engine_takes_fast_steps():
 
     assert LocalAgreementPolicy.from_settings(Settings(fast_step_s=0.4), "en").agreement_spacing_s == pytest.approx(0.9)
     assert LocalAgreementPolicy.from_settings(Settings(fast_step_s=0.0), "en").agreement_spacing_s == 0.0
+
+
+def test_a_long_buffer_is_cut_where_the_sentences_last_word_ends_not_where_its_full_stop_does():
+    """Whisper times a "." up to the next word's onset; a cut there starts the buffer inside that
+    word. The cut goes where the word itself ends, and the committed sentence is the next prompt."""
+    policy = LocalAgreementPolicy(buffer_trimming_s=5.0)
+    policy.append_audio(seconds_of_audio(6.0))
+    hypothesis = [Word(0.0, 1.0, " Smooth"), Word(1.0, 2.74, " planks"), Word(2.74, 3.0, "."),
+                  Word(3.0, 3.2, " Glue"), Word(3.2, 3.4, " the"), Word(3.4, 3.7, " sheet")]
+    for _ in range(2):
+        policy.next_request()
+        policy.apply(TranscribeResult(hypothesis))
+    assert texts(policy.committed)[:2] == ["Smooth", "planks."]
+    assert policy.committed[1].end == 3.0  # the line still ends after its full stop
+    assert policy.offset_s == pytest.approx(2.74)
+    policy.next_request()
+    assert policy.prompt() == " Smooth planks."

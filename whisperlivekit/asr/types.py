@@ -17,9 +17,13 @@ class Word:
     end: float
     text: str
     probability: float = 1.0
+    # Where the word's own sound ends, when punctuation joined to it ends later (Whisper times a "." up to
+    # the next word's onset): a buffer cut there keeps that onset whole.
+    spoken_end: Optional[float] = None
 
     def shifted(self, offset_s: float) -> "Word":
-        return Word(self.start + offset_s, self.end + offset_s, self.text, self.probability)
+        spoken_end = None if self.spoken_end is None else self.spoken_end + offset_s
+        return Word(self.start + offset_s, self.end + offset_s, self.text, self.probability, spoken_end)
 
     @property
     def key(self) -> str:
