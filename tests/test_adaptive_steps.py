@@ -8,7 +8,7 @@ number of steps the device worker ran, not how long anything took.
 from __future__ import annotations
 
 import asyncio
-from typing import Optional
+from typing import Optional, Tuple
 
 import pytest
 
@@ -16,14 +16,16 @@ from conftest import in_process_server, run
 from helpers import close_code_after, open_session
 from whisperlivekit.app import create_app
 from whisperlivekit.config import Settings
+from whisperlivekit.engine import FAST_STEP_MAX_LOAD
 
 SPEECH_S = 6.0
 CHUNK_S = 0.1
 
 
-def _steps_for_one_stream(pcm: bytes, settings: Settings, preload_s: Optional[float] = None) -> int:
-    """Steps the CPU worker ran for one stream of SPEECH_S of speech fed in real time; with `preload_s`,
-    that much compute is first recorded in the device's load meter (a loaded device)."""
+def _steps_for_one_stream(pcm: bytes, settings: Settings, preload_s: Optional[float] = None) -> Tuple[int, float]:
+    """Steps the CPU worker ran for one stream of SPEECH_S of speech fed in real time, and the device's
+    measured load as the speech ended; with `preload_s`, that much compute is first recorded in the
+    device's load meter (a loaded device)."""
     app = create_app(settings)
     services = app.state.services
     with in_process_server(app) as base:
@@ -38,9 +40,10 @@ def _steps_for_one_stream(pcm: bytes, settings: Settings, preload_s: Optional[fl
             for offset in range(0, int(2 * 16000 * SPEECH_S), step):
                 await ws.send(pcm[offset:offset + step])
                 await asyncio.sleep(CHUNK_S)
+            load = worker.realtime_load()
             await ws.send(b"")
             assert await close_code_after(ws, timeout=60) == 1000
-            return worker.requests - before
+            return worker.requests - before, load
 
         return run(scenario())
 
@@ -49,11 +52,17 @@ def _steps_for_one_stream(pcm: bytes, settings: Settings, preload_s: Optional[fl
 def test_an_idle_device_steps_a_stream_more_often_and_a_loaded_one_falls_back_to_full_steps(speech_pcm):
     pcm, _ = speech_pcm("harvard")
     settings = Settings(pcm_input=True, fast_step_s=0.4)
-    idle = _steps_for_one_stream(pcm, settings)
-    fixed = _steps_for_one_stream(pcm, settings.with_changes(fast_step_s=0.0))
+    fixed, fixed_load = _steps_for_one_stream(pcm, settings.with_changes(fast_step_s=0.0))
+    # 0.4 s steps are 2.5 times as many as 1 s steps at about the same cost each: on a CPU where one
+    # stream at 1 s steps loads the device past 1/2.5 of the fast-step limit, one stream's fast steps
+    # load it past the limit, no device here is idle, and there is nothing to measure (seen on a 2 GHz
+    # EPYC shared with other guests: 0.8 s per step, load 0.19-0.20).
+    if fixed_load >= FAST_STEP_MAX_LOAD / 2.5:
+        pytest.skip(f"this CPU is too slow for an idle device: one stream at 1 s steps is load {fixed_load:.2f}")
+    idle, _ = _steps_for_one_stream(pcm, settings)
     # the whole window's lanes busy: the measured load is far above the fast-step limit
-    loaded = _steps_for_one_stream(pcm, settings, preload_s=100.0)
-    print(f"steps over {SPEECH_S} s of speech: idle {idle}, --fast-step 0 {fixed}, loaded device {loaded}")
+    loaded, _ = _steps_for_one_stream(pcm, settings, preload_s=100.0)
+    print(f"steps over {SPEECH_S} s of speech: idle {idle}, --fast-step 0 {fixed} (load {fixed_load:.2f}), loaded device {loaded}")
     assert fixed <= SPEECH_S + 2  # about one per second of speech (plus segment ends)
     assert idle >= 1.8 * fixed
     assert loaded <= fixed + 1
