@@ -11,7 +11,7 @@ import sys
 import pytest
 import websockets
 
-from conftest import run, running_server, wer
+from conftest import pace, run, running_server, wer
 from helpers import drop_tcp, eventually, ffmpeg_children, messages_until_close, open_session
 from whisperlivekit.client import stream
 
@@ -138,7 +138,7 @@ def _encode(pcm: bytes, path, *output_options: str):
 def test_mp3_is_transcribed_from_its_first_word(server, speech_pcm, tmp_path):
     pcm, reference = speech_pcm("harvard")
     mp3 = _encode(pcm, tmp_path / "harvard.mp3", "-c:a", "libmp3lame", "-b:a", "32k")
-    result = run(stream(server.ws_url, mp3.read_bytes(), pcm=False, speed=2.0))
+    result = run(stream(server.ws_url, mp3.read_bytes(), pcm=False, speed=pace(2.0)))
     assert result.ended_with_ready_to_stop, (result.close_code, result.close_reason)
     first_words = re.sub(r"[^a-z ]", "", result.text.lower()).split()[:3]
     assert first_words == ["the", "birch", "canoe"], result.text  # the decoder used to lose the first 1.26 s
@@ -149,7 +149,7 @@ def test_mp3_is_transcribed_from_its_first_word(server, speech_pcm, tmp_path):
 def test_any_sample_rate_and_container_is_resampled_by_ffmpeg(server, speech_pcm, tmp_path):
     pcm, reference = speech_pcm("arctic_a0009")
     wav = _encode(pcm, tmp_path / "stereo44k.wav", "-ar", "44100", "-ac", "2")
-    result = run(stream(server.ws_url, wav.read_bytes(), pcm=False, speed=4.0))
+    result = run(stream(server.ws_url, wav.read_bytes(), pcm=False, speed=pace(4.0)))
     assert result.ended_with_ready_to_stop and wer(reference, result.text) <= 0.10, result.text
 
 
@@ -179,7 +179,7 @@ def test_a_client_that_never_reads_does_not_stall_others(server, speech_pcm, web
         slow = await websockets.connect(server.ws_url, max_queue=1)  # stops reading after one message
         for i in range(0, len(payload), 2000):
             await slow.send(payload[i : i + 2000])
-        good = await stream(server.ws_url, payload, pcm=False, speed=4.0)
+        good = await stream(server.ws_url, payload, pcm=False, speed=pace(4.0))
         drop_tcp(slow)
         return good
 

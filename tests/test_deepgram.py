@@ -17,7 +17,7 @@ import pytest
 import websockets
 from starlette.datastructures import QueryParams
 
-from conftest import run, running_server, wer
+from conftest import pace, run, running_server, wer
 from whisperlivekit.api import errors as error_table
 from whisperlivekit.api.deepgram_messages import ListenOptions, ListenTranslator, parse_options
 from whisperlivekit.asr.types import Word
@@ -78,7 +78,7 @@ async def stream_with_sdk(port: int, audio: bytes, bytes_per_s: int, *, finalize
         reader = asyncio.create_task(read())
         for sent in range(0, len(audio), frame):
             await connection.send_media(audio[sent:sent + frame])
-            await asyncio.sleep(0.1 / SPEED)
+            await asyncio.sleep(0.1 / pace(SPEED))
             if finalize_after_s is not None and sent >= finalize_after_s * bytes_per_s:
                 finalize_after_s = None
                 before = len(session.messages)
@@ -402,7 +402,7 @@ def test_keepalive_and_unknown_control_messages_do_not_end_the_stream(server, sp
             await c._websocket.send(json.dumps({"type": "SomethingNew"}))
             for sent in range(0, len(pcm), 3200):
                 await c.send_media(pcm[sent:sent + 3200])
-                await asyncio.sleep(0.1 / SPEED)
+                await asyncio.sleep(0.1 / pace(SPEED))
             await c.send_close_stream()
             await asyncio.wait_for(reader, 60)
             session.close_code = c._websocket.close_code

@@ -7,7 +7,7 @@ import subprocess
 
 import pytest
 
-from conftest import run, running_server, wer
+from conftest import pace, run, running_server, wer
 from whisperlivekit.client import stream
 
 pytestmark = pytest.mark.slow
@@ -71,7 +71,7 @@ def _line_turns(lines):
 
 def test_two_different_voices_get_two_speakers_right(diarizing_server, speech_pcm):
     pcm, turns = _alternating_two_voices(speech_pcm)
-    result = run(stream(diarizing_server.ws_url, pcm, pcm=True, speed=2.0))
+    result = run(stream(diarizing_server.ws_url, pcm, pcm=True, speed=pace(2.0)))
     assert result.ended_with_ready_to_stop
     final = result.final
     accuracy, labels = _speaker_accuracy(final["lines"], turns)
@@ -130,7 +130,7 @@ def test_silence_around_speech_gives_no_hallucinated_text_and_a_silence_line(spe
     speech, reference = speech_pcm("arctic_a0009")
     silence = b"\0\0" * (10 * SR)
     with running_server("--pcm-input") as server:
-        result = run(stream(server.ws_url, silence + speech + silence, pcm=True, speed=4.0))
+        result = run(stream(server.ws_url, silence + speech + silence, pcm=True, speed=pace(4.0)))
     lines = result.final["lines"]
     spoken = [l for l in lines if l.get("text")]
     speech_end_s = 10 + len(speech) / 2 / SR
@@ -152,7 +152,7 @@ def test_sortformer_from_a_local_nemo_file_streams_speaker_labels(tmp_path, spee
     pcm, _ = _alternating_two_voices(speech_pcm)
     with running_server("--pcm-input", "--diarization", "--diarization-backend", "sortformer",
                         "--diarization-model", str(nemo), "--max-speakers", "4") as server:
-        result = run(stream(server.ws_url, pcm, pcm=True, speed=2.0))
+        result = run(stream(server.ws_url, pcm, pcm=True, speed=pace(2.0)))
         log = server.log()
     assert "Loaded sortformer diarizer on cpu" in log
     assert result.ended_with_ready_to_stop

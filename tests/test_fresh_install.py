@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import free_port, run, wait_healthy
+from conftest import free_port, pace, run, wait_healthy
 from helpers import check_finished_stream
 from whisperlivekit.client import stream
 
@@ -66,7 +66,7 @@ def test_the_seed_command_line_serves_a_clip_from_the_fresh_install(venv: Path, 
         except Exception:
             pytest.fail(f"the server did not start; log:\n{log_path.read_text(errors='replace')[-3000:]}")
         pcm, reference = speech_pcm("harvard")
-        result = run(stream(f"ws://127.0.0.1:{port}/asr", pcm, pcm=True, speed=3.0))
+        result = run(stream(f"ws://127.0.0.1:{port}/asr", pcm, pcm=True, speed=pace(3.0)))
         error_rate = check_finished_stream(result, reference, 0.10)
         speakers = {line["speaker"] for update in result.updates[-1:] for line in update["lines"] if line["speaker"] > 0}
         print(f"fresh venv, simulstreaming + diarization, harvard: WER {error_rate:.1%}, speakers {sorted(speakers)}")

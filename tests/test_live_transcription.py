@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from conftest import run
+from conftest import pace, run
 from helpers import check_finished_stream
 from whisperlivekit.client import stream
 
@@ -21,7 +21,7 @@ CLIPS = [("harvard", 0.10), ("arctic_a0007", 0.10),
 @pytest.mark.parametrize("clip,max_wer", CLIPS)
 def test_pcm_stream_is_transcribed_within_wer_bound(pcm_server, speech_pcm, clip, max_wer):
     pcm, reference = speech_pcm(clip)
-    result = run(stream(pcm_server.ws_url, pcm, pcm=True, speed=3.0))
+    result = run(stream(pcm_server.ws_url, pcm, pcm=True, speed=pace(3.0)))
     assert result.config["useAudioWorklet"] is True
     error_rate = check_finished_stream(result, reference, max_wer)
     print(f"PCM {clip}: WER {error_rate:.1%}")
@@ -30,7 +30,7 @@ def test_pcm_stream_is_transcribed_within_wer_bound(pcm_server, speech_pcm, clip
 @pytest.mark.parametrize("clip,max_wer", CLIPS)
 def test_webm_opus_stream_is_transcribed_within_wer_bound(webm_server, speech_pcm, webm, clip, max_wer):
     pcm, reference = speech_pcm(clip)
-    result = run(stream(webm_server.ws_url, webm(pcm), pcm=False, speed=3.0))
+    result = run(stream(webm_server.ws_url, webm(pcm), pcm=False, speed=pace(3.0)))
     assert result.config["useAudioWorklet"] is False
     error_rate = check_finished_stream(result, reference, max_wer)
     print(f"WebM {clip}: WER {error_rate:.1%}")
@@ -38,7 +38,7 @@ def test_webm_opus_stream_is_transcribed_within_wer_bound(webm_server, speech_pc
 
 def test_partial_transcripts_arrive_while_audio_is_still_streaming(pcm_server, speech_pcm):
     pcm, _ = speech_pcm("harvard")
-    result = run(stream(pcm_server.ws_url, pcm, pcm=True, speed=1.5))
+    result = run(stream(pcm_server.ws_url, pcm, pcm=True, speed=pace(1.5)))
     assert result.partials_before_end >= 2, "expected tentative buffer_transcription updates during the stream"
     texts_during = [m for m in result.updates if any(l.get("text") for l in m["lines"])]
     assert len(texts_during) >= 2, "committed lines should grow over several updates"
@@ -47,7 +47,7 @@ def test_partial_transcripts_arrive_while_audio_is_still_streaming(pcm_server, s
 
 def test_config_message_reports_the_connection_and_device(pcm_server, speech_pcm):
     pcm, _ = speech_pcm("arctic_a0009")
-    result = run(stream(pcm_server.ws_url, pcm[: 16000 * 2], pcm=True, speed=4.0))
+    result = run(stream(pcm_server.ws_url, pcm[: 16000 * 2], pcm=True, speed=pace(4.0)))
     assert result.messages[0]["type"] == "config"
     assert result.config["device"] == "cpu" and result.config["gpu_id"] is None
     assert len(result.config["connection_id"]) == 36
@@ -55,7 +55,7 @@ def test_config_message_reports_the_connection_and_device(pcm_server, speech_pcm
 
 def test_times_are_formatted_h_mm_ss_cc(pcm_server, speech_pcm):
     pcm, _ = speech_pcm("harvard")
-    result = run(stream(pcm_server.ws_url, pcm, pcm=True, speed=4.0))
+    result = run(stream(pcm_server.ws_url, pcm, pcm=True, speed=pace(4.0)))
     import re
 
     lines = [l for l in result.final["lines"] if l.get("text")]
@@ -89,7 +89,7 @@ def test_diff_mode_sends_a_snapshot_then_diffs_that_rebuild_the_transcript_with_
         full = {key: value for key, value in message.items() if key not in ("type", "seq", "n_lines", "lines_pruned", "new_lines")}
         rebuilt.append({**full, "lines": held})
 
-    result = run(stream(pcm_server.ws_url + "?mode=diff", pcm, pcm=True, speed=3.0, on_message=on_message))
+    result = run(stream(pcm_server.ws_url + "?mode=diff", pcm, pcm=True, speed=pace(3.0), on_message=on_message))
     assert result.config["mode"] == "diff" and result.messages[-1] == {"type": "ready_to_stop"}
     kinds = [m["type"] for m in result.messages if m.get("type") in ("snapshot", "diff")]
     assert kinds[0] == "snapshot" and set(kinds[1:]) == {"diff"} and len(kinds) >= 5, kinds
@@ -107,5 +107,5 @@ def test_diff_mode_sends_a_snapshot_then_diffs_that_rebuild_the_transcript_with_
 
 def test_an_unknown_mode_is_refused_with_4400(pcm_server, speech_pcm):
     pcm, _ = speech_pcm("arctic_a0009")
-    result = run(stream(pcm_server.ws_url + "?mode=delta", pcm[: 16000 * 2], pcm=True, speed=4.0))
+    result = run(stream(pcm_server.ws_url + "?mode=delta", pcm[: 16000 * 2], pcm=True, speed=pace(4.0)))
     assert result.close_code == 4400 and "invalid mode" in result.messages[0]["error"], result.messages

@@ -6,7 +6,7 @@ import json
 
 from prometheus_client.parser import text_string_to_metric_families
 
-from conftest import run, running_server
+from conftest import pace, run, running_server
 from whisperlivekit.client import stream
 
 
@@ -21,7 +21,7 @@ def _samples(text: str) -> dict:
 def test_metrics_after_a_stream_and_json_logs_tag_connection_lines(speech_pcm):
     pcm, _ = speech_pcm("arctic_a0007")
     with running_server("--pcm-input", "--log-format", "json") as server:
-        result = run(stream(server.ws_url, pcm, pcm=True, speed=4.0))
+        result = run(stream(server.ws_url, pcm, pcm=True, speed=pace(4.0)))
         assert result.ended_with_ready_to_stop
         connection_id = result.config["connection_id"]
         samples = _samples(server.get("/metrics").text)

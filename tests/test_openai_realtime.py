@@ -18,7 +18,7 @@ from typing import List, Optional
 import pytest
 import websockets
 
-from conftest import run, running_server, wer
+from conftest import pace, run, running_server, wer
 from helpers import eventually as until_ok, until
 
 openai = pytest.importorskip("openai")
@@ -108,7 +108,7 @@ async def stream_with_sdk(port: int, audio: bytes, rate_hz: int, update: dict, *
         for sent in range(0, len(audio), frame):
             await connection.send({"type": "input_audio_buffer.append",
                                    "audio": base64.b64encode(audio[sent:sent + frame]).decode()})
-            await asyncio.sleep(0.1 / speed)
+            await asyncio.sleep(0.1 / pace(speed))
             if commits and sent >= commits[0] * 2 * rate_hz:
                 commits.pop(0)
                 await connection.send({"type": "input_audio_buffer.commit"})
@@ -136,7 +136,7 @@ def two_utterances(server, speech_pcm):
     second, second_text = speech_pcm("arctic_a0009")
     audio = resample(first + silence(1.5) + second + silence(1.0), 24_000)
     # 1.5x real time: faster, a loaded machine may finish the first turn only after the second began
-    session = run(stream_with_sdk(server.port, audio, 24_000, ga_update(), speed=1.5))
+    session = run(stream_with_sdk(server.port, audio, 24_000, ga_update(), speed=pace(1.5)))
     return session, (first_text, second_text)
 
 

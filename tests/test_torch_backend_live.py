@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from conftest import run, running_server
+from conftest import pace, run, running_server
 from helpers import check_finished_stream
 from whisperlivekit.client import stream
 
@@ -36,6 +36,6 @@ def test_health_names_the_torch_backend_and_the_log_shows_it_loaded(torch_server
 @pytest.mark.parametrize("clip,max_wer", CLIPS)
 def test_torch_backend_stream_is_transcribed_within_wer_bound(torch_server, speech_pcm, clip, max_wer):
     pcm, reference = speech_pcm(clip)
-    result = run(stream(torch_server.ws_url, pcm, pcm=True, speed=3.0))
+    result = run(stream(torch_server.ws_url, pcm, pcm=True, speed=pace(3.0)))
     error_rate = check_finished_stream(result, reference, max_wer)
     print(f"torch {clip}: WER {error_rate:.1%}")
