@@ -141,7 +141,11 @@ def test_mp3_is_transcribed_from_its_first_word(server, speech_pcm, tmp_path):
     result = run(stream(server.ws_url, mp3.read_bytes(), pcm=False, speed=pace(2.0)))
     assert result.ended_with_ready_to_stop, (result.close_code, result.close_reason)
     first_words = re.sub(r"[^a-z ]", "", result.text.lower()).split()[:3]
-    assert first_words == ["the", "birch", "canoe"], result.text  # the decoder used to lose the first 1.26 s
+    # The decoder used to lose the first 1.26 s ("The birch canoe" ends at 0.92 s). The third word is
+    # "canoe" or tiny.en's "cano": through 32 kbit/s MP3 the model flips between them from step to step,
+    # and at 1 s steps (a loaded or slow CPU) one is committed in 10-20 % of step patterns
+    # (docs/architecture.md); that is the model's accuracy, not the decoder's start.
+    assert first_words[:2] == ["the", "birch"] and first_words[2] in ("canoe", "cano"), result.text
     assert wer(reference, result.text) <= 0.10, result.text
 
 
