@@ -182,8 +182,6 @@ def wer_of_prefix(reference: str, hypothesis: str, slack_words: int = 2) -> floa
 def cpu_audio_per_compute_s() -> float:
     """Seconds of audio one core streams per second of its time: 1 s over the cost of one 1 s step of
     tiny.en on a 10 s window (the server's CPU step), measured once per test process (best of two)."""
-    import numpy as np
-
     import audio_assets
     from whisperlivekit.asr.backends.faster_whisper import FasterWhisperBackend
     from whisperlivekit.asr.types import TranscribeRequest
@@ -199,7 +197,7 @@ def cpu_audio_per_compute_s() -> float:
         costs = []
         for _ in range(2):
             started = time.perf_counter()
-            backend.transcribe_batch([TranscribeRequest(audio=np.asarray(audio), language="en")])
+            backend.transcribe_batch([TranscribeRequest(audio=audio, language="en")])
             costs.append(time.perf_counter() - started)
     finally:
         backend.close()
@@ -210,8 +208,8 @@ def pace(speed: float) -> float:
     """`speed` x real time where this CPU has room for it, slower (down to real time) where it has not.
 
     The suite streams faster than real time to save time, two test files at once. That needs a core to
-    carry about twice the speed: on a 2 GHz EPYC shared with other guests one 1 s step took 0.83 s
-    (about 1.2 s of audio per second of a core, against ~7 on the machines the bounds were set on), and 3x
+    carry about twice the speed: on a 2 GHz EPYC shared with other guests one step on a 10 s window took
+    ~1 s (1.0 s of audio per second of a core, against ~7 on the machines the bounds were set on), and 3x
     streams measured an overloaded server (a 30 s call cut to its first sentence, WER bounds missed by
     load) instead of the feature under test."""
     return max(1.0, min(speed, cpu_audio_per_compute_s() / 2))
