@@ -53,11 +53,12 @@ def test_an_idle_device_steps_a_stream_more_often_and_a_loaded_one_falls_back_to
     pcm, _ = speech_pcm("harvard")
     settings = Settings(pcm_input=True, fast_step_s=0.4)
     fixed, fixed_load = _steps_for_one_stream(pcm, settings.with_changes(fast_step_s=0.0))
-    # 0.4 s steps are 2.5 times as many as 1 s steps at about the same cost each: on a CPU where one
-    # stream at 1 s steps loads the device past 1/2.5 of the fast-step limit, one stream's fast steps
-    # load it past the limit, no device here is idle, and there is nothing to measure (seen on a 2 GHz
-    # EPYC shared with other guests: 0.8 s per step, load 0.19-0.20).
-    if fixed_load >= FAST_STEP_MAX_LOAD / 2.5:
+    # 0.4 s steps are 2.5 times as many as 1 s steps, each costing about as much or a little more: on a
+    # CPU where one stream at 1 s steps loads the device past a third of the fast-step limit, one
+    # stream's fast steps load it past the limit, no device here is idle, and there is nothing to
+    # measure (seen on a 2 GHz EPYC shared with other guests: 0.8 s per step; at load 0.19-0.20 and
+    # at 0.15 the fast steps fell back, 10 steps against the 10.8 asserted).
+    if fixed_load >= FAST_STEP_MAX_LOAD / 3:
         pytest.skip(f"this CPU is too slow for an idle device: one stream at 1 s steps is load {fixed_load:.2f}")
     idle, _ = _steps_for_one_stream(pcm, settings)
     # the whole window's lanes busy: the measured load is far above the fast-step limit
