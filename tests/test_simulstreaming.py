@@ -75,12 +75,15 @@ def test_pcm_stream_is_transcribed_within_the_localagreement_wer_bounds(simul_se
 
 def test_partials_arrive_while_audio_is_still_streaming_and_ready_to_stop_comes_last(simul_server, speech_pcm):
     pcm, reference = speech_pcm("harvard")
-    result = run(stream(simul_server.ws_url, pcm, pcm=True, speed=pace(1.5)))
+    result = run(stream(simul_server.ws_url + "?words=true", pcm, pcm=True, speed=pace(1.5)))
     assert result.partials_before_end >= 2, "expected tentative buffer_transcription updates during the stream"
     texts_during = [m for m in result.updates if any(line.get("text") for line in m["lines"])]
     assert len(texts_during) >= 2, "committed lines should grow over several updates"
     assert result.first_partial_s is not None and result.first_partial_s < 10.8 / 1.5
     check_finished_stream(result, reference, 0.10)
+    final_words = [w for line in result.updates[-1]["lines"] for w in line.get("words", [])]
+    assert final_words and all(0.0 < w["probability"] <= 1.0 for w in final_words)
+    assert min(w["probability"] for w in final_words) < 1.0, "the model's word probabilities reach the client"
 
 
 @pytest.mark.slow
@@ -186,6 +189,22 @@ def test_a_word_cut_short_after_a_step_heard_it_whole_waits_for_the_next_step(ba
             cut.append((seed, text))
     assert not cut, cut
     assert held, "no step pattern produced a cut-short word any more: the test needs other patterns"
+
+
+def test_words_carry_the_models_probability_committed_and_tentative(backend):
+    """Clients read a word's confidence (Deepgram `confidence`, `probability` in /asr lines): it is the mean
+    of its tokens' probabilities, as faster-whisper gives it, not a constant 1.0."""
+    audio = audio_assets.read_wav(audio_assets.harvard()[0])
+    policy = SimulStreamingPolicy(language="en")
+    committed, tentative = [], []
+    for start in range(0, len(audio), SAMPLE_RATE):
+        policy.append_audio(audio[start : start + SAMPLE_RATE])
+        result = backend.transcribe_batch([policy.next_request()])[0]
+        committed += [w.probability for w in policy.apply(result)]
+        tentative += [w.probability for w in result.tentative]
+    assert all(0.0 < p <= 1.0 for p in committed + tentative)
+    assert min(committed) < 0.9 and min(tentative) < 0.9, "every word sure: probabilities are not the model's"
+    assert sum(committed) / len(committed) > 0.7, "clean read speech: most words should be sure"
 
 
 def test_committed_tokens_never_attend_within_the_frame_threshold_of_the_end(backend):

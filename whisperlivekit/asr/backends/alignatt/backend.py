@@ -19,6 +19,7 @@ Precision as the `torch` backend: float32 on the CPU, float16 on CUDA (`--comput
 from __future__ import annotations
 
 import logging
+import math
 from pathlib import Path
 from typing import Dict, List, Optional, Sequence, Tuple
 
@@ -200,9 +201,12 @@ class AlignAttBackend:
         # Only this step's tokens: the forced prefix passed this check when it was emitted, and speech that
         # repeats itself (a chorus, a looped test clip) must not make every later step look like a loop.
         degenerate = outcome.reason == "limit" or bool(emitted) and looks_degenerate(tok.decode(emitted), len(emitted), duration_s)
-        words = self._words(tok, tokens, frames, complete, duration_s)
+        logprobs = [0.0] * len(forced) + outcome.logprobs[:n_new]
+        words = self._words(tok, tokens, frames, complete, duration_s, logprobs=logprobs)
         floor_s = words[-1].end if words else 0.0
-        tentative = self._words(tok, pending, pending_frames, self._groups(tok, pending, 0), duration_s, floor_s)
+        pending_logprobs = outcome.logprobs[n_new:] + outcome.lookahead_logprobs
+        tentative = self._words(tok, pending, pending_frames, self._groups(tok, pending, 0), duration_s, floor_s,
+                                pending_logprobs)
         return AlignAttResult(
             words=words, language=language, degenerate=degenerate, new_tokens=emitted[:n_new], token_frames=frames,
             word_starts=[start for start, _ in complete], tentative=tentative, pending_tokens=pending,
@@ -225,14 +229,17 @@ class AlignAttBackend:
 
     @staticmethod
     def _words(tok, tokens: List[int], frames: List[int], groups: List[Tuple[int, int]], duration_s: float,
-               floor_s: float = 0.0) -> List[Word]:
-        """Words timed by their tokens' attention frames, kept in order (attention can step back a little)."""
+               floor_s: float = 0.0, logprobs: Sequence[float] = ()) -> List[Word]:
+        """Words timed by their tokens' attention frames, kept in order (attention can step back a little);
+        a word's probability is its tokens' mean, as faster-whisper gives it (1.0 where `logprobs` has none)."""
         words: List[Word] = []
         previous_end = floor_s
         for start, end in groups:
             begin_s = min(max(frames[start] * FRAME_S, previous_end), duration_s)
             end_s = min(max((max(frames[start:end]) + 1) * FRAME_S, begin_s), duration_s)
-            words.append(Word(begin_s, end_s, tok.decode(tokens[start:end])))
+            known = [math.exp(lp) for lp in logprobs[start:end]]
+            probability = sum(known) / len(known) if known else 1.0
+            words.append(Word(begin_s, end_s, tok.decode(tokens[start:end]), probability))
             previous_end = end_s
         return words
 

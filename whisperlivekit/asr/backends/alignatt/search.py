@@ -114,12 +114,14 @@ class _Hypothesis:
     score: float = 0.0
     words: WordTrail = field(default_factory=WordTrail)
     back_from: int = -1  # index of the first of the words in a row that went back
+    logprobs: List[float] = field(default_factory=list)  # per token: how sure the model was of it
 
     def extended(self, token: int, frame: int, score: float, setup: SearchSetup) -> "_Hypothesis":
         back_from = self.back_from
         if setup.starts_a_word(token):
             back_from = (len(self.tokens) if back_from < 0 else back_from) if self.words.goes_back(frame) else -1
-        return _Hypothesis(self.tokens + [token], self.frames + [frame], score, self.words.after(token, frame, setup), back_from)
+        return _Hypothesis(self.tokens + [token], self.frames + [frame], score, self.words.after(token, frame, setup),
+                           back_from, self.logprobs + [score - self.score])
 
     def starts_over(self, token: int, frame: int, setup: SearchSetup) -> bool:
         return setup.loop_rules and self.back_from >= 0 and setup.starts_a_word(token) and self.words.goes_back(frame)
@@ -134,6 +136,8 @@ class SearchOutcome:
     lookahead: List[int] = field(default_factory=list)
     lookahead_frames: List[int] = field(default_factory=list)
     lookahead_score: float = 0.0  # summed log-probability of the look-ahead tokens
+    logprobs: List[float] = field(default_factory=list)  # per token of `tokens`
+    lookahead_logprobs: List[float] = field(default_factory=list)  # per token of `lookahead`
 
 
 def _logprobs(setup: SearchSetup, logits: torch.Tensor, at_start: bool) -> torch.Tensor:
@@ -162,8 +166,10 @@ def search(setup: SearchSetup, logits: torch.Tensor, frame: int, trail: WordTrai
                 break
             flat[top.indices[0]] = float("-inf")  # the loop's next word: try what comes after it instead
 
-        def done(reason: str, ahead: Tuple[List[int], List[int], float] = ([], [], 0.0)) -> SearchOutcome:
-            return SearchOutcome(best.tokens, best.frames, best.score, reason, *ahead)
+        def done(reason: str, ahead: Tuple[List[int], List[int], List[float]] = ([], [], [])) -> SearchOutcome:
+            tokens, frames, logprobs = ahead
+            return SearchOutcome(best.tokens, best.frames, best.score, reason, tokens, frames, sum(logprobs),
+                                 logprobs=best.logprobs, lookahead_logprobs=logprobs)
 
         if token == setup.eot:
             return done("eot")
@@ -171,7 +177,7 @@ def search(setup: SearchSetup, logits: torch.Tensor, frame: int, trail: WordTrai
             return done("stall")
         if best.starts_over(token, at, setup):
             cut = best.back_from
-            return SearchOutcome(best.tokens[:cut], best.frames[:cut], best.score, "stall")
+            return SearchOutcome(best.tokens[:cut], best.frames[:cut], best.score, "stall", logprobs=best.logprobs[:cut])
         if setup.stop_frame is not None and at >= setup.stop_frame:
             one = cache.select(torch.tensor([source], device=device))
             first = float(top.values[0]) - best.score
@@ -193,14 +199,15 @@ def search(setup: SearchSetup, logits: torch.Tensor, frame: int, trail: WordTrai
 
 
 def _lookahead(setup: SearchSetup, token: int, frame: int, logprob: float, trail: WordTrail, cache: DecoderState,
-               budget: int) -> Tuple[List[int], List[int], float]:
-    """Greedy tokens past the stop point, to show what is being said; never committed by the step."""
+               budget: int) -> Tuple[List[int], List[int], List[float]]:
+    """Greedy tokens past the stop point, to show what is being said; never committed by the step.
+    Returns them with their frames and log-probabilities."""
     tokens: List[int] = []
     frames: List[int] = []
+    logprobs_taken: List[float] = []
     device: Any = cache.keys[0].device
     floor = frame - PEAK_MARGIN_FRAMES
     went_back: Optional[int] = None  # index of the first of consecutive words attending before `floor`
-    score = 0.0
     while token != setup.eot and len(tokens) < budget and frame < setup.content_frames + PAST_END_FRAMES:
         if trail.repeats(token, frame, setup):
             break
@@ -210,15 +217,15 @@ def _lookahead(setup: SearchSetup, token: int, frame: int, logprob: float, trail
             elif went_back is None:
                 went_back = len(tokens)
             else:
-                return tokens[:went_back], frames[:went_back], score
+                return tokens[:went_back], frames[:went_back], logprobs_taken[:went_back]
         trail = trail.after(token, frame, setup)
         tokens.append(token)
         frames.append(frame)
-        score += logprob
+        logprobs_taken.append(logprob)
         logits, alignment, cache = setup.decoder.forward(torch.tensor([[token]], device=device), cache)
         frame = int(peak(alignment[0, -1], setup.content_frames))
         logprobs = _logprobs(setup, logits[:, -1], False)[0]
         ranked = logprobs.topk(STALL_RETRIES + 1).indices.tolist()
         token = next((t for t in ranked if not trail.repeats(t, frame, setup)), ranked[0])
         logprob = float(logprobs[token])
-    return tokens, frames, score
+    return tokens, frames, logprobs_taken
