@@ -215,6 +215,14 @@ def pace(speed: float) -> float:
     return max(1.0, min(speed, cpu_audio_per_compute_s() / 2))
 
 
+def room_for_real_time_streams(count: int) -> bool:
+    """Whether this CPU carries `count` real-time streams at once with room to spare, by the rule of `pace`
+    (a core carries twice their audio): on the 2 GHz EPYC (1.0 s of audio per core-second) three streams
+    with diarization beside the other worker's tests starved the server, and a 30 s call came back cut
+    after its first 12 s."""
+    return cpu_audio_per_compute_s() >= 2 * count
+
+
 def run(coro):
     return asyncio.run(coro)
 

@@ -7,7 +7,7 @@ import subprocess
 
 import pytest
 
-from conftest import pace, run, running_server, wer
+from conftest import pace, room_for_real_time_streams, run, running_server, wer
 from whisperlivekit.client import stream
 
 pytestmark = pytest.mark.slow
@@ -86,7 +86,8 @@ def test_two_different_voices_get_two_speakers_right(diarizing_server, speech_pc
 
 
 def test_phone_call_and_three_and_four_voice_mixes_streamed_at_real_time(diarizing_server):
-    """The pyannote call (DER against its RTTM) and the 3- and 4-voice mixes, three streams at once, real time."""
+    """The pyannote call (DER against its RTTM) and the 3- and 4-voice mixes, at real time: three streams at
+    once where the CPU has room for them (`room_for_real_time_streams`), else one after another."""
     import asyncio
     import sys
     from pathlib import Path
@@ -104,9 +105,13 @@ def test_phone_call_and_three_and_four_voice_mixes_streamed_at_real_time(diarizi
         pytest.skip(f"test audio unavailable: {exc}")
     call = read_wav(call_wav)
 
+    streams = [stream(diarizing_server.ws_url, _pcm(audio), pcm=True, speed=1.0)
+               for audio in [call] + [m[0] for m in mixes.values()]]
+
     async def all_three():
-        return await asyncio.gather(*(stream(diarizing_server.ws_url, _pcm(audio), pcm=True, speed=1.0)
-                                      for audio in [call] + [m[0] for m in mixes.values()]))
+        if room_for_real_time_streams(len(streams)):
+            return await asyncio.gather(*streams)
+        return [await one for one in streams]  # a slow CPU: one after another, each still at real time
 
     call_result, *mix_results = run(all_three())
     assert call_result.ended_with_ready_to_stop and all(r.ended_with_ready_to_stop for r in mix_results)
