@@ -135,9 +135,13 @@ class SearchOutcome:
     reason: str  # "eot", "alignatt", "stall", "limit", "final"
     lookahead: List[int] = field(default_factory=list)
     lookahead_frames: List[int] = field(default_factory=list)
-    lookahead_score: float = 0.0  # summed log-probability of the look-ahead tokens
     logprobs: List[float] = field(default_factory=list)  # per token of `tokens`
     lookahead_logprobs: List[float] = field(default_factory=list)  # per token of `lookahead`
+
+    @property
+    def lookahead_score(self) -> float:
+        """Summed log-probability of the look-ahead tokens."""
+        return sum(self.lookahead_logprobs)
 
 
 def _logprobs(setup: SearchSetup, logits: torch.Tensor, at_start: bool) -> torch.Tensor:
@@ -168,7 +172,7 @@ def search(setup: SearchSetup, logits: torch.Tensor, frame: int, trail: WordTrai
 
         def done(reason: str, ahead: Tuple[List[int], List[int], List[float]] = ([], [], [])) -> SearchOutcome:
             tokens, frames, logprobs = ahead
-            return SearchOutcome(best.tokens, best.frames, best.score, reason, tokens, frames, sum(logprobs),
+            return SearchOutcome(best.tokens, best.frames, best.score, reason, tokens, frames,
                                  logprobs=best.logprobs, lookahead_logprobs=logprobs)
 
         if token == setup.eot:
