@@ -206,6 +206,18 @@ def test_a_hypothesis_without_agreement_over_a_full_buffer_is_committed_to_a_sen
     assert policy.offset_s == pytest.approx(0.8)
 
 
+def test_a_hypothesis_of_a_short_buffer_is_no_stall_though_the_buffer_grew_while_its_step_waited():
+    # A loaded server: the step was built over 0.5 s, 10 s more arrived before its result. Whisper's
+    # guess over those 0.5 s (" from the" on the phone call) must wait for a vote like any other.
+    policy = LocalAgreementPolicy(buffer_trimming_s=3.0)
+    policy.append_audio(seconds_of_audio(0.5))
+    policy.next_request()
+    policy.append_audio(seconds_of_audio(10.0))
+    assert policy.apply(TranscribeResult(words("from the", step_s=0.2))) == []
+    assert texts(policy.tentative) == ["from", "the"] and policy.offset_s == 0.0
+    assert policy.next_request().prefix == ""  # nothing committed: nothing forced on the next step
+
+
 def test_punctuation_decoded_as_a_word_of_its_own_joins_the_word_before_or_is_dropped():
     # The phone call at one step schedule: "." heard over the opening noise was committed, its empty
     # text then matched the "?" after "Hello", the buffer was cut at it, and a sentence was lost.

@@ -27,15 +27,23 @@ def repeats_back_to_back(words: List[str], min_words: int = REPEAT_MIN_WORDS) ->
     verbatim at once (a phrase said twice apart in a dialogue is not counted)."""
     for n in range(min_words, len(words) // 2 + 1):
         for i in range(len(words) - 2 * n + 1):
-            if words[i:i + n] == words[i + n:i + 2 * n]:
+            if words[i:i + n] == words[i + n:i + 2 * n] and not _one_word(words[i:i + n]):
                 return True
     return False
+
+
+def _one_word(phrase) -> bool:
+    """One word said over and over ("Hello? Hello? Hello. Hello. Hello. Hello." on the phone call)
+    is speech, not a phrase looped: a loop of one word runs on and is caught by the token count
+    or the compression ratio (8 "Hello."s alone compress 3.1x)."""
+    return len({_PUNCTUATION.sub("", word) for word in phrase}) == 1
 
 
 def looks_degenerate(text: str, n_tokens: int, duration_s: float) -> bool:
     """A phrase repeated, or more tokens than speech allows: Whisper looping instead of transcribing."""
     words = text.lower().split()
-    four_grams = Counter(tuple(words[i : i + 4]) for i in range(len(words) - 3))
+    four_grams = Counter(gram for gram in (tuple(words[i : i + 4]) for i in range(len(words) - 3))
+                         if not _one_word(gram))
     return (
         n_tokens > duration_s * MAX_TOKENS_PER_S + 8  # loops run until the token cap
         or compression_ratio(text) > 2.4

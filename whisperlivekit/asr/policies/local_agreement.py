@@ -275,18 +275,24 @@ class LocalAgreementPolicy:
         self._agreed_at_s, self._preview = end_s, None
         hold_back_s = self.hold_back_s if since_agreement_s < SHORT_STEP_S else 0.0
         committed += self.hypothesis.agree(words, end_s - hold_back_s if hold_back_s > 0 else float("inf"), end_s)
-        if not committed and self.buffer_s > self.buffer_trimming_s:
-            committed = self._commit_stalled()
+        # Over the audio this hypothesis heard, not the buffer now: under load the buffer grew while the
+        # step waited, and a hypothesis of its first 0.5 s is no stall.
+        if not committed and self._request_samples / SAMPLE_RATE > self.buffer_trimming_s:
+            committed = self._commit_stalled(end_s)
         self.committed.extend(committed)
         if self.buffer_s > self.buffer_trimming_s:
             self._trim()
         return committed
 
-    def _commit_stalled(self) -> List[Word]:
+    def _commit_stalled(self, end_s: float) -> List[Word]:
         """Hypotheses have disagreed for a whole buffer (hard audio): waiting longer only lets Whisper
         skip more of an ever longer buffer. Commit the latest hypothesis up to its last sentence end
-        at least 1 s before the buffer end, so the buffer can be trimmed there."""
-        end_s = self.offset_s + self.buffer_s
+        at least 1 s before the end of the audio it heard (`end_s`), so the buffer can be trimmed there.
+
+        Both measures are the hypothesis' own audio. With the live buffer's, a loaded server committed
+        the " from the" Whisper heard in the phone call's first 0.5 s, because the buffer had grown to
+        16 s while that step waited; forced as the next step's prefix, it made Whisper skip 10 s of
+        speech (WER 56 %, tests/test_local_agreement_model.py)."""
         tentative = self.hypothesis.previous
         cut = max((i + 1 for i, w in enumerate(tentative) if w.text.rstrip().endswith((".", "?", "!")) and w.end < end_s - 1.0), default=0)
         if cut == 0:
