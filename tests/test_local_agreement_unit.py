@@ -150,6 +150,34 @@ def test_a_degenerate_hypothesis_changes_nothing():
     assert texts(policy.apply(TranscribeResult(words("the cat sat on")))) == ["the", "cat", "sat"]
 
 
+def test_a_loop_over_a_full_buffer_commits_the_last_sound_hypothesis_as_a_stall():
+    # Else every later step over the same buffer loops too, and nothing is committed until the segment ends.
+    policy = LocalAgreementPolicy(buffer_trimming_s=3.0)
+    policy.append_audio(seconds_of_audio(2.0))
+    policy.next_request()
+    policy.apply(TranscribeResult(words("it rained. we stayed in")))
+    policy.append_audio(seconds_of_audio(2.0))
+    policy.next_request()  # 4 s > 3 s
+    assert texts(policy.apply(TranscribeResult(words("la la la la"), degenerate=True))) == ["it", "rained."]
+    assert policy.offset_s == pytest.approx(0.8) and texts(policy.tentative) == ["we", "stayed", "in"]
+
+
+def test_a_request_never_holds_more_than_whispers_30_s_window():
+    # Steps that never commit (no words heard in what VAD calls speech) let the buffer grow without
+    # bound, and the backend hears only the last 30 s of a longer request.
+    policy = LocalAgreementPolicy()
+    for second in range(45):
+        policy.append_audio(seconds_of_audio(1.0))
+        request = policy.next_request()
+        policy.apply(TranscribeResult([]))
+        assert len(request.audio) <= 30 * SAMPLE_RATE
+    assert policy.offset_s == pytest.approx(15.0) and policy.transcribed_until_s == pytest.approx(45.0)
+    policy.append_audio(seconds_of_audio(1.0))
+    policy.next_request()
+    policy.apply(TranscribeResult(words("at last", start_s=29.0)))  # heard at 29-29.8 s of the request
+    assert [round(w.start, 1) for w in policy.tentative] == [45.0, 45.4]  # placed where they were said
+
+
 def test_a_detected_language_is_kept_for_the_following_requests():
     policy = LocalAgreementPolicy()
     policy.append_audio(seconds_of_audio(1.0))

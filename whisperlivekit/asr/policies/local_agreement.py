@@ -21,6 +21,7 @@ from whisperlivekit.asr.types import TranscribeRequest, TranscribeResult, Word
 from whisperlivekit.audio import SAMPLE_RATE
 
 PROMPT_CHARS = 200
+MAX_BUFFER_S = 30.0  # Whisper's window: a request never holds more (`_keep_within_whisper_window`)
 UNHEARD_MIN_WORDS = 3
 UNHEARD_MIN_PROBABILITY = 0.5
 SHORT_STEP_S = 0.7  # a step covering less new audio than this holds back its last words
@@ -246,6 +247,7 @@ class LocalAgreementPolicy:
         return "".join(w.text for w in words)
 
     def next_request(self) -> TranscribeRequest:
+        self._keep_within_whisper_window()
         self.processed_samples = len(self.audio)
         self._request_offset_s = self.offset_s
         self._request_samples = len(self.audio)
@@ -254,12 +256,12 @@ class LocalAgreementPolicy:
 
     def apply(self, result: TranscribeResult) -> List[Word]:
         """Fold one hypothesis in; returns the words it committed."""
+        end_s = self._request_offset_s + self._request_samples / SAMPLE_RATE
         if result.degenerate:
-            return []
+            return self._after_a_loop(end_s)
         if self.language is None and result.language:
             self.language = result.language
         words = attach_punctuation([w.shifted(self._request_offset_s) for w in result.words])
-        end_s = self._request_offset_s + self._request_samples / SAMPLE_RATE
         since_agreement_s = end_s - self._agreed_at_s
         committed: List[Word] = []
         if self.agreement_spacing_s > 0:
@@ -283,6 +285,32 @@ class LocalAgreementPolicy:
         if self.buffer_s > self.buffer_trimming_s:
             self._trim()
         return committed
+
+    def _after_a_loop(self, end_s: float) -> List[Word]:
+        """Whisper looped on this buffer, on the full window too (the backend's retry). Over a short buffer
+        the next step, with more audio, usually recovers: nothing changes. Over a full one it would loop on
+        every later step, the buffer never trimmed and the transcript stuck until the segment ends:
+        what the last sound hypothesis heard is committed, as in a stall."""
+        if self._request_samples / SAMPLE_RATE <= self.buffer_trimming_s:
+            return []
+        committed = self._commit_stalled(end_s)
+        self.committed.extend(committed)
+        self._trim()
+        return committed
+
+    def _keep_within_whisper_window(self) -> None:
+        """A buffer longer than Whisper's 30 s window: the backend hears only its last 30 s, so the audio
+        before that can no longer be transcribed. It is dropped, with the tentative words heard in it.
+        Only steps that never commit get here (Whisper hears no words in what VAD calls speech, or
+        loops from the buffer's start); without this the buffer grew for as long as they went on."""
+        excess_s = self.buffer_s - MAX_BUFFER_S
+        if excess_s <= 0:
+            return
+        self.drop_audio_before(self.offset_s + excess_s)
+        self.hypothesis.forget_before(self.offset_s)
+        self.hypothesis.previous = [w for w in self.hypothesis.previous if w.start >= self.offset_s]
+        if self._preview is not None:
+            self._preview = [w for w in self._preview if w.start >= self.offset_s]
 
     def _commit_stalled(self, end_s: float) -> List[Word]:
         """Hypotheses have disagreed for a whole buffer (hard audio): waiting longer only lets Whisper
