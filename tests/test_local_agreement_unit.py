@@ -166,7 +166,7 @@ def test_a_request_never_holds_more_than_whispers_30_s_window():
     # Steps that never commit (no words heard in what VAD calls speech) let the buffer grow without
     # bound, and the backend hears only the last 30 s of a longer request.
     policy = LocalAgreementPolicy()
-    for second in range(45):
+    for _ in range(45):
         policy.append_audio(seconds_of_audio(1.0))
         request = policy.next_request()
         policy.apply(TranscribeResult([]))

@@ -8,6 +8,8 @@ from typing import List, Optional, Protocol, Sequence, Tuple
 
 import numpy as np
 
+WHISPER_WINDOW_S = 30.0  # the audio Whisper hears at once: no request holds more
+
 
 @dataclass(frozen=True)
 class Word:

@@ -17,11 +17,10 @@ from typing import List, Optional, Tuple
 
 import numpy as np
 
-from whisperlivekit.asr.types import TranscribeRequest, TranscribeResult, Word
+from whisperlivekit.asr.types import WHISPER_WINDOW_S, TranscribeRequest, TranscribeResult, Word
 from whisperlivekit.audio import SAMPLE_RATE
 
 PROMPT_CHARS = 200
-MAX_BUFFER_S = 30.0  # Whisper's window: a request never holds more (`_keep_within_whisper_window`)
 UNHEARD_MIN_WORDS = 3
 UNHEARD_MIN_PROBABILITY = 0.5
 SHORT_STEP_S = 0.7  # a step covering less new audio than this holds back its last words
@@ -303,7 +302,7 @@ class LocalAgreementPolicy:
         before that can no longer be transcribed. It is dropped, with the tentative words heard in it.
         Only steps that never commit get here (Whisper hears no words in what VAD calls speech, or
         loops from the buffer's start); without this the buffer grew for as long as they went on."""
-        excess_s = self.buffer_s - MAX_BUFFER_S
+        excess_s = self.buffer_s - WHISPER_WINDOW_S
         if excess_s <= 0:
             return
         self.drop_audio_before(self.offset_s + excess_s)

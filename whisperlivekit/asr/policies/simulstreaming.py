@@ -34,12 +34,11 @@ from typing import List, Optional
 
 import numpy as np
 
-from whisperlivekit.asr.types import AlignAttRequest, AlignAttResult, TranscribeResult, Word
+from whisperlivekit.asr.types import WHISPER_WINDOW_S, AlignAttRequest, AlignAttResult, TranscribeResult, Word
 from whisperlivekit.audio import SAMPLE_RATE
 
 FRAME_S = 0.02
 SAMPLES_PER_FRAME = 320
-WHISPER_WINDOW_S = 30.0
 STALLS_BEFORE_RELAXING = 2  # steps in a row stopped by a loop rule with nothing new
 CUT_MARGIN_FRAMES = 5  # a word's attention peak lies a little after its onset: cut just before it
 MAX_EXTRA_CUT_FRAMES = 50  # never cut more than 1 s past the excess: a wrong frame must not drop unheard audio
