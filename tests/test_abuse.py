@@ -413,7 +413,11 @@ def test_a_client_that_floods_pings_and_never_reads_is_dropped_before_it_costs_m
     server = psutil.Process(guarded_server.proc.pid)
     rss_before = server.memory_info().rss
     sock = _ws_handshake(guarded_server.port, f"/asr?token={TOKEN}", _as("10.7.0.1"))
-    ping = b"\x89\x80" + os.urandom(4)  # an empty, masked ping
+    # Masked pings of 125 bytes, the most a control frame carries: each pong then costs the server 127 bytes.
+    # With empty pings (2-byte pongs) the server had to answer ~2 million of them to fill its 4 MB socket
+    # buffer; on a 2 GHz EPYC beside the other test worker it answered too few in 60 s while the unread
+    # pings piled up in its receive buffer (3.4 million sent, never dropped).
+    ping = b"\x89\xfd" + bytes(4) + os.urandom(125)  # an all-zero mask leaves the payload as it is
     batch = ping * 10_000
     sent = 0
     peak_rss = rss_before
