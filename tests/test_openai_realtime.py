@@ -18,6 +18,7 @@ from typing import List, Optional
 import pytest
 import websockets
 
+from audio_assets import HARVARD_SENTENCES
 from conftest import pace, run, running_server, wer
 from helpers import eventually as until_ok, until
 
@@ -208,7 +209,12 @@ def test_manual_commits_at_16_khz_give_one_completed_per_commit(server, speech_p
     error_rate = wer(reference, session.text)
     print(f"OpenAI Realtime 16 kHz manual commits harvard: WER {error_rate:.1%}")
     assert error_rate <= 0.10, session.text
-    assert "canoe" in session.completed[0]["transcript"] and "four" in session.completed[1]["transcript"].lower()
+    # Each turn holds the sentences said before its commit: split a sentence early or late, a turn gains or
+    # loses 7-8 words of 16 (WER >= 0.44). Not one keyword each: tiny.en says "cano slide" for "canoe slid"
+    # when two consecutive steps heard 1.8 and 2.9 s (1 of 147 uneven step schedules off the clock; once in CI).
+    before, after = (" ".join(sentence for sentence, *_ in part) for part in (HARVARD_SENTENCES[:2], HARVARD_SENTENCES[2:]))
+    turns = [event["transcript"] for event in session.completed]
+    assert wer(before, turns[0]) <= 0.3 and wer(after, turns[1]) <= 0.3, turns
 
 
 def test_the_older_transcription_session_update_shape_is_served(server, speech_pcm):
