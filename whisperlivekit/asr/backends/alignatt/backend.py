@@ -34,7 +34,7 @@ from whisperlivekit.asr.backends.gpu_memory import release_cuda_cache
 from whisperlivekit.asr.backends.torch_whisper.features import log_mel
 from whisperlivekit.asr.backends.torch_whisper.load import load_torch_whisper
 from whisperlivekit.asr.backends.torch_whisper.tokenizer import UNSPACED_LANGUAGES, WhisperTokenizer
-from whisperlivekit.asr.types import AlignAttRequest, AlignAttResult, TranscribeRequest, Word
+from whisperlivekit.asr.types import WHISPER_WINDOW_S, AlignAttRequest, AlignAttResult, TranscribeRequest, Word
 from whisperlivekit.audio import SAMPLE_RATE
 from whisperlivekit.errors import device_faults
 
@@ -42,7 +42,6 @@ logger = logging.getLogger(__name__)
 
 FRAME_S = 0.02  # one encoder frame
 SAMPLES_PER_FRAME = 320
-WINDOW_S = 30
 WINDOW_STEP_S = 5
 PADDING_S = 2.0  # audio-free frames after the buffer: where the heads look once the audio runs out
 
@@ -75,7 +74,7 @@ class AlignAttBackend:
         self.dtype = loaded.dtype
         self.model_label = model_path.name if model_path.name != "model" else str(model_path)
         self.multilingual = bool(model.is_multilingual)
-        self.min_window_samples = int(min(WINDOW_S, max(1.0, min_window_s)) * SAMPLE_RATE)
+        self.min_window_samples = int(min(WHISPER_WINDOW_S, max(1.0, min_window_s)) * SAMPLE_RATE)
         self._base_tokenizer = loaded.tokenizer
         self._tokenizers: Dict[Tuple[Optional[str], str], WhisperTokenizer] = {}
         tok = loaded.tokenizer
@@ -123,7 +122,7 @@ class AlignAttBackend:
     def _window(self, samples: int) -> int:
         step = WINDOW_STEP_S * SAMPLE_RATE
         needed = -(-(samples + int(PADDING_S * SAMPLE_RATE)) // step) * step
-        return int(min(WINDOW_S * SAMPLE_RATE, max(self.min_window_samples, needed)))
+        return int(min(WHISPER_WINDOW_S * SAMPLE_RATE, max(self.min_window_samples, needed)))
 
     def _encode(self, audios: Sequence[np.ndarray], window: int) -> torch.Tensor:
         """Each buffer zero-padded (or cut) to `window` samples, log-mel per row, one encoder call."""
