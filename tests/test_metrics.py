@@ -50,6 +50,7 @@ def test_metrics_after_a_stream_and_json_logs_tag_connection_lines(speech_pcm):
     assert total("whisperlivekit_degenerate_retries_total", device="cpu") == 0, "healthy speech needs no retry"
     assert scheduler["batch_size"]["count"] >= steps and scheduler["step_interval_seconds"]["p95"] > 0
     assert scheduler["degenerate_retries"] == 0
+    assert "whisperlivekit_loops_cut_total" in samples and isinstance(scheduler["loops_cut"], int)
 
     lines = [json.loads(line) for line in log.splitlines() if line.startswith("{")]
     mine = [e for e in lines if e.get("connection_id") == connection_id or connection_id in e["message"]]

@@ -51,3 +51,19 @@ def test_a_prefix_of_different_length_per_row_batches_like_each_row_alone(backen
     assert [r.text for r in together] == [r.text for r in alone]
     assert len({r.text for r in alone}) == 1, "a true prefix does not change the transcript"
     assert alone[0].decoded_tokens > alone[1].decoded_tokens > alone[2].decoded_tokens
+
+
+def test_a_step_that_says_its_last_sentence_again_after_the_audio_ends_keeps_one_copy_without_a_retry(backend, speech_pcm):
+    """A step of the looped test clips at 0.4-1 s steps (captured from scripts/bench_streams.py's audio):
+    tiny.en heard Harvard's last three sentences with the first two forced and the call's text as prompt,
+    then said "Four hours of steady work faced us." again. Retried on the full window that cost 4-5 steps
+    (the commit-lag outliers at N = 1); the first copy is what the retry mostly gave back."""
+    audio = pcm_to_float(speech_pcm("harvard")[0])[int(2.725 * SAMPLE_RATE):][:127_679]
+    prompt = ("of a well. Four hours of steady work faced us. And you always want to see it in the superlative degree. "
+              "He turned sharply and faced Gregson across the table. The butch canoe slid on the smooth planks.")
+    prefix = " Glue the sheet to the dark blue background. It's easy to tell the depth of a well. Four hours of steady work"
+    result = backend.transcribe_batch([TranscribeRequest(audio, prompt=prompt, language="en", prefix=prefix)])[0]
+    assert result.loop_cut and not result.retried and not result.degenerate
+    assert result.text.endswith("Four hours of steady work faced us."), result.text
+    assert result.text.lower().count("four hours") == 1, result.text
+    assert len(audio) / SAMPLE_RATE - 1.0 < result.words[-1].end <= len(audio) / SAMPLE_RATE

@@ -121,6 +121,8 @@ class _LiveCollector(Collector):
         families = {name: HistogramMetricFamily(f"{PREFIX}_step_{name}", text, labels=["device"]) for name, text in helps.items()}
         retries = CounterMetricFamily(f"{PREFIX}_degenerate_retries", "Steps redone on the full 30 s window because the "
                                       "first hypothesis looked degenerate", labels=["device"])
+        loops_cut = CounterMetricFamily(f"{PREFIX}_loops_cut", "Steps whose hypothesis ran on past its audio in a "
+                                        "loop: the repeated copies cut instead of a retry", labels=["device"])
         for device, worker in workers.items():
             stats = getattr(worker, "stats", None)
             if stats is None:
@@ -129,8 +131,10 @@ class _LiveCollector(Collector):
                 buckets, total, _ = histogram.state()
                 families[name].add_metric([device], buckets, total)
             retries.add_metric([device], worker.retries)
+            loops_cut.add_metric([device], worker.loops_cut)
         yield from families.values()
         yield retries
+        yield loops_cut
 
 
 class Metrics:

@@ -60,6 +60,7 @@ class TranscribeResult:
     degenerate: bool = False  # a repetition loop even after the retries: policies ignore it
     decoded_tokens: int = 0  # tokens the model chose for this result (prompt and forced prefix excluded; CTranslate2 still steps through the prefix)
     retried: bool = False  # the degenerate-output retry on the full 30 s window ran for it
+    loop_cut: bool = False  # it ran on past its audio in a loop, and the copies were cut instead (degenerate.cut_tail_loop)
 
     @property
     def text(self) -> str:

@@ -212,6 +212,7 @@ class DeviceWorker:
         self.batches = 0
         self.requests = 0
         self.retries = 0  # degenerate-output retries on the full window (should stay 0 on healthy audio)
+        self.loops_cut = 0  # hypotheses that looped past their audio's end, cut instead of retried
         self.batch_sizes: Deque[int] = deque(maxlen=1000)
         self.compute_s_total = 0.0
         self.stats = StepStats()
@@ -428,6 +429,7 @@ class DeviceWorker:
             self.batches += 1
             self.requests += len(batch)
             self.retries += sum(1 for r in results if r.retried)
+            self.loops_cut += sum(1 for r in results if r.loop_cut)
             self.batch_sizes.append(len(batch))
             self.compute_s_total += compute_s
         for job, result in zip(batch, results):
@@ -448,7 +450,7 @@ class DeviceWorker:
 
     def scheduler_status(self) -> dict:
         """The scheduler's histograms in short (p50/p95/mean/count) and the retry count, for /gpu-status."""
-        return {**self.stats.summary(), "degenerate_retries": self.retries}
+        return {**self.stats.summary(), "degenerate_retries": self.retries, "loops_cut": self.loops_cut}
 
     def close(self) -> None:
         self._queue.stop()

@@ -13,9 +13,12 @@ CTranslate2's encode / generate / align steps directly instead of
 - decoding is greedy by default; on GPU requests are batched across streams, on
   CPU `lanes` single-threaded calls run side by side (measured: 2 lanes x 1 thread
   give 1.8x the throughput of 1 lane x 2 threads, while CPU batching is slower);
-- a hypothesis that looks degenerate (repetition loop, too many tokens for the
-  audio) is redone on the full 30 s window, where Whisper was trained, without
-  the prompt; if it still loops it is flagged and the policy ignores it;
+- a hypothesis that heard its audio to the end and then looped (said the last
+  sentence again, or its last words to the token cap) keeps its first copy
+  (`degenerate.cut_tail_loop`); any other that looks degenerate (repetition loop,
+  too many tokens for the audio) is redone on the full 30 s window, where Whisper
+  was trained, without the prompt; if it still loops it is flagged and the policy
+  ignores it;
 - decoding keeps Whisper's timestamp tokens: measured on a real phone call, the
   no-timestamps mode skipped whole phrases of long buffers (WER outliers of
   40-70 %), timestamp mode did not.
@@ -30,9 +33,9 @@ from typing import Dict, Iterator, List, Optional, Sequence, Tuple
 
 import numpy as np
 
-from whisperlivekit.asr.backends.degenerate import MAX_TOKENS_PER_S, looks_degenerate
+from whisperlivekit.asr.backends.degenerate import MAX_TOKENS_PER_S, cut_tail_loop, heard_to_the_end, looks_degenerate
 from whisperlivekit.asr.types import (
-    FileSegment, FileTranscribeRequest, FileTranscription, TranscribeRequest, TranscribeResult, Word,
+    WHISPER_WINDOW_S, FileSegment, FileTranscribeRequest, FileTranscription, TranscribeRequest, TranscribeResult, Word,
 )
 from whisperlivekit.errors import DeviceError, ModelLoadError, device_faults
 from whisperlivekit.audio import SAMPLE_RATE
@@ -40,7 +43,7 @@ from whisperlivekit.audio import SAMPLE_RATE
 logger = logging.getLogger(__name__)
 
 HOP = 160
-FULL_WINDOW_FRAMES = 3000
+FULL_WINDOW_FRAMES = int(WHISPER_WINDOW_S * SAMPLE_RATE / HOP)  # 3000 mel frames
 PADDING_S = 1.0
 WINDOW_BUCKET_FRAMES = 200  # 2 s
 
@@ -210,6 +213,7 @@ class FasterWhisperBackend:
         text_tokens: List[List[int]] = []
         degenerate: List[int] = []
         decoded: List[int] = []
+        loops_cut: List[int] = []
         for i, (gen, duration, prefix) in enumerate(zip(generated, durations, prefixes)):
             tokens = [t for t in gen.sequences_ids[0] if t < tokenizer.eot]  # the forced prefix included
             decoded.append(max(0, len(gen.sequences_ids[0]) - len(prefix)))
@@ -218,7 +222,13 @@ class FasterWhisperBackend:
                 tokens = []
             text = tokenizer.decode(tokens)
             if looks_degenerate(text, len(tokens), duration):
-                degenerate.append(i)
+                kept = cut_tail_loop(tokens, len(prefix[1:]), tokenizer.decode, duration)
+                if kept is None:
+                    degenerate.append(i)
+                else:
+                    logger.debug("loop at the end of %.1f s of audio cut: %r", duration, text[-80:])
+                    tokens = kept
+                    loops_cut.append(i)
             text_tokens.append(tokens)
 
         num_frames = [min(frames, int(len(r.audio) / HOP)) for r in requests]
@@ -227,7 +237,7 @@ class FasterWhisperBackend:
             if any(text_tokens) else [[] for _ in requests]
         )
         results = []
-        for words, duration, language, tokens_decoded in zip(alignments, durations, languages, decoded):
+        for i, (words, duration, language, tokens_decoded) in enumerate(zip(alignments, durations, languages, decoded)):
             results.append(TranscribeResult(
                 words=[
                     Word(min(float(w["start"]), duration), min(float(w["end"]), duration), w["word"], float(w["probability"]))
@@ -235,8 +245,13 @@ class FasterWhisperBackend:
                 ],
                 language=language,
                 decoded_tokens=tokens_decoded,
+                loop_cut=i in loops_cut,
             ))
-        return results, degenerate
+        for i in loops_cut:
+            if not heard_to_the_end(results[i].words, durations[i]):
+                results[i].loop_cut = False
+                degenerate.append(i)
+        return results, sorted(degenerate)
 
     def _run_per_language(self, requests, languages, frames):
         results: List[Optional[TranscribeResult]] = [None] * len(requests)

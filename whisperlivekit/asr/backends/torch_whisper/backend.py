@@ -4,8 +4,9 @@ It behaves as `FasterWhisperBackend` does, step for step, so the two give the
 same transcripts: the encoder window is the buffer plus 1 s of padding in 2 s
 buckets (at least `min_window_s`), decoding is greedy with Whisper's timestamp
 tokens and the committed text as prompt, word times come from the alignment
-heads' cross-attention (`alignment.py`), and a degenerate hypothesis is redone
-on the full 30 s window without the prompt. What it adds is batching that does
+heads' cross-attention (`alignment.py`), a loop after the end of the audio is
+cut to its first copy, and any other degenerate hypothesis is redone on the full
+30 s window without the prompt. What it adds is batching that does
 not need equal prompts: each window bucket of a batch is one encoder call and
 one incremental decode whose rows carry their own prompts and stop on their own.
 
@@ -24,21 +25,21 @@ from typing import Dict, List, Optional, Sequence, Tuple
 import numpy as np
 import torch
 
-from whisperlivekit.asr.backends.degenerate import MAX_TOKENS_PER_S, looks_degenerate
+from whisperlivekit.asr.backends.degenerate import MAX_TOKENS_PER_S, cut_tail_loop, heard_to_the_end, looks_degenerate
 from whisperlivekit.asr.backends.torch_whisper.alignment import align, word_times
 from whisperlivekit.asr.backends.torch_whisper.decoding import SpecialTokens, greedy_decode
 from whisperlivekit.asr.backends.torch_whisper.features import HOP, log_mel
 from whisperlivekit.asr.backends.torch_whisper.load import load_torch_whisper
 from whisperlivekit.asr.backends.torch_whisper.model import default_alignment_heads
 from whisperlivekit.asr.backends.torch_whisper.tokenizer import WhisperTokenizer
-from whisperlivekit.asr.types import TranscribeRequest, TranscribeResult, Word
+from whisperlivekit.asr.types import WHISPER_WINDOW_S, TranscribeRequest, TranscribeResult, Word
 from whisperlivekit.audio import SAMPLE_RATE
 from whisperlivekit.errors import ModelLoadError
 from whisperlivekit.asr.backends.gpu_memory import release_cuda_cache
 
 logger = logging.getLogger(__name__)
 
-FULL_WINDOW_FRAMES = 3000
+FULL_WINDOW_FRAMES = int(WHISPER_WINDOW_S * SAMPLE_RATE / HOP)  # 3000 mel frames
 PADDING_S = 1.0
 WINDOW_BUCKET_FRAMES = 200  # 2 s
 MAX_PROMPT_TOKENS = 223
@@ -176,6 +177,7 @@ class TorchWhisperBackend:
 
         text_tokens: List[List[int]] = []
         degenerate: List[int] = []
+        loops_cut: List[int] = []
         for i, (generation, duration, tokenizer) in enumerate(zip(generations, durations, tokenizers)):
             tokens = [t for t in generation.tokens if t < self.special.eot]
             score = generation.sum_logprob / max(1, len(generation.tokens))  # CTranslate2's length-normalised score
@@ -183,7 +185,12 @@ class TorchWhisperBackend:
             if generation.no_speech_prob > 0.6 and avg_logprob < -1.0:
                 tokens = []
             if looks_degenerate(tokenizer.decode(tokens), len(tokens), duration):
-                degenerate.append(i)
+                kept = cut_tail_loop(tokens, 0, tokenizer.decode, duration)
+                if kept is None:
+                    degenerate.append(i)
+                else:
+                    tokens = kept
+                    loops_cut.append(i)
             text_tokens.append(tokens)
 
         num_frames = [min(frames, int(len(r.audio) / HOP)) for r in requests]
@@ -192,13 +199,18 @@ class TorchWhisperBackend:
             self.alignment_heads, self.special.no_timestamps, self.special.eot,
         )
         results = []
-        for tokens, path, duration, language, tokenizer in zip(text_tokens, paths, durations, languages, tokenizers):
+        for i, (tokens, path, duration, language, tokenizer) in enumerate(zip(text_tokens, paths, durations, languages, tokenizers)):
             words = word_times(tokenizer, tokens, *path) if path is not None else []
             results.append(TranscribeResult(
                 words=[Word(min(w["start"], duration), min(w["end"], duration), w["word"], w["probability"]) for w in words],
                 language=language,
+                loop_cut=i in loops_cut,
             ))
-        return results, degenerate
+        for i in loops_cut:
+            if not heard_to_the_end(results[i].words, durations[i]):
+                results[i].loop_cut = False
+                degenerate.append(i)
+        return results, sorted(degenerate)
 
     def close(self) -> None:
         if getattr(self, "_model", None) is not None:
