@@ -13,6 +13,8 @@ from whisperlivekit.audio import SAMPLE_RATE
 from whisperlivekit.client import pcm_to_float
 from whisperlivekit.weights.resolve import resolve_model
 
+from conftest import wer
+
 
 @pytest.fixture(scope="module")
 def backend():
@@ -53,17 +55,23 @@ def test_a_prefix_of_different_length_per_row_batches_like_each_row_alone(backen
     assert alone[0].decoded_tokens > alone[1].decoded_tokens > alone[2].decoded_tokens
 
 
-def test_a_step_that_says_its_last_sentence_again_after_the_audio_ends_keeps_one_copy_without_a_retry(backend, speech_pcm):
-    """A step of the looped test clips at 0.4-1 s steps (captured from scripts/bench_streams.py's audio):
-    tiny.en heard Harvard's last three sentences with the first two forced and the call's text as prompt,
-    then said "Four hours of steady work faced us." again. Retried on the full window that cost 4-5 steps
-    (the commit-lag outliers at N = 1); the first copy is what the retry mostly gave back."""
-    audio = pcm_to_float(speech_pcm("harvard")[0])[int(2.725 * SAMPLE_RATE):][:127_679]
-    prompt = ("of a well. Four hours of steady work faced us. And you always want to see it in the superlative degree. "
-              "He turned sharply and faced Gregson across the table. The butch canoe slid on the smooth planks.")
-    prefix = " Glue the sheet to the dark blue background. It's easy to tell the depth of a well. Four hours of steady work"
-    result = backend.transcribe_batch([TranscribeRequest(audio, prompt=prompt, language="en", prefix=prefix)])[0]
-    assert result.loop_cut and not result.retried and not result.degenerate
-    assert result.text.endswith("Four hours of steady work faced us."), result.text
-    assert result.text.lower().count("four hours") == 1, result.text
-    assert len(audio) / SAMPLE_RATE - 1.0 < result.words[-1].end <= len(audio) / SAMPLE_RATE
+@pytest.mark.slow
+def test_loops_past_the_end_of_the_audio_are_cut_without_a_retry_on_the_looped_test_clips(backend, speech_pcm):
+    """The test clips twice over (36 s, what scripts/bench_streams.py --loop streams) at 0.5 s steps: tiny.en
+    says the last sentence again, or loops its last words, on a few steps. Each is cut to its first copy
+    (`degenerate.cut_tail_loop`) instead of a retry on the full window, which cost 4-5 steps. A single
+    captured step is no test: whether tiny.en loops on it flips with noise at -70 dB (2-4 cuts here over
+    four noise draws, 0 retries, WER 0 %; the code before it: 0 cuts and 2 retries on the clean audio)."""
+    clips = [speech_pcm(name) for name in ("harvard", "arctic_a0007", "arctic_a0009")]
+    audio = np.concatenate([pcm_to_float(pcm) for pcm, _ in clips] * 2)
+    reference = " ".join([text for _, text in clips] * 2)
+    policy = LocalAgreementPolicy(language="en", agreement_spacing_s=0.9)
+    results = []
+    for start in range(0, len(audio), SAMPLE_RATE // 2):
+        policy.append_audio(audio[start:start + SAMPLE_RATE // 2])
+        results.append(backend.transcribe_batch([policy.next_request()])[0])
+        policy.apply(results[-1])
+    policy.finish()
+    assert sum(r.loop_cut for r in results) >= 1
+    assert not any(r.retried for r in results), [r.text for r in results if r.retried]
+    assert wer(reference, "".join(w.text for w in policy.committed)) <= 0.05
