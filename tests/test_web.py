@@ -114,8 +114,8 @@ def test_live_page_transcribes_the_microphone_and_finishes_on_stop(tmp_path, fla
             assert await page.get_by_test_id("ws-url").input_value() == server.ws_url + "?mode=diff"
             await page.get_by_test_id("record-button").click()
 
-            async def heard_birch_canoe():
-                return "birch canoe" in _normalised(await page.get_by_test_id("lines").inner_text()
+            async def heard_birch_canoe():  # "birch cano" too: tiny.en's spelling on a loaded machine (a fresh-clone run)
+                return "birch can" in _normalised(await page.get_by_test_id("lines").inner_text()
                                                     + " " + await page.get_by_test_id("buffer").inner_text())
             heard = await _wait_for(heard_birch_canoe, timeout_s=60)
             status = await page.get_by_test_id("status").inner_text()
