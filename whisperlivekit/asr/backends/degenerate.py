@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import logging
 import re
 import zlib
 from collections import Counter
-from typing import Callable, List, Optional, Sequence
+from typing import Callable, List, Optional, Sequence, Tuple
+
+logger = logging.getLogger(__name__)
 
 MAX_TOKENS_PER_S = 12.0
 # A loop cut by `cut_tail_loop` must have heard the audio to about its end: its last word starts at most
@@ -77,12 +80,36 @@ def cut_tail_loop(tokens: Sequence[int], forced: int, decode: Callable[[Sequence
     while cut < len(tokens) and _PUNCTUATION.fullmatch(decode(tokens[cut:cut + 1]).strip() or "x"):
         cut += 1  # the copies may be found shifted by a token: "well. | Four ... faced us" keeps its "."
     kept = list(tokens[:cut])
+    kept_text = decode(kept)
     copy = decode(tokens[cut:]).lower().split()
-    if not copy or _one_word(copy) or looks_degenerate(decode(kept), len(kept), duration_s):
+    if not copy or _one_word(copy) or looks_degenerate(kept_text, len(kept), duration_s):
         return None
-    if _one_word_run(decode(kept).lower().split()):
+    if _one_word_run(kept_text.lower().split()):
         return None  # the phone call: tiny.en hears 7 "Hello."s for 3 when it loops; its retry heard fewer
     return kept
+
+
+def screen_loops(tokens: List[int], forced: int, decode: Callable[[Sequence[int]], str],
+                 duration_s: float) -> Tuple[List[int], str]:
+    """One hypothesis' tokens before alignment, for every LocalAgreement backend: ("sound", tokens),
+    ("cut", the first copy of a loop past the audio's end) or ("degenerate", tokens: retry it)."""
+    text = decode(tokens)
+    if not looks_degenerate(text, len(tokens), duration_s):
+        return tokens, "sound"
+    kept = cut_tail_loop(tokens, forced, decode, duration_s)
+    if kept is None:
+        return tokens, "degenerate"
+    logger.debug("loop at the end of %.1f s of audio cut: %r", duration_s, text[-80:])
+    return kept, "cut"
+
+
+def undo_cuts_short_of_the_end(results, durations_s: Sequence[float], loops_cut: List[int]) -> List[int]:
+    """Once aligned, the cut hypotheses that stop short of their audio's end (`heard_to_the_end`) are
+    no longer counted as cut; returns their indices, to be retried as degenerate."""
+    short = [i for i in loops_cut if not heard_to_the_end(results[i].words, durations_s[i])]
+    for i in short:
+        results[i].loop_cut = False
+    return short
 
 
 def _one_word_run(words: List[str], length: int = 4) -> bool:

@@ -33,7 +33,7 @@ from typing import Dict, Iterator, List, Optional, Sequence, Tuple
 
 import numpy as np
 
-from whisperlivekit.asr.backends.degenerate import MAX_TOKENS_PER_S, cut_tail_loop, heard_to_the_end, looks_degenerate
+from whisperlivekit.asr.backends.degenerate import MAX_TOKENS_PER_S, screen_loops, undo_cuts_short_of_the_end
 from whisperlivekit.asr.types import (
     WHISPER_WINDOW_S, FileSegment, FileTranscribeRequest, FileTranscription, TranscribeRequest, TranscribeResult, Word,
 )
@@ -220,15 +220,11 @@ class FasterWhisperBackend:
             avg_logprob = gen.scores[0] / max(1, len(tokens) + 1) if gen.scores else 0.0
             if gen.no_speech_prob > 0.6 and avg_logprob < -1.0:
                 tokens = []
-            text = tokenizer.decode(tokens)
-            if looks_degenerate(text, len(tokens), duration):
-                kept = cut_tail_loop(tokens, len(prefix[1:]), tokenizer.decode, duration)
-                if kept is None:
-                    degenerate.append(i)
-                else:
-                    logger.debug("loop at the end of %.1f s of audio cut: %r", duration, text[-80:])
-                    tokens = kept
-                    loops_cut.append(i)
+            tokens, verdict = screen_loops(tokens, len(prefix[1:]), tokenizer.decode, duration)
+            if verdict == "degenerate":
+                degenerate.append(i)
+            elif verdict == "cut":
+                loops_cut.append(i)
             text_tokens.append(tokens)
 
         num_frames = [min(frames, int(len(r.audio) / HOP)) for r in requests]
@@ -247,11 +243,7 @@ class FasterWhisperBackend:
                 decoded_tokens=tokens_decoded,
                 loop_cut=i in loops_cut,
             ))
-        for i in loops_cut:
-            if not heard_to_the_end(results[i].words, durations[i]):
-                results[i].loop_cut = False
-                degenerate.append(i)
-        return results, sorted(degenerate)
+        return results, sorted(degenerate + undo_cuts_short_of_the_end(results, durations, loops_cut))
 
     def _run_per_language(self, requests, languages, frames):
         results: List[Optional[TranscribeResult]] = [None] * len(requests)

@@ -25,7 +25,7 @@ from typing import Dict, List, Optional, Sequence, Tuple
 import numpy as np
 import torch
 
-from whisperlivekit.asr.backends.degenerate import MAX_TOKENS_PER_S, cut_tail_loop, heard_to_the_end, looks_degenerate
+from whisperlivekit.asr.backends.degenerate import MAX_TOKENS_PER_S, screen_loops, undo_cuts_short_of_the_end
 from whisperlivekit.asr.backends.torch_whisper.alignment import align, word_times
 from whisperlivekit.asr.backends.torch_whisper.decoding import SpecialTokens, greedy_decode
 from whisperlivekit.asr.backends.torch_whisper.features import HOP, log_mel
@@ -184,13 +184,11 @@ class TorchWhisperBackend:
             avg_logprob = score / max(1, len(tokens) + 1)  # as FasterWhisperBackend computes it from that score
             if generation.no_speech_prob > 0.6 and avg_logprob < -1.0:
                 tokens = []
-            if looks_degenerate(tokenizer.decode(tokens), len(tokens), duration):
-                kept = cut_tail_loop(tokens, 0, tokenizer.decode, duration)
-                if kept is None:
-                    degenerate.append(i)
-                else:
-                    tokens = kept
-                    loops_cut.append(i)
+            tokens, verdict = screen_loops(tokens, 0, tokenizer.decode, duration)
+            if verdict == "degenerate":
+                degenerate.append(i)
+            elif verdict == "cut":
+                loops_cut.append(i)
             text_tokens.append(tokens)
 
         num_frames = [min(frames, int(len(r.audio) / HOP)) for r in requests]
@@ -206,11 +204,7 @@ class TorchWhisperBackend:
                 language=language,
                 loop_cut=i in loops_cut,
             ))
-        for i in loops_cut:
-            if not heard_to_the_end(results[i].words, durations[i]):
-                results[i].loop_cut = False
-                degenerate.append(i)
-        return results, sorted(degenerate)
+        return results, sorted(degenerate + undo_cuts_short_of_the_end(results, durations, loops_cut))
 
     def close(self) -> None:
         if getattr(self, "_model", None) is not None:
