@@ -5,7 +5,8 @@ whole buffer (with committed text before it as the prompt); the longest common
 prefix of this hypothesis and the previous one is committed, the rest stays
 tentative. With the engine's fast steps, only hypotheses `agreement_spacing_s`
 of audio apart vote; a step in between refreshes the tentative text and commits
-only the words it and the step before it were both sure of.
+only the words it and the step before it were both sure of. Past what two votes agree on, a vote
+commits the words its newer hypothesis alone is sure of, where the older one only heard the start.
 When the buffer grows past `buffer_trimming_s`, it is cut at the end
 of the last committed sentence (or, failing that, the last committed word), so
 each step's cost stays bounded however long the stream runs.
@@ -34,6 +35,13 @@ AGREEMENT_SPACING_S = 0.9
 # Two close hypotheses that both give a word at least this probability commit it without waiting for the
 # spaced vote. The flipped "cano" got 0.34-0.56 (MP3) and 0.45-0.49 (clean); most clean words 0.7-1.0.
 FAST_COMMIT_MIN_PROBABILITY = 0.6
+# Past the words two votes agree on, the newer one commits the words it gives at least this probability
+# and that end this far before its audio's end, where the older vote heard only the start of them (its
+# differing words lay in its own last SURE_HOLD_BACK_S). Under load, steps are ~1 s apart and each word
+# waited for the vote after the one that heard it: off the clock at 0.9-1.2 s steps, commit lag p50
+# 1.42 -> 1.06 s (test clips), 1.41 -> 1.21 s (phone call), WER unchanged (docs/architecture.md).
+SURE_MIN_PROBABILITY = 0.8
+SURE_HOLD_BACK_S = 0.4
 
 
 def _worth_keeping(run: List[Word]) -> List[Word]:
@@ -83,7 +91,7 @@ class HypothesisBuffer:
         self.committed_since_agree = False  # close steps committed words since the last vote
 
     def agree(self, hypothesis: List[Word], commit_before_s: float = float("inf"),
-              audio_end_s: float = float("inf")) -> List[Word]:
+              audio_end_s: float = float("inf"), sure_min_probability: Optional[float] = None) -> List[Word]:
         """Commit the longest common prefix of `hypothesis` and the previous one (words ending
         before `commit_before_s` only).
 
@@ -93,6 +101,9 @@ class HypothesisBuffer:
         started past them. A hypothesis that says nothing new is no evidence against them, so
         they stay tentative (`_unheard_tail`) instead.
         `audio_end_s` is where this hypothesis' audio ends (a word cut off there is not kept).
+        With `sure_min_probability`, the words after the common prefix that this hypothesis is that sure
+        of are committed too, if the previous one's differing words were at the edge of its audio: it
+        heard only their start, and a third hypothesis would cost another step of lag.
         """
         new = hypothesis[self._uncommitted_start(hypothesis):]
         # Close steps that committed words since the last vote said new words: the newer ones decide.
@@ -102,10 +113,20 @@ class HypothesisBuffer:
         while new and self.previous and new[0].key == self.previous[0].key and new[0].end < commit_before_s:
             committed.append(new.pop(0))
             self.previous.pop(0)
+        if sure_min_probability is not None and not tail and self._only_edge_words_left():
+            sure_before_s = min(commit_before_s, audio_end_s - SURE_HOLD_BACK_S)
+            while new and new[0].probability >= sure_min_probability and new[0].end < sure_before_s:
+                committed.append(new.pop(0))
         self.record_committed(committed)
         self.previous = new + tail
         self.previous_audio_end_s = audio_end_s
         return committed
+
+    def _only_edge_words_left(self) -> bool:
+        """The previous hypothesis' words that this one did not repeat all lie in its last
+        SURE_HOLD_BACK_S of audio ("plank." for "planks.", "sleeve." for "slid"): no evidence against
+        the newer hypothesis, which heard them whole."""
+        return all(w.end >= self.previous_audio_end_s - SURE_HOLD_BACK_S for w in self.previous)
 
     def agree_confident(self, earlier: List[Word], hypothesis: List[Word], commit_before_s: float,
                         min_probability: float) -> Tuple[List[Word], List[Word]]:
@@ -186,7 +207,8 @@ class LocalAgreementPolicy:
 
     def __init__(self, buffer_trimming_s: float = 8.0, language: Optional[str] = None, task: str = "transcribe",
                  hold_back_s: float = SHORT_STEP_HOLD_BACK_S, force_prefix: bool = True,
-                 agreement_spacing_s: float = 0.0, fast_commit_min_probability: float = FAST_COMMIT_MIN_PROBABILITY) -> None:
+                 agreement_spacing_s: float = 0.0, fast_commit_min_probability: float = FAST_COMMIT_MIN_PROBABILITY,
+                 sure_min_probability: Optional[float] = SURE_MIN_PROBABILITY) -> None:
         self.force_prefix = force_prefix  # send the buffer's committed words as the decoder's prefix
         self.buffer_trimming_s = buffer_trimming_s
         # Words ending this close to the buffer's end are not committed by a short step (under
@@ -205,6 +227,7 @@ class LocalAgreementPolicy:
         self.committed: List[Word] = []
         self.agreement_spacing_s = agreement_spacing_s
         self.fast_commit_min_probability = fast_commit_min_probability
+        self.sure_min_probability = sure_min_probability  # None: only what two votes agree on is committed
         self._agreed_at_s = float("-inf")  # audio end of the last hypothesis that took part in agreement
         self._preview: Optional[List[Word]] = None  # a newer hypothesis' uncommitted words, shown only
 
@@ -275,7 +298,8 @@ class LocalAgreementPolicy:
                 return committed
         self._agreed_at_s, self._preview = end_s, None
         hold_back_s = self.hold_back_s if since_agreement_s < SHORT_STEP_S else 0.0
-        committed += self.hypothesis.agree(words, end_s - hold_back_s if hold_back_s > 0 else float("inf"), end_s)
+        committed += self.hypothesis.agree(words, end_s - hold_back_s if hold_back_s > 0 else float("inf"), end_s,
+                                           self.sure_min_probability)
         # Over the audio this hypothesis heard, not the buffer now: under load the buffer grew while the
         # step waited, and a hypothesis of its first 0.5 s is no stall.
         if not committed and self._request_samples / SAMPLE_RATE > self.buffer_trimming_s:
