@@ -39,7 +39,7 @@ FAST_COMMIT_MIN_PROBABILITY = 0.6
 # and that end this far before its audio's end, where the older vote heard only the start of them (its
 # differing words lay in its own last SURE_HOLD_BACK_S). Under load, steps are ~1 s apart and each word
 # waited for the vote after the one that heard it: off the clock at 0.9-1.2 s steps, commit lag p50
-# 1.42 -> 1.06 s (test clips), 1.41 -> 1.21 s (phone call), WER unchanged (docs/architecture.md).
+# 1.42 -> 1.06 s (test clips), 1.41 -> 1.27 s (phone call, 12 patterns), WER unchanged (docs/architecture.md).
 SURE_MIN_PROBABILITY = 0.8
 SURE_HOLD_BACK_S = 0.4
 
