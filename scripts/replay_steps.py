@@ -34,13 +34,14 @@ sys.path.insert(0, str(TESTS))
 
 import audio_assets  # noqa: E402
 from conftest import wer  # noqa: E402
+from measure_steps import streams  # noqa: E402
 
 import whisperlivekit  # noqa: E402
 from whisperlivekit.asr.backends.faster_whisper import FasterWhisperBackend  # noqa: E402
 from whisperlivekit.asr.policies import local_agreement  # noqa: E402
 from whisperlivekit.asr.policies.local_agreement import LocalAgreementPolicy  # noqa: E402
 from whisperlivekit.audio import SAMPLE_RATE  # noqa: E402
-from whisperlivekit.client import load_pcm16, pcm_to_float  # noqa: E402
+from whisperlivekit.client import pcm_to_float  # noqa: E402
 from whisperlivekit.config import Settings  # noqa: E402
 from whisperlivekit.runtime.model_pool import ModelPool  # noqa: E402
 
@@ -55,14 +56,10 @@ def through_mp3(path: Path, bitrate: str = "32k") -> np.ndarray:
 
 
 def cases() -> Dict[str, Tuple[np.ndarray, str]]:
-    parts, texts = [], []
-    for path, text in (audio_assets.harvard(), audio_assets.arctic("arctic_a0007"), audio_assets.arctic("arctic_a0009")):
-        parts += [pcm_to_float(load_pcm16(path)), np.zeros(SAMPLE_RATE // 2, np.float32)]
-        texts.append(text)
+    """The clip stream and the call of the fixed-step measurement (`measure_steps.streams`), and MP3 Harvard."""
+    measured = {name: (audio, reference) for name, audio, reference in streams([1])}
     harvard, harvard_text = audio_assets.harvard()
-    call, call_text, _ = audio_assets.pyannote_call()
-    return {"clean": (np.concatenate(parts), " ".join(texts)), "mp3": (through_mp3(harvard), harvard_text),
-            "call": (pcm_to_float(load_pcm16(call)), call_text)}
+    return {"clean": measured["harvard+arctic"], "mp3": (through_mp3(harvard), harvard_text), "call": measured["pyannote call"]}
 
 
 def replay(backend: FasterWhisperBackend, audio: np.ndarray, steps_s: List[float], compute_s: float,
