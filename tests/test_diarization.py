@@ -19,7 +19,7 @@ from tests.audio_assets import (
     read_wav,
 )
 from whisperlivekit.asr.types import Word
-from whisperlivekit.diarization import assign_speakers, load_diarizer
+from whisperlivekit.diarization import assign_speakers, choose_backend, load_diarizer
 from whisperlivekit.diarization.types import SpeakerSegment
 from whisperlivekit.errors import ModelNotFound
 
@@ -374,6 +374,16 @@ def test_overlapped_speech_goes_to_the_longer_overlap():
 def test_unknown_backend_is_refused_with_the_choices():
     with pytest.raises(ValueError, match="embedding, sortformer"):
         load_diarizer("pyannote", "cpu", None, 4)
+
+
+def test_auto_takes_sortformer_on_gpus_only_where_nemo_is_installed():
+    assert choose_backend("auto", "cuda:1", None, nemo_installed=True) == "sortformer"
+    # the default install on a GPU host: no NeMo, so the shipped CAM++ diarizer rather than a failed start
+    assert choose_backend("auto", "cuda:1", None, nemo_installed=False) == "embedding"
+    assert choose_backend("auto", "cpu", None, nemo_installed=True) == "embedding"
+    assert choose_backend("auto", "cpu", "/models/diar.nemo", nemo_installed=True) == "sortformer"
+    assert choose_backend("auto", "cuda:0", "/models/encoder.onnx", nemo_installed=True) == "embedding"
+    assert choose_backend("sortformer", "cpu", None, nemo_installed=False) == "sortformer"  # asked for: its own error
 
 
 # -- the embedding diarizer's clustering and long sessions ---------------------------------

@@ -121,8 +121,9 @@ def build_parser() -> argparse.ArgumentParser:
     diar = p.add_argument_group("diarization")
     diar.add_argument("--diarization", action="store_true", help="label speakers (lines carry a speaker id)")
     diar.add_argument("--diarization-backend", default=DEFAULTS.diarization_backend, choices=["auto", "embedding", "sortformer"],
-                      help="auto: sortformer on GPUs, the bundled embedding diarizer on the CPU")
-    diar.add_argument("--diarization-model", default=None, help="Sortformer .nemo file (or hub name when online)")
+                      help="auto: sortformer on GPUs where NeMo is installed, else the bundled embedding diarizer; "
+                           "a .onnx / .nemo --diarization-model names its backend")
+    diar.add_argument("--diarization-model", default=None, help="Sortformer .nemo file (or hub name when online), or a speaker-encoder .onnx for embedding")
     diar.add_argument("--max-speakers", type=int, default=DEFAULTS.max_speakers)
     diar.add_argument("--sortformer-chunk-len", type=int, default=DEFAULTS.sortformer_chunk_len, help="frames of 80 ms")
     diar.add_argument("--sortformer-right-context", type=int, default=DEFAULTS.sortformer_right_context)

@@ -78,7 +78,7 @@ class Settings:
 
     # --- diarization --------------------------------------------------------------
     diarization: bool = False
-    diarization_backend: str = "auto"  # auto: sortformer on GPUs, embedding on the CPU
+    diarization_backend: str = "auto"  # auto: sortformer on GPUs where NeMo is installed, else embedding
     diarization_model: Optional[str] = None
     max_speakers: int = 4
     sortformer_chunk_len: int = 6

@@ -39,6 +39,19 @@ BACKENDS: Dict[str, Callable[..., DiarizationModel]] = {
 }
 
 
+def choose_backend(requested: str, device: str, model: Optional[str], nemo_installed: bool) -> str:
+    """Resolve `auto`: Sortformer on GPUs, but only where NeMo is installed, since the default install
+    lacks it and a GPU host with `--diarization` must still label speakers; a model file names its
+    backend by its suffix."""
+    if requested != "auto":
+        return requested
+    if model and model.endswith(".onnx"):
+        return "embedding"
+    if model and model.endswith(".nemo"):
+        return "sortformer"
+    return "sortformer" if device.startswith("cuda") and nemo_installed else "embedding"
+
+
 def load_diarizer(
     backend: str, device: str, model: Optional[str] = None, max_speakers: int = 4, **opts: Any
 ) -> DiarizationModel:
@@ -61,5 +74,6 @@ __all__ = [
     "DiarizationState",
     "SpeakerSegment",
     "assign_speakers",
+    "choose_backend",
     "load_diarizer",
 ]

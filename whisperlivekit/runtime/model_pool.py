@@ -13,6 +13,7 @@ only as a benchmark baseline.
 from __future__ import annotations
 
 import asyncio
+import importlib.util
 import logging
 import os
 import threading
@@ -104,10 +105,14 @@ class ModelPool:
         return 1 if device == "cpu" else 8
 
     def _load_diarizer(self, device: str) -> Any:
-        from whisperlivekit.diarization import load_diarizer
+        from whisperlivekit.diarization import choose_backend, load_diarizer
 
         s = self.settings
-        backend = s.diarization_backend if s.diarization_backend != "auto" else ("sortformer" if device.startswith("cuda") else "embedding")
+        nemo_installed = importlib.util.find_spec("nemo") is not None
+        backend = choose_backend(s.diarization_backend, device, s.diarization_model, nemo_installed)
+        if s.diarization_backend == "auto" and backend == "embedding" and device.startswith("cuda") and not nemo_installed:
+            logger.info("Diarization on %s: the embedding (CAM++) diarizer, since NeMo is not installed "
+                        "(pip install 'whisperlivekit[sortformer]' for Sortformer)", device)
         opts = {}
         if backend == "sortformer":
             opts = dict(chunk_len=s.sortformer_chunk_len, chunk_right_context=s.sortformer_right_context,
