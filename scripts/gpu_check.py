@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """One-command GPU readiness check: placement, capacity and Sortformer cost, in one short lease.
 
-    PYTHONPATH=. python scripts/gpu_check.py                       # on a GPU host: ~8 min, N = 16..256
+    PYTHONPATH=. python scripts/gpu_check.py                       # on a GPU host: ~9 min, N = 16..256
     PYTHONPATH=. python scripts/gpu_check.py --device cpu          # rehearsal: same steps, N = 1..2, ~2 min
     PYTHONPATH=. python scripts/gpu_check.py --bundle gpu-bundle   # weights and clips from scripts/gpu_bundle.sh
 
@@ -17,6 +17,8 @@ Steps (each time-boxed; a failing step is recorded and the next one runs):
                `--max-batch-size 1` at one N
   sortformer   full-size Sortformer with random weights (CPU: the tiny one): RTF per stream, memory, and one
                capacity level with diarization on
+  diarization  `--diarization` as the install at hand resolves `auto` (the shipped CAM++ diarizer where NeMo
+               is missing): one capacity level with it against the same level without
 Writes <out>/gpu-check.json and <out>/gpu-check.md; prints progress as it goes. Steps and their helpers:
 scripts/gpu_check_steps.py.
 """
@@ -41,11 +43,11 @@ from gpu_check_report import markdown  # noqa: E402
 LEVELS = {"cuda": (16, 64, 128, 256), "cpu": (1, 2)}
 LEVEL_DURATION_S = {"cuda": 25.0, "cpu": 6.0}
 BATCH_COMPARE_N = {"cuda": 64, "cpu": 2}
-# Seconds each step may take (the whole GPU run fits 8 minutes; the CPU rehearsal about 2).
+# Seconds each step may take (the whole GPU run fits 9 minutes; the CPU rehearsal about 2).
 STEP_BUDGET_S = {
-    "cuda": {"environment": 30, "placement": 60, "gpu_pytest": 90, "capacity": 230, "sortformer": 90},
+    "cuda": {"environment": 30, "placement": 60, "gpu_pytest": 90, "capacity": 230, "sortformer": 90, "diarization": 70},
     # the CPU's are caps for busy shared cores (a server start alone took ~55 s at load average 14 on 2 cores)
-    "cpu": {"environment": 60, "placement": 180, "gpu_pytest": 120, "capacity": 300, "sortformer": 240},
+    "cpu": {"environment": 60, "placement": 180, "gpu_pytest": 120, "capacity": 300, "sortformer": 240, "diarization": 120},
 }
 
 
@@ -101,14 +103,14 @@ def parse_args(argv: Optional[List[str]]) -> argparse.Namespace:
     p.add_argument("--out", type=Path, default=Path("gpu-check-out"))
     p.add_argument("--bundle", type=Path, default=None,
                    help="folder built by scripts/gpu_bundle.sh (models/, clips/); default: installed packages and test audio")
-    p.add_argument("--budget-s", type=float, default=None, help="whole run (default: 470 on cuda, 900 on cpu)")
+    p.add_argument("--budget-s", type=float, default=None, help="whole run (default: 540 on cuda, 900 on cpu)")
     p.add_argument("--levels", default=None, help="comma-separated N per capacity level (default: 16,64,128,256 / 1,2)")
     p.add_argument("--duration-s", type=float, default=None, help="seconds each client streams per level")
     p.add_argument("--max-lag-p95-s", type=float, default=2.0)
-    p.add_argument("--steps", default="environment,placement,gpu_pytest,capacity,sortformer")
+    p.add_argument("--steps", default="environment,placement,gpu_pytest,capacity,sortformer,diarization")
     args = p.parse_args(argv)
     args.steps = tuple(s.strip() for s in args.steps.split(",") if s.strip())
-    args.budget_s = args.budget_s or (470.0 if args.device == "cuda" else 900.0)
+    args.budget_s = args.budget_s or (540.0 if args.device == "cuda" else 900.0)
     args.levels = tuple(int(n) for n in args.levels.split(",")) if args.levels else LEVELS[args.device]
     args.duration_s = args.duration_s or LEVEL_DURATION_S[args.device]
     args.batch_compare_n = BATCH_COMPARE_N[args.device] if BATCH_COMPARE_N[args.device] in args.levels else args.levels[-1]
@@ -125,6 +127,7 @@ def main(argv: Optional[List[str]] = None) -> int:
     runner.step("gpu_pytest", steps.gpu_pytest)
     runner.step("capacity", steps.capacity)
     runner.step("sortformer", steps.sortformer)
+    runner.step("diarization", steps.diarization)
     runner.write()
     failed = [name for name, r in runner.report["steps"].items() if r["status"] == "failed"]
     runner.log(f"done in {runner.report['elapsed_s']} s; failed steps: {', '.join(failed) or 'none'}; "

@@ -76,6 +76,11 @@ def markdown(report: Dict) -> str:
             lines.append(f"| {r['streams']} | {r['wall_s']} | {r['rtf_per_stream']} | {r['streams_per_device_at_rtf_1']} "
                          f"| {_fmt(r.get('peak_extra_memory_mb_per_stream'))} |")
         lines += ["", f"Capacity with diarization: {s['capacity_with_diarization']}", ""]
+    d = steps.get("diarization", {})
+    if d.get("status") == "ok":
+        lines += ["## Diarization as installed (`--diarization`, backend `auto`)", "",
+                  f"`auto` resolves to **{d['auto_backend']}** here (ONNX Runtime {d['onnxruntime']}, providers "
+                  f"{', '.join(d['onnxruntime_providers'])}).", "", f"Capacity with diarization: {d['capacity_with_diarization']}", ""]
     failed = {name: r for name, r in steps.items() if r["status"] != "ok"}
     if failed:
         lines += ["## Failed or skipped steps", ""]

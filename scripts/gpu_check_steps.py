@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import importlib
+import importlib.util
 import json
 import os
 import re
@@ -474,21 +475,43 @@ def sortformer(ctx: Context) -> Dict:
     if device.startswith("cuda"):
         torch.cuda.empty_cache()
     # the cost on capacity: one level with diarization on, against the same N without (from the capacity step)
+    out["capacity_with_diarization"] = with_diarization(
+        ctx, ("--diarization", "--diarization-backend", "sortformer", "--diarization-model", str(nemo_path)), "tiny.en + sortformer")
+    return out
+
+
+def with_diarization(ctx: Context, extra: Tuple[str, ...], label: str):
+    """One capacity level with diarization flags `extra`, at the largest N that held without them (on a CPU
+    rehearsal, where none may hold, the first one run); both rows side by side, or why it did not run."""
     cap = ctx.shared["steps"].get("capacity", {}).get("variants", {}).get("torch tiny.en", {})
     holding = [r for r in cap.get("levels", []) if r["holds"]]
-    # the largest holding level; on a CPU rehearsal, where none may hold, the first one run
     reference = holding[-1] if holding else (cap.get("levels") or [None])[0]
     if reference is None:
-        out["capacity_with_diarization"] = "skipped: no capacity level without diarization to compare with"
-    elif ctx.left_s() < ctx.args.duration_s + 30:
-        out["capacity_with_diarization"] = "skipped: time box"
-    else:
-        tiny = model_arg(ctx.args, "tiny.en")
-        flags = server_flags(ctx, tiny, extra=("--diarization", "--diarization-backend", "sortformer", "--diarization-model", str(nemo_path)))
-        with_diar = run_levels(ctx, flags, (reference["n"],), load_clips(ctx.args.bundle), wer_function(), "tiny.en + sortformer")
-        row = with_diar["levels"][0] if with_diar["levels"] else {}
-        out["capacity_with_diarization"] = {"n": reference["n"], "without": {k: reference.get(k) for k in (
-            "commit_lag_p50_s", "commit_lag_p95_s", "gpu_util_mean_pct", "gpu_mb_per_connection", "server_cpu_pct")},
-            "with": {k: row.get(k) for k in ("commit_lag_p50_s", "commit_lag_p95_s", "gpu_util_mean_pct", "gpu_mb_per_connection",
-                                              "server_cpu_pct", "holds", "fails_because")}}
+        return "skipped: no capacity level without diarization to compare with"
+    if ctx.left_s() < ctx.args.duration_s + 30:
+        return "skipped: time box"
+    flags = server_flags(ctx, model_arg(ctx.args, "tiny.en"), extra=extra)
+    run = run_levels(ctx, flags, (reference["n"],), load_clips(ctx.args.bundle), wer_function(), label)
+    row = run["levels"][0] if run["levels"] else {}
+    keys = ("commit_lag_p50_s", "commit_lag_p95_s", "wer_mean", "gpu_util_mean_pct", "gpu_mb_per_connection", "server_cpu_pct")
+    return {"n": reference["n"], "without": {k: reference.get(k) for k in keys},
+            "with": {k: row.get(k) for k in (*keys, "holds", "fails_because")}}
+
+
+def diarization(ctx: Context) -> Dict:
+    """What `--diarization` costs with the install at hand: `auto` resolves as the server will (Sortformer
+    where NeMo is installed on a GPU, else the shipped CAM++ diarizer on ONNX Runtime), then one capacity
+    level with it against the same level without."""
+    import onnxruntime
+
+    from whisperlivekit.diarization import choose_backend
+
+    backend = choose_backend("auto", ctx.slot_device, None, importlib.util.find_spec("nemo") is not None)
+    out: Dict = {"auto_backend": backend, "onnxruntime": onnxruntime.__version__,
+                 "onnxruntime_providers": onnxruntime.get_available_providers()}
+    if backend != "embedding":
+        out["capacity_with_diarization"] = "skipped: auto is Sortformer here, which the sortformer step measures"
+        return out
+    ctx.log(f"  auto diarization here: {backend} (ONNX Runtime {onnxruntime.__version__}, {out['onnxruntime_providers']})")
+    out["capacity_with_diarization"] = with_diarization(ctx, ("--diarization",), "tiny.en + auto diarization")
     return out

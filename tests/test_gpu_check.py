@@ -27,7 +27,7 @@ def test_cpu_rehearsal_runs_every_step_and_reports_real_figures(tmp_path):
     report = json.loads((out / "gpu-check.json").read_text())
     steps = report["steps"]
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-2000:]
-    assert list(steps) == ["environment", "placement", "gpu_pytest", "capacity", "sortformer"]
+    assert list(steps) == ["environment", "placement", "gpu_pytest", "capacity", "sortformer", "diarization"]
     assert all(s["status"] == "ok" for s in steps.values()), {k: v.get("error") for k, v in steps.items()}
 
     assert steps["environment"]["cuda_available"] is False and steps["environment"]["packages"]["fastapi"]
@@ -47,6 +47,13 @@ def test_cpu_rehearsal_runs_every_step_and_reports_real_figures(tmp_path):
     with_diarization = sortformer["capacity_with_diarization"]
     assert isinstance(with_diarization, dict) and with_diarization["with"]["commit_lag_p95_s"] is not None
 
+    diarization = steps["diarization"]  # the default install's diarizer: CAM++ on the CPU
+    assert diarization["auto_backend"] == "embedding" and "CPUExecutionProvider" in diarization["onnxruntime_providers"]
+    with_embedding = diarization["capacity_with_diarization"]
+    assert isinstance(with_embedding, dict) and with_embedding["with"]["commit_lag_p95_s"] is not None
+    assert with_embedding["with"]["wer_mean"] is not None and with_embedding["with"]["wer_mean"] < 0.5
+
     md = (out / "gpu-check.md").read_text()
     assert "## Capacity" in md and "## Sortformer" in md and "| torch tiny.en | 1 |" in md
+    assert "`auto` resolves to **embedding** here" in md
     assert f"{level['commit_lag_p95_s']:.3g}" in md
