@@ -19,7 +19,7 @@ from tests.audio_assets import (
     read_wav,
 )
 from whisperlivekit.asr.types import Word
-from whisperlivekit.diarization import assign_speakers, choose_backend, load_diarizer
+from whisperlivekit.diarization import assign_speakers, choose_backend, diarizer_device, load_diarizer
 from whisperlivekit.diarization.types import SpeakerSegment
 from whisperlivekit.errors import ModelNotFound
 
@@ -384,6 +384,13 @@ def test_auto_takes_sortformer_on_gpus_only_where_nemo_is_installed():
     assert choose_backend("auto", "cpu", "/models/diar.nemo", nemo_installed=True) == "sortformer"
     assert choose_backend("auto", "cuda:0", "/models/encoder.onnx", nemo_installed=True) == "embedding"
     assert choose_backend("sortformer", "cpu", None, nemo_installed=False) == "sortformer"  # asked for: its own error
+
+
+def test_the_embedding_diarizer_of_a_gpu_runs_on_the_cpu_without_onnxruntime_gpu():
+    assert diarizer_device("embedding", "cuda:2", onnx_cuda=False) == "cpu"
+    assert diarizer_device("embedding", "cuda:2", onnx_cuda=True) == "cuda:2"
+    assert diarizer_device("sortformer", "cuda:2", onnx_cuda=False) == "cuda:2"
+    assert diarizer_device("embedding", "cpu", onnx_cuda=False) == "cpu"
 
 
 # -- the embedding diarizer's clustering and long sessions ---------------------------------

@@ -52,6 +52,15 @@ def choose_backend(requested: str, device: str, model: Optional[str], nemo_insta
     return "sortformer" if device.startswith("cuda") and nemo_installed else "embedding"
 
 
+def diarizer_device(backend: str, device: str, onnx_cuda: bool) -> str:
+    """Where the diarizer for `device` runs: the embedding diarizer follows its GPU only where ONNX Runtime
+    has a CUDA provider (onnxruntime-gpu); else the CPU, since its 7 M-parameter encoder on one thread is
+    cheap there and refusing to diarize on a GPU host is not."""
+    if backend == "embedding" and device.startswith("cuda") and not onnx_cuda:
+        return "cpu"
+    return device
+
+
 def load_diarizer(
     backend: str, device: str, model: Optional[str] = None, max_speakers: int = 4, **opts: Any
 ) -> DiarizationModel:
@@ -75,5 +84,6 @@ __all__ = [
     "SpeakerSegment",
     "assign_speakers",
     "choose_backend",
+    "diarizer_device",
     "load_diarizer",
 ]

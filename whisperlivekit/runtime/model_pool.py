@@ -105,7 +105,7 @@ class ModelPool:
         return 1 if device == "cpu" else 8
 
     def _load_diarizer(self, device: str) -> Any:
-        from whisperlivekit.diarization import choose_backend, load_diarizer
+        from whisperlivekit.diarization import choose_backend, diarizer_device, load_diarizer
 
         s = self.settings
         nemo_installed = importlib.util.find_spec("nemo") is not None
@@ -113,14 +113,23 @@ class ModelPool:
         if s.diarization_backend == "auto" and backend == "embedding" and device.startswith("cuda") and not nemo_installed:
             logger.info("Diarization on %s: the embedding (CAM++) diarizer, since NeMo is not installed "
                         "(pip install 'whisperlivekit[sortformer]' for Sortformer)", device)
+        place = device
+        if backend == "embedding" and device.startswith("cuda"):
+            import onnxruntime
+
+            place = diarizer_device(backend, device, "CUDAExecutionProvider" in onnxruntime.get_available_providers())
+            if place != device:
+                logger.info("The embedding diarizer for %s runs on the CPU: ONNX Runtime here has no CUDA provider "
+                            "(pip install onnxruntime-gpu to run it on the GPU)", device)
         opts = {}
         if backend == "sortformer":
             opts = dict(chunk_len=s.sortformer_chunk_len, chunk_right_context=s.sortformer_right_context,
                         fifo_len=s.sortformer_fifo_len, spkcache_len=s.sortformer_spkcache_len)
         started = time.perf_counter()
-        diarizer = load_diarizer(backend, device, s.diarization_model, s.max_speakers, **opts)
+        diarizer = load_diarizer(backend, place, s.diarization_model, s.max_speakers, **opts)
         self.load_times_s[f"diarizer:{device}"] = time.perf_counter() - started
-        logger.info("Loaded %s diarizer on %s in %.2f s", backend, device, time.perf_counter() - started)
+        logger.info("Loaded %s diarizer on %s in %.2f s%s", backend, place, time.perf_counter() - started,
+                    f" (for the streams on {device})" if place != device else "")
         return diarizer
 
     def _build_worker(self, device: str, shared: bool = True) -> DeviceWorker:
