@@ -18,6 +18,14 @@ from whisperlivekit.gpu.nvml import NvmlProbe
 pytestmark = pytest.mark.gpu
 
 
+def weights_device(backend) -> str:
+    """Where the backend's weights really are: our PyTorch Whisper's parameters, or CTranslate2's model."""
+    model = backend._model
+    if hasattr(model, "parameters"):
+        return str(next(model.parameters()).device)
+    return f"{model.model.device}:{list(model.model.device_index)[0]}"
+
+
 def test_model_and_connection_run_on_the_slot_gpu_and_memory_grows_there_only(speech_pcm):
     probe = NvmlProbe()
     before = {i: probe.read(i).used_memory_gb for i in range(probe.count())}
@@ -27,22 +35,22 @@ def test_model_and_connection_run_on_the_slot_gpu_and_memory_grows_there_only(sp
     with in_process_server(app) as base:
         async def scenario():
             ws, config, _ = await open_session(base.replace("http", "ws") + "/asr")
-            await ws.send(pcm[: 16000 * 2 * 4])
-            deadline = asyncio.get_running_loop().time() + 60
-            while not any(e.worker.requests for e in services.active_engines):  # a transcription ran on the device
-                assert asyncio.get_running_loop().time() < deadline, "no transcription within 60 s"
-                await asyncio.sleep(0.05)
-            engine = next(iter(services.active_engines))
-            placement = (engine.slot.device, engine.worker.device, engine.worker.backend.device,
-                         engine.worker.backend._model.model.device, engine.worker.backend._model.model.device_index)
-            await ws.close()
-            return config, placement
+            try:  # closed whatever happens: an open socket holds the in-process server's shutdown
+                await ws.send(pcm[: 16000 * 2 * 4])
+                deadline = asyncio.get_running_loop().time() + 60
+                while not any(e.worker.requests for e in services.active_engines):  # a transcription ran on the device
+                    assert asyncio.get_running_loop().time() < deadline, "no transcription within 60 s"
+                    await asyncio.sleep(0.05)
+                engine = next(iter(services.active_engines))
+                backend = engine.worker.backend
+                return config, (engine.slot.device, engine.worker.device, backend.device, weights_device(backend))
+            finally:
+                await ws.close()
 
         config, placement = run(scenario())
         after = {i: probe.read(i).used_memory_gb for i in range(probe.count())}
     assert config["device"] == "cuda:0" and config["gpu_id"] == 0
-    assert placement[:3] == ("cuda:0", "cuda:0", "cuda:0")
-    assert placement[3] == "cuda" and list(placement[4]) == [0]
+    assert placement == ("cuda:0", "cuda:0", "cuda:0", "cuda:0")
     assert after[0] - before[0] >= 0.03, (before, after)  # tiny.en fp16 + buffers: tens of MB at least
     for i in range(1, probe.count()):
         assert abs(after[i] - before[i]) < 0.02, f"GPU {i} memory moved: {before[i]} -> {after[i]}"
