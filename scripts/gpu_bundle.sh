@@ -15,6 +15,7 @@ PY="${PYTHON:-python3}"
 PYVER=3.12
 OUT=gpu-bundle
 FW=0
+PYSPY_VERSION=0.4.3
 
 assemble() {  # assemble SRC DEST: join the parts, install the wheels (no index, no deps), on the host itself
   local src="$1" dest="$2"
@@ -74,6 +75,26 @@ echo "==> wheels for Python $PYVER"
 fetch "$OUT/part1/wheels" "${WHEELS[@]}"
 # openai-whisper ships as an sdist only: build its pure-Python wheel here (its English normaliser scores WER)
 "$PY" -m pip wheel -q --no-deps --no-build-isolation -w "$OUT/part1/wheels" "openai-whisper==$(version openai-whisper)"
+# silero-vad's wheel holds eight model files (13 MB); our VAD loads data/silero_vad.onnx alone, so the bundle's
+# copy keeps that one and its RECORD lists what is left (9 MiB more room per command)
+"$PY" - "$OUT/part1/wheels"/silero_vad-*.whl <<'EOF'
+import sys, zipfile
+from pathlib import Path
+path = Path(sys.argv[1])
+keep = lambda name: not (name.startswith("silero_vad/data/") and name != "silero_vad/data/silero_vad.onnx")
+with zipfile.ZipFile(path) as src:
+    items = [(info, src.read(info)) for info in src.infolist() if keep(info.filename)]
+slim = path.with_suffix(".slim")
+with zipfile.ZipFile(slim, "w", zipfile.ZIP_DEFLATED) as dst:
+    for info, data in items:
+        if info.filename.endswith(".dist-info/RECORD"):
+            data = b"".join(l for l in data.splitlines(keepends=True) if keep(l.split(b",")[0].decode()))
+        dst.writestr(info, data)
+slim.replace(path)
+EOF
+# py-spy (a 3 MB static binary) lets `gpu_check.py --profile` sample the server on the host
+"$PY" -m pip download -q --no-deps --only-binary=:all: --python-version "$PYVER" --implementation cp "${PLATFORMS[@]}" \
+  -d "$OUT/part1/wheels" "py-spy==$PYSPY_VERSION"
 
 echo "==> clips (16 kHz mono WAV) and references"
 PYTHONPATH=".:tests:scripts" "$PY" - "$OUT/part1/clips" <<'EOF'

@@ -81,7 +81,7 @@ class Runner:
             result = {"status": "ok", **fn(ctx)}
         except Exception as exc:  # recorded; the next step runs
             error = f"{type(exc).__name__}: {exc}"
-            result = {"status": "failed", "error": error if len(error) <= 2000 else error[:500] + " ... " + error[-1500:],
+            result = {"status": "failed", "error": error if len(error) <= 5000 else error[:1000] + " ... " + error[-4000:],
                       "traceback": traceback.format_exc()[-3000:]}
         result["seconds"] = round(time.monotonic() - started, 1)
         self.report["steps"][name] = result
@@ -107,6 +107,11 @@ def parse_args(argv: Optional[List[str]]) -> argparse.Namespace:
     p.add_argument("--levels", default=None, help="comma-separated N per capacity level (default: 16,64,128,256 / 1,2)")
     p.add_argument("--duration-s", type=float, default=None, help="seconds each client streams per level")
     p.add_argument("--max-lag-p95-s", type=float, default=2.0)
+    p.add_argument("--no-stop-after-failure", action="store_true",
+                   help="run every capacity level even after one fails to hold (default: stop at the first)")
+    p.add_argument("--profile", action="store_true",
+                   help="sample the server with py-spy (if on the PATH) during each capacity level: <out>/pyspy-*.txt "
+                        "(raw stacks) and a top-functions summary in the report")
     p.add_argument("--steps", default="environment,placement,gpu_pytest,capacity,sortformer,diarization")
     args = p.parse_args(argv)
     args.steps = tuple(s.strip() for s in args.steps.split(",") if s.strip())

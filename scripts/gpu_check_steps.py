@@ -13,6 +13,7 @@ import importlib.util
 import json
 import os
 import re
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -168,13 +169,56 @@ def server_flags(ctx: Context, model: str, backend: str = "torch", extra: Tuple[
     return (*flags, *extra)
 
 
-def run_level(ctx: Context, server, n: int, clips, duration_s: float, wer) -> Dict:
+def start_profile(ctx: Context, server, name: str) -> Optional[Tuple[subprocess.Popen, Path]]:
+    """With --profile and py-spy on the PATH: sample the server's threads (on CPU only) for one level."""
+    exe = shutil.which("py-spy")
+    if not getattr(ctx.args, "profile", False) or exe is None:
+        return None
+    ctx.args.out.mkdir(parents=True, exist_ok=True)
+    path = ctx.args.out / f"pyspy-{name}.txt"
+    proc = subprocess.Popen([exe, "record", "--pid", str(server.proc.pid), "--duration", str(int(ctx.args.duration_s)),
+                             "--rate", "50", "--threads", "--nonblocking", "--format", "raw", "--output", str(path)],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    return proc, path
+
+
+def profile_summary(path: Path, top: int = 25) -> Dict:
+    """Samples per thread, and the functions that held the CPU: by self time (the sampled frame) and
+    inclusive time (anywhere on the stack), from py-spy's raw (collapsed) stacks."""
+    from collections import Counter
+
+    def function(frame: str) -> str:
+        return re.sub(r":\d+\)$", ")", frame.strip())
+
+    threads, own, inclusive, total = Counter(), Counter(), Counter(), 0
+    for line in path.read_text(errors="replace").splitlines():
+        stack, _, count = line.rpartition(" ")
+        if not stack or not count.isdigit():
+            continue
+        frames = stack.split(";")
+        total += int(count)
+        thread = next((f for f in frames[:2] if f.startswith("thread")), "thread ?")
+        threads[thread] += int(count)
+        calls = [function(f) for f in frames if not f.startswith(("thread", "process"))]
+        if calls:
+            own[calls[-1]] += int(count)
+        for name in set(calls):
+            inclusive[name] += int(count)
+
+    def share(counter: Counter) -> List[Tuple[str, float]]:
+        return [(name, round(c / total, 3)) for name, c in counter.most_common(top)] if total else []
+
+    return {"file": path.name, "samples": total, "threads": share(threads), "self": share(own), "inclusive": share(inclusive)}
+
+
+def run_level(ctx: Context, server, n: int, clips, duration_s: float, wer, label: str = "level") -> Dict:
     """N real-time clients for about `duration_s` (bench_streams' loop); returns the level's figures."""
     import bench_streams
 
     idle_used, _, _ = ServerSampler(server).read()
     b0, r0 = inference_counters(server, ctx.slot_device)
     client_cpu0 = psutil.Process().cpu_times()
+    profile = start_profile(ctx, server, f"{re.sub(r'[^A-Za-z0-9.]+', '-', label).strip('-')}-n{n}")
     with ServerSampler(server) as sampler:
         # a level's clients finish their last clip after `duration_s`: allow one clip and the drain, within the time box
         sessions = asyncio.run(asyncio.wait_for(bench_streams.run_level(server.ws_url, n, clips, duration_s, seed=n),
@@ -210,6 +254,14 @@ def run_level(ctx: Context, server, n: int, clips, duration_s: float, wer) -> Di
     elif row["commit_lag_p95_s"] > ctx.args.max_lag_p95_s:
         reasons.append(f"lag p95 {row['commit_lag_p95_s']} s > {ctx.args.max_lag_p95_s} s")
     row["holds"], row["fails_because"] = not reasons, reasons
+    if profile is not None:
+        proc, path = profile
+        try:
+            proc.wait(timeout=15)
+            row["profile"] = profile_summary(path) if path.exists() else {"error": proc.stderr.read().decode(errors="replace")[-500:]}
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            row["profile"] = {"error": "py-spy did not finish"}
     return row
 
 
@@ -228,12 +280,12 @@ def run_levels(ctx: Context, flags: Tuple[str, ...], levels, clips, wer, label: 
                 stopped = f"time box: N={n} not run"
                 break
             time.sleep(1.0)
-            row = run_level(ctx, server, n, clips, ctx.args.duration_s, wer)
+            row = run_level(ctx, server, n, clips, ctx.args.duration_s, wer, label)
             rows.append(row)
             ctx.log(f"  {label} N={n}: lag p50/p95 {row['commit_lag_p50_s']}/{row['commit_lag_p95_s']} s, WER {row['wer_mean']}, "
                     f"util {row['gpu_util_mean_pct']}%, {row['gpu_mb_per_connection']} MB/conn, batch {row['batch_size_mean']}, "
                     f"server CPU {row['server_cpu_pct']}% -> {'holds' if row['holds'] else 'FAILS: ' + '; '.join(row['fails_because'])}")
-            if not row["holds"]:
+            if not row["holds"] and not getattr(ctx.args, "no_stop_after_failure", False):
                 stopped = f"N={n} failed"
                 break
     holding = [r["n"] for r in rows if r["holds"]]
@@ -349,15 +401,29 @@ def gpu_pytest(ctx: Context) -> Dict:
     bundle = ctx.args.bundle
     if bundle is not None:  # the tests' default model and speech, from the bundle (no registry, no ffmpeg needed)
         env.update(HF_HUB_CACHE=str(Path(bundle).resolve() / "hub"), WLK_TEST_AUDIO_CACHE=str(Path(bundle).resolve() / "clips"))
-    proc = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "-m", "gpu", *files],
-                          cwd=ROOT, env=env, capture_output=True, text=True, timeout=max(10, ctx.left_s()))
-    lines = proc.stdout.strip().splitlines()
+    # -v names each test as it runs and faulthandler dumps every thread of one that hangs, so a time-boxed run
+    # still says where it stood; the output goes to a file that outlives a kill
+    timeout_s = max(10.0, ctx.left_s())
+    log_path = Path(tempfile.mkdtemp(prefix="gpu-check-pytest-")) / "pytest.log"
+    with open(log_path, "wb") as log:
+        proc = subprocess.Popen([sys.executable, "-m", "pytest", "-v", "-p", "no:cacheprovider", "-m", "gpu",
+                                 "-o", f"faulthandler_timeout={max(5, int(timeout_s) - 15)}", *files],
+                                cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT)
+        try:
+            returncode = proc.wait(timeout=timeout_s)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+            returncode = None
+    lines = log_path.read_text(errors="replace").strip().splitlines()
     summary = lines[-1] if lines else ""
     counts = {k: int(v) for v, k in re.findall(r"(\d+) (passed|failed|skipped|error|errors|deselected)", summary)}
-    out = {"returncode": proc.returncode, "summary": summary, "counts": counts, "files": files, "not_run": not_run,
-           "tail": "\n".join(lines[-30:])[-4000:] + proc.stderr[-1000:]}
-    if proc.returncode not in (0, 5) or counts.get("failed") or counts.get("error") or counts.get("errors"):
-        raise AssertionError(f"pytest -m gpu: {summary}\n{out['tail'][-1500:]}")
+    out = {"returncode": returncode, "summary": summary, "counts": counts, "files": files, "not_run": not_run,
+           "tail": "\n".join(lines[-60:])[-6000:]}
+    if returncode is None:
+        raise AssertionError(f"pytest -m gpu did not finish in {timeout_s:.0f} s; its output's end:\n{out['tail'][-4000:]}")
+    if returncode not in (0, 5) or counts.get("failed") or counts.get("error") or counts.get("errors"):
+        raise AssertionError(f"pytest -m gpu: {summary}\n{out['tail'][-3000:]}")
     return out
 
 
