@@ -70,5 +70,11 @@ def load_torch_whisper(model_path: Path, device: str = "cpu", compute_type: str 
                              f"{str(exc).splitlines()[0]}") from exc
     if device == "cpu":  # one lane per core (model_pool.lanes_for): each lane's ops get their share
         torch.set_num_threads(cpu_threads or max(1, (os.cpu_count() or 1) // max(1, lanes)))
+    if device.startswith("cuda"):
+        # cuDNN's attention builds an execution plan for each new shape, and a decoder whose keys grow by one
+        # token per step shows it a new shape nearly every step. On an H200 (torch 2.11, CUDA 13) py-spy put
+        # 41-57 % of the device worker's CPU on the self-attention call while the GPU was 1-3 % busy. Flash,
+        # memory-efficient and math attention need no plan; this is process-wide, as the threads setting above.
+        torch.backends.cuda.enable_cudnn_sdp(False)
     tokenizer = WhisperTokenizer.from_file(weights.tokenizer_file, model.is_multilingual)
     return LoadedWhisper(model, tokenizer, weights.alignment_heads, weights.source_format, dtype)
