@@ -49,13 +49,17 @@ def free_port() -> int:
 
 
 def wait_healthy(
-    base_url: str, timeout_s: float = 90.0, proc: Optional[subprocess.Popen] = None, verify: "ssl.SSLContext | bool" = True
+    base_url: str, timeout_s: float = 90.0, proc: Optional[subprocess.Popen] = None, verify: "ssl.SSLContext | bool" = True,
+    thread: Optional[threading.Thread] = None,
 ) -> None:
-    """Poll `/health` until 200; `verify` is httpx's: an SSL context that trusts a test certificate."""
+    """Poll `/health` until 200; `verify` is httpx's: an SSL context that trusts a test certificate. A server
+    process or thread that ends first fails at once (a failed start-up is not a slow one)."""
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
         if proc is not None and proc.poll() is not None:
             raise RuntimeError(f"server exited with {proc.returncode}:\n{proc.stderr.read().decode() if proc.stderr else ''}")
+        if thread is not None and not thread.is_alive():
+            raise RuntimeError("the in-process server stopped during start-up; its error is in the captured log")
         try:
             if httpx.get(f"{base_url}/health", timeout=1.0, verify=verify).status_code == 200:
                 return
@@ -150,7 +154,7 @@ def in_process_server(app) -> Iterator[str]:
     thread = threading.Thread(target=server.run, daemon=True)
     thread.start()
     base = f"http://127.0.0.1:{port}"
-    wait_healthy(base)
+    wait_healthy(base, thread=thread)
     try:
         yield base
     finally:

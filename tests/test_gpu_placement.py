@@ -26,10 +26,13 @@ def weights_device(backend) -> str:
     return f"{model.model.device}:{list(model.model.device_index)[0]}"
 
 
-def test_model_and_connection_run_on_the_slot_gpu_and_memory_grows_there_only(speech_pcm):
+@pytest.mark.parametrize("backend", ["torch", "faster-whisper"])
+def test_model_and_connection_run_on_the_slot_gpu_and_memory_grows_there_only(speech_pcm, backend):
+    if backend == "faster-whisper":
+        pytest.importorskip("ctranslate2")  # not on the lent GPU host (docs/gpu-check.md)
     probe = NvmlProbe()
     before = {i: probe.read(i).used_memory_gb for i in range(probe.count())}
-    app = create_app(Settings(pcm_input=True, device="cuda", gpus=(0,), max_connections_per_gpu=2))
+    app = create_app(Settings(pcm_input=True, device="cuda", gpus=(0,), max_connections_per_gpu=2, backend=backend))
     services = app.state.services
     pcm, _ = speech_pcm("harvard")
     with in_process_server(app) as base:
@@ -63,3 +66,15 @@ def test_gpu_status_reports_real_nvml_numbers():
     assert snapshot["total_gpus"] == probe.count() >= 1
     gpu = snapshot["gpus"][0]
     assert gpu["simulated"] is False and gpu["total_memory_gb"] > 1 and gpu["utilization_percent"] is not None
+
+
+def test_the_torch_whisper_on_a_gpu_turns_cudnn_attention_off():
+    """cuDNN attention plans every new shape; the decoder's growing keys are a new shape each step (load.py)."""
+    import torch
+
+    from whisperlivekit.asr.backends.torch_whisper.load import load_torch_whisper
+    from whisperlivekit.runtime.model_pool import ModelPool
+
+    loaded = load_torch_whisper(ModelPool(Settings(device="cuda", backend="torch")).model_path(), "cuda:0")
+    assert str(next(loaded.model.parameters()).device) == "cuda:0" and loaded.dtype == torch.float16
+    assert torch.backends.cuda.cudnn_sdp_enabled() is False
