@@ -14,7 +14,7 @@ returns words on a 0.5 s grid at once. Clients are real WebSocket clients stream
 Per level: server CPU ms per stream-second (process CPU / audio received), split by stage, the event
 loop's lag (a 20 ms ticker in the server loop), commit lag; stops once loop-lag p95 passes --max-loop-lag-ms.
 Stage timers wrap, in the server process only: receive (WebSocket protocol `data_received`), decode
-(`pcm16_to_float32`), VAD (`VadStream.process`, worker thread), policy (LocalAgreement methods),
+(`pcm16_to_float32`), VAD (`SileroVadModel.process_many`, or `VadStream.process` before it; worker thread), policy (LocalAgreement methods),
 snapshot (`TranscriptionEngine.snapshot`), JSON (`json.dumps` in starlette's `send_json`), send (the
 WebSocket protocol's `send`), stand-in (the backend); "other" is the rest of the process's CPU time
 (event loop, tasks, engine glue, HTTP). Full-mode updates (every update re-sends all lines).
@@ -149,7 +149,12 @@ def instrument(clock: StageClock, ws_protocol: type) -> None:
         return out
 
     decode.pcm16_to_float32 = pcm
-    clock.wrap(VadStream, "process", "vad")
+    from whisperlivekit.audio.vad import SileroVadModel
+
+    if hasattr(SileroVadModel, "process_many"):  # the VAD lane runs many streams per call (VadStream.process too)
+        clock.wrap(SileroVadModel, "process_many", "vad")
+    else:  # before batched VAD: one stream per call
+        clock.wrap(VadStream, "process", "vad")
     for method in ("append_audio", "drop_audio_before", "next_request", "apply", "finish"):
         clock.wrap(LocalAgreementPolicy, method, "policy")
     clock.wrap(TranscriptionEngine, "snapshot", "snapshot")

@@ -254,6 +254,38 @@ def test_cancelling_a_connection_waits_for_its_running_job_and_skips_its_queued_
     assert after == []
 
 
+def test_vad_jobs_of_many_streams_run_together_and_give_each_its_own_events(backend, speech_pcm):
+    """16 connections' 100 ms chunks at once: the VAD lane runs them as shared calls, and each stream gets the
+    events it gets alone."""
+    from whisperlivekit.audio.vad import SileroVadModel, VadStream
+
+    vad = SileroVadModel()
+    worker = DeviceWorker("cpu", GatedBackend(backend), lanes=1, vad_model=vad)  # no step runs: closing leaves `backend`
+    speech = pcm_to_float(speech_pcm("harvard")[0])[: 16000 * 4]
+    audios = [np.roll(speech, 1600 * n) if n % 2 else np.zeros_like(speech) for n in range(16)]
+    alone = []
+    for audio in audios:
+        stream = VadStream()
+        alone.append([e for start in range(0, len(audio), 1600) for e in stream.process(vad, audio[start : start + 1600])])
+
+    async def connection(audio):
+        stream, events = VadStream(), []
+        for start in range(0, len(audio), 1600):
+            events += await worker.vad(stream, audio[start : start + 1600])
+        return events
+
+    async def scenario():
+        return await asyncio.gather(*(connection(audio) for audio in audios))
+
+    calls, windows = vad.calls, vad.windows
+    try:
+        together = asyncio.run(scenario())
+    finally:
+        worker.close()
+    assert together == alone and any(alone)
+    assert (vad.windows - windows) / (vad.calls - calls) > 2, "the lane ran the streams' windows one by one"
+
+
 def test_vad_never_waits_behind_a_transcription_step(backend, speech_pcm):
     from whisperlivekit.audio.vad import SileroVadModel, VadStream
 

@@ -62,3 +62,31 @@ def test_streams_sharing_one_model_keep_their_own_state(model, speech):
         events_a += a.process(model, speech[i:i + piece])
         events_b += b.process(model, silence[i:i + piece])
     assert events_a == alone and events_b == []
+
+
+def test_many_streams_in_one_call_get_what_each_gets_alone(model, speech):
+    """Speech, silence, the speech shifted, and noise, fed together in 0.1 s pieces: the same events as alone,
+    the same probabilities (Silero's rows are independent), in one call per window index."""
+    rng = np.random.default_rng(1)
+    audios = [speech, np.zeros_like(speech), np.roll(speech, SAMPLE_RATE // 3),
+              rng.normal(0, 0.01, len(speech)).astype(np.float32)]
+    alone = [feed(model, VadStream(), audio) for audio in audios]
+    streams = [VadStream() for _ in audios]
+    together: list = [[] for _ in audios]
+    piece = int(0.1 * SAMPLE_RATE)
+    calls_before = model.calls
+    for i in range(0, len(speech), piece):
+        for n, events in enumerate(model.process_many([(s, a[i:i + piece]) for s, a in zip(streams, audios)])):
+            together[n] += events
+    assert together == alone and alone[0] and not alone[1]
+    assert model.calls - calls_before == len(speech) // 512  # one call per window index, not per stream
+
+    single, batch = VadStream(), [VadStream(), VadStream()]
+    windows = speech[SAMPLE_RATE: SAMPLE_RATE + 512 * 8].reshape(8, 512)
+    for k, window in enumerate(windows):
+        p_single = model.window_probability(single, window)
+        if k % 2:  # a stream moves between batched and single calls, as on the device worker's lane
+            p_batch = [model.window_probability(batch[0], window)]
+        else:
+            p_batch = model.window_probabilities(batch, np.stack([window, np.zeros(512, np.float32)]))
+        assert abs(p_single - float(p_batch[0])) < 1e-5

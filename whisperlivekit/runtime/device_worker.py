@@ -66,6 +66,10 @@ from whisperlivekit.runtime.step_stats import StepStats
 logger = logging.getLogger(__name__)
 
 _STOP = object()
+VAD_BATCH_MAX = 64  # VAD jobs one lane run takes together (one ONNX call per window index)
+# How long the VAD lane waits after a job for others to share its calls: connections send 100 ms chunks at
+# their own phases, so without it the lane mostly runs one stream per call. Small against a chunk's 100 ms.
+VAD_GATHER_S = 0.01
 BUILD_TIMEOUT_S = 5.0  # a lane waits at most this long for a connection's loop to build its request
 
 BuildRequest = Callable[[], Optional[TranscribeRequest]]
@@ -99,6 +103,19 @@ class _Job:
     stream: Optional[LiveStream] = None
     started: bool = False  # set by a lane, under the worker's claim lock
     cancelled: bool = False  # set by the awaiting connection, under the same lock
+
+
+def _distinct_streams(jobs: List[_Job]) -> List[List[_Job]]:
+    """`jobs` in order, cut wherever a stream comes again (a batch runs each stream once)."""
+    batches: List[List[_Job]] = []
+    seen: set = set()
+    for job in jobs:
+        if not batches or id(job.payload[0]) in seen:
+            batches.append([])
+            seen = set()
+        batches[-1].append(job)
+        seen.add(id(job.payload[0]))
+    return batches
 
 
 def _deliver(job: _Job, result: Any = None, error: Optional[BaseException] = None) -> None:
@@ -347,17 +364,36 @@ class DeviceWorker:
                 self._run_batch(self._collect(job))
 
     def _vad_lane(self) -> None:
+        """Every VAD job queued when the lane wakes runs together (`SileroVadModel.process_many`: one ONNX call per window
+        index, not per stream); a stream's second job waits for the next round, so its windows stay in order."""
         while True:
-            job = self._vad_queue.get()
-            if job is _STOP:
+            jobs = [self._vad_queue.get()]
+            gather_until = time.monotonic() + VAD_GATHER_S
+            while jobs[-1] is not _STOP and len(jobs) < VAD_BATCH_MAX:
+                try:
+                    jobs.append(self._vad_queue.get(timeout=max(0.0, gather_until - time.monotonic())))
+                except queue.Empty:
+                    break
+            stopping = jobs[-1] is _STOP
+            if stopping:
+                jobs.pop()
+            for batch in _distinct_streams(jobs):
+                self._run_vad(batch)
+            if stopping:
                 return
-            if not self._claim([job]):
-                continue
-            stream, audio = job.payload
-            try:
-                _deliver(job, stream.process(self.vad_model, audio))
-            except BaseException as exc:  # noqa: BLE001 - handed to the awaiting connection
+
+    def _run_vad(self, jobs: List[_Job]) -> None:
+        wanted = self._claim(jobs)
+        if not wanted:
+            return
+        try:
+            results = self.vad_model.process_many([job.payload for job in wanted])
+        except BaseException as exc:  # noqa: BLE001 - handed to the awaiting connections
+            for job in wanted:
                 _deliver(job, error=exc)
+            return
+        for job, events in zip(wanted, results):
+            _deliver(job, events)
 
     def _run_diarize(self, job: _Job) -> None:
         if not self._claim([job]):
