@@ -7,7 +7,8 @@ Whisper step (what a VAD job queued behind it would wait), and the round trip of
     PYTHONPATH=. python scripts/bench_vad_lane.py
 
 Measured on a shared 2-core machine: VAD 0.39 ms median per chunk; a 4 s Whisper step 586 ms
-median; `await worker.vad` on its own lane with both Whisper lanes busy 2.8 ms median (28 ms p95).
+median; `await worker.vad` on its own lane with both Whisper lanes busy 2.8 ms median (28 ms p95), before the
+VAD lane waited 10 ms to batch streams (device_worker.VAD_GATHER_S, 2026-12-04): add that much now.
 """
 
 from __future__ import annotations

@@ -18,7 +18,8 @@ lanes run side by side, which beats batching there. Diarization runs on the same
 (it is device work of the same weight). VAD has a lane of
 its own: a 100 ms chunk costs ~0.4 ms, and queued behind a Whisper step it would
 wait that step out (~590 ms for 4 s of audio on tiny.en, CPU); on its own lane
-the round trip stays ~3 ms with every Whisper lane busy (`scripts/bench_vad_lane.py`).
+the round trip stays ~3 ms with every Whisper lane busy (`scripts/bench_vad_lane.py`),
+plus the 10 ms the lane waits so that the streams' windows share ONNX calls.
 The VAD session is only ever run from that one lane thread.
 
 Files (`POST /v1/audio/transcriptions`) fill idle capacity: `file_segments()` advances
