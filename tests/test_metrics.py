@@ -51,6 +51,9 @@ def test_metrics_after_a_stream_and_json_logs_tag_connection_lines(speech_pcm):
     assert scheduler["batch_size"]["count"] >= steps and scheduler["step_interval_seconds"]["p95"] > 0
     assert scheduler["degenerate_retries"] == 0
     assert "whisperlivekit_loops_cut_total" in samples and isinstance(scheduler["loops_cut"], int)
+    # VAD classified the clip's 4 s in 32 ms windows (one stream: about one window per call)
+    vad_windows, vad_calls = total("whisperlivekit_vad_windows_total", device="cpu"), total("whisperlivekit_vad_calls_total", device="cpu")
+    assert vad_windows >= 3.5 / 0.032 and vad_windows >= vad_calls >= 1, (vad_windows, vad_calls)
 
     lines = [json.loads(line) for line in log.splitlines() if line.startswith("{")]
     mine = [e for e in lines if e.get("connection_id") == connection_id or connection_id in e["message"]]

@@ -100,6 +100,16 @@ class _LiveCollector(Collector):
             load.add_metric([device], worker.realtime_load())
             queue_depth.add_metric([device], worker.queue_depth())
         yield from (compute, batches, requests, batch_size, load, queue_depth)
+
+        vad_calls = CounterMetricFamily(f"{PREFIX}_vad_calls", "Silero VAD runs per device (each takes one window "
+                                        "of every stream batched into it)", labels=["device"])
+        vad_windows = CounterMetricFamily(f"{PREFIX}_vad_windows", "32 ms windows VAD classified per device: "
+                                          "windows / calls is the VAD batching achieved", labels=["device"])
+        for device, worker in pool.workers().items():
+            if getattr(worker, "vad_model", None) is not None:
+                vad_calls.add_metric([device], worker.vad_model.calls)
+                vad_windows.add_metric([device], worker.vad_model.windows)
+        yield from (vad_calls, vad_windows)
         yield from self._scheduler(pool.workers())
 
         load_times = GaugeMetricFamily(f"{PREFIX}_model_load_seconds", "Time taken to load the model, per device", labels=["device"])
