@@ -272,8 +272,22 @@ def run_levels(ctx: Context, flags: Tuple[str, ...], levels, clips, wer, label: 
     rows: List[Dict] = []
     stopped = None
     started = time.monotonic()
+    warmup = None
     with running_server(*flags, start_timeout_s=SERVER_START_TIMEOUT_S) as server:
         ctx.log(f"  {label}: server up in {time.monotonic() - started:.1f} s ({' '.join(flags)})")
+        if ctx.args.warmup_s > 0 and levels and ctx.left_s() > ctx.args.warmup_s + ctx.args.duration_s + 40:
+            # a fresh server meets each window size and batch shape for the first time (cuFFT plans, kernel
+            # choices): the first level's figures were much worse than later ones on the H200; kept apart
+            import bench_streams
+
+            sessions = asyncio.run(asyncio.wait_for(
+                bench_streams.run_level(server.ws_url, levels[0], clips, ctx.args.warmup_s, seed=levels[0] + 1),
+                timeout=ctx.args.warmup_s + 30))
+            lags = [lag for s in sessions if s["admitted"] for lag in s["commit_lags_s"]]
+            warmup = {"n": levels[0], "seconds": ctx.args.warmup_s, "commit_lag_p50_s": bench_streams.pct(lags, 50),
+                      "commit_lag_p95_s": bench_streams.pct(lags, 95)}
+            ctx.log(f"  {label} warm-up N={levels[0]} for {ctx.args.warmup_s:.0f} s: lag p50/p95 "
+                    f"{warmup['commit_lag_p50_s']}/{warmup['commit_lag_p95_s']} s (not a level)")
         for n in levels:
             # a level lasts its duration plus one clip and the drain
             if ctx.left_s() < ctx.args.duration_s + 20:
@@ -289,7 +303,7 @@ def run_levels(ctx: Context, flags: Tuple[str, ...], levels, clips, wer, label: 
                 stopped = f"N={n} failed"
                 break
     holding = [r["n"] for r in rows if r["holds"]]
-    return {"flags": list(flags), "levels": rows, "largest_n_holding": max(holding) if holding else None, "stopped": stopped}
+    return {"flags": list(flags), "warmup": warmup, "levels": rows, "largest_n_holding": max(holding) if holding else None, "stopped": stopped}
 
 
 # -- steps ------------------------------------------------------------------------------------------

@@ -21,7 +21,8 @@ def test_cpu_rehearsal_runs_every_step_and_reports_real_figures(tmp_path):
     out = tmp_path / "check"
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")])}
     proc = subprocess.run(
-        [sys.executable, "scripts/gpu_check.py", "--device", "cpu", "--levels", "1", "--duration-s", "4", "--out", str(out)],
+        [sys.executable, "scripts/gpu_check.py", "--device", "cpu", "--levels", "1", "--duration-s", "4", "--warmup-s", "3",
+         "--out", str(out)],
         cwd=ROOT, env=env, capture_output=True, text=True, timeout=900,
     )
     report = json.loads((out / "gpu-check.json").read_text())
@@ -36,6 +37,8 @@ def test_cpu_rehearsal_runs_every_step_and_reports_real_figures(tmp_path):
     assert placement["transcripts_nonempty"] == placement["connections"] and placement["server_cpu_pct"] > 0
     assert steps["gpu_pytest"]["counts"].get("skipped", 0) >= 1 and not steps["gpu_pytest"]["counts"].get("failed")
 
+    warmup = steps["capacity"]["variants"]["torch tiny.en"]["warmup"]  # streamed, kept apart from the levels
+    assert warmup["n"] == 1 and warmup["seconds"] == 3
     level = steps["capacity"]["variants"]["torch tiny.en"]["levels"][0]
     assert level["n"] == 1 and level["admitted"] >= 1 and level["refused"] == 0
     assert level["commit_lag_n"] >= 1 and 0 < level["commit_lag_p50_s"] < 30
