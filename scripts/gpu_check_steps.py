@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import asyncio
 import importlib
-import importlib.util
 import json
 import os
 import re
@@ -172,7 +171,7 @@ def server_flags(ctx: Context, model: str, backend: str = "torch", extra: Tuple[
 def start_profile(ctx: Context, server, name: str) -> Optional[Tuple[subprocess.Popen, Path]]:
     """With --profile and py-spy on the PATH: sample the server's threads (on CPU only) for one level."""
     exe = shutil.which("py-spy")
-    if not getattr(ctx.args, "profile", False) or exe is None:
+    if not ctx.args.profile or exe is None:
         return None
     ctx.args.out.mkdir(parents=True, exist_ok=True)
     path = ctx.args.out / f"pyspy-{name}.txt"
@@ -299,7 +298,7 @@ def run_levels(ctx: Context, flags: Tuple[str, ...], levels, clips, wer, label: 
             ctx.log(f"  {label} N={n}: lag p50/p95 {row['commit_lag_p50_s']}/{row['commit_lag_p95_s']} s, WER {row['wer_mean']}, "
                     f"util {row['gpu_util_mean_pct']}%, {row['gpu_mb_per_connection']} MB/conn, batch {row['batch_size_mean']}, "
                     f"server CPU {row['server_cpu_pct']}% -> {'holds' if row['holds'] else 'FAILS: ' + '; '.join(row['fails_because'])}")
-            if not row["holds"] and not getattr(ctx.args, "no_stop_after_failure", False):
+            if not row["holds"] and not ctx.args.no_stop_after_failure:
                 stopped = f"N={n} failed"
                 break
     holding = [r["n"] for r in rows if r["holds"]]
@@ -584,9 +583,9 @@ def diarization(ctx: Context) -> Dict:
     level with it against the same level without."""
     import onnxruntime
 
-    from whisperlivekit.diarization import choose_backend
+    from whisperlivekit.diarization import choose_backend, nemo_installed
 
-    backend = choose_backend("auto", ctx.slot_device, None, importlib.util.find_spec("nemo") is not None)
+    backend = choose_backend("auto", ctx.slot_device, None, nemo_installed())
     out: Dict = {"auto_backend": backend, "onnxruntime": onnxruntime.__version__,
                  "onnxruntime_providers": onnxruntime.get_available_providers()}
     if backend != "embedding":

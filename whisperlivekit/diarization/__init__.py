@@ -13,6 +13,7 @@ Two backends behind `DiarizationModel`, chosen by name:
 
 from __future__ import annotations
 
+import importlib.util
 from typing import Any, Callable, Dict, Optional
 
 from whisperlivekit.diarization.assign import assign_speakers
@@ -37,6 +38,11 @@ BACKENDS: Dict[str, Callable[..., DiarizationModel]] = {
     "embedding": _embedding,
     "sortformer": _sortformer,
 }
+
+
+def nemo_installed() -> bool:
+    """Whether NeMo (Sortformer's toolkit) can be imported here, without importing it (seconds, GBs)."""
+    return importlib.util.find_spec("nemo") is not None
 
 
 def choose_backend(requested: str, device: str, model: Optional[str], nemo_installed: bool) -> str:
@@ -86,4 +92,5 @@ __all__ = [
     "choose_backend",
     "diarizer_device",
     "load_diarizer",
+    "nemo_installed",
 ]

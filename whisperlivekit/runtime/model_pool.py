@@ -13,7 +13,6 @@ only as a benchmark baseline.
 from __future__ import annotations
 
 import asyncio
-import importlib.util
 import logging
 import os
 import threading
@@ -105,12 +104,12 @@ class ModelPool:
         return 1 if device == "cpu" else 8
 
     def _load_diarizer(self, device: str) -> Any:
-        from whisperlivekit.diarization import choose_backend, diarizer_device, load_diarizer
+        from whisperlivekit.diarization import choose_backend, diarizer_device, load_diarizer, nemo_installed
 
         s = self.settings
-        nemo_installed = importlib.util.find_spec("nemo") is not None
-        backend = choose_backend(s.diarization_backend, device, s.diarization_model, nemo_installed)
-        if s.diarization_backend == "auto" and backend == "embedding" and device.startswith("cuda") and not nemo_installed:
+        has_nemo = nemo_installed()
+        backend = choose_backend(s.diarization_backend, device, s.diarization_model, has_nemo)
+        if s.diarization_backend == "auto" and backend == "embedding" and device.startswith("cuda") and not has_nemo:
             logger.info("Diarization on %s: the embedding (CAM++) diarizer, since NeMo is not installed "
                         "(pip install 'whisperlivekit[sortformer]' for Sortformer)", device)
         place = device
