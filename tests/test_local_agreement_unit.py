@@ -428,3 +428,31 @@ def test_a_long_buffer_is_cut_where_the_sentences_last_word_ends_not_where_its_f
     assert policy.offset_s == pytest.approx(2.74)
     policy.next_request()
     assert policy.prompt() == " Smooth planks."
+
+
+# tiny.en's hypothesis of the phone call's first 7 s (faster-whisper, 1-s steps): the real "Hello?"s have
+# sound, then the loop's copies sit at 8.84-8.96 s with no duration (times shortened from the trace).
+_LOOPED = [(2.84, 7.22, "Hello."), (7.70, 8.16, "Hello."), (8.32, 8.50, "Hello."), (8.50, 8.66, "Hello.")] + [
+    (t, t, "Hello.") for t in (8.84, 8.92, 8.94, 8.96, 8.96, 8.96, 8.96)] + [
+    (8.96, 9.22, "didn't"), (9.22, 9.40, "know"), (9.40, 9.82, "you")]
+
+
+def test_a_words_copies_in_a_row_that_the_alignment_gave_no_sound_are_dropped_from_a_hypothesis():
+    from whisperlivekit.asr.policies.local_agreement import drop_unheard_repeats
+
+    looped = [Word(start, end, f" {text}", 0.8) for start, end, text in _LOOPED]
+    assert texts(drop_unheard_repeats(looped)) == ["Hello."] * 4 + ["didn't", "know", "you"]
+    # the first two copies in a row are speech even with no duration ("no, no"), as is any other word
+    said_twice = [Word(1.0, 1.3, " no,"), Word(1.3, 1.3, " no"), Word(1.3, 1.3, " way")]
+    assert texts(drop_unheard_repeats(said_twice)) == ["no,", "no", "way"]
+
+
+def test_two_hypotheses_that_loop_on_one_word_commit_only_its_copies_with_sound():
+    policy = LocalAgreementPolicy(buffer_trimming_s=30.0)
+    looped = [Word(start, end, f" {text}", 0.8) for start, end, text in _LOOPED]
+    for _ in range(2):
+        policy.append_audio(seconds_of_audio(5.0))
+        policy.next_request()
+        policy.apply(TranscribeResult(words=list(looped)))
+    committed = texts(policy.committed)
+    assert committed.count("Hello.") == 4, committed
