@@ -48,12 +48,31 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+def listens_on(pid: int, port: int) -> bool:
+    """Whether process `pid` holds the listening socket of `port`."""
+    import psutil
+
+    try:
+        return any(c.status == psutil.CONN_LISTEN and c.laddr and c.laddr.port == port
+                   for c in psutil.Process(pid).net_connections(kind="tcp"))
+    except psutil.Error:
+        return False
+
+
 def wait_healthy(
     base_url: str, timeout_s: float = 90.0, proc: Optional[subprocess.Popen] = None, verify: "ssl.SSLContext | bool" = True,
     thread: Optional[threading.Thread] = None,
 ) -> None:
-    """Poll `/health` until 200; `verify` is httpx's: an SSL context that trusts a test certificate. A server
-    process or thread that ends first fails at once (a failed start-up is not a slow one)."""
+    """Poll `/health` until 200 from the server started here; `verify` is httpx's: an SSL context that trusts a
+    test certificate. A server process or thread that ends first fails at once (a failed start-up is not a
+    slow one).
+
+    The 200 must come from that server: `free_port()` gives the port up before the server binds it (after
+    loading its models), and the other test worker may get the same port meanwhile. In CI a test then
+    streamed to the other worker's server, passed its health check, and was refused mid-test when that
+    server stopped. So the answer counts only once this process (or thread's process) holds the port."""
+    port = httpx.URL(base_url).port
+    owner = proc.pid if proc is not None else os.getpid() if thread is not None else None
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
         if proc is not None and proc.poll() is not None:
@@ -61,7 +80,8 @@ def wait_healthy(
         if thread is not None and not thread.is_alive():
             raise RuntimeError("the in-process server stopped during start-up; its error is in the captured log")
         try:
-            if httpx.get(f"{base_url}/health", timeout=1.0, verify=verify).status_code == 200:
+            if httpx.get(f"{base_url}/health", timeout=1.0, verify=verify).status_code == 200 and (
+                    owner is None or listens_on(owner, port)):
                 return
         except httpx.HTTPError:
             pass
@@ -91,7 +111,7 @@ class ServerProcess:
             self.flags += ["--max-realtime-load", "0"]
         self.env = {**os.environ, **(env or {})}
         self.proc: Optional[subprocess.Popen] = None
-        self.log_path = Path(os.environ.get("PYTEST_TMP", "/tmp")) / f"wlk-server-{self.port}.log"
+        self.log_path = Path(os.environ.get("PYTEST_TMP", "/tmp")) / f"wlk-server-{os.getpid()}-{self.port}.log"
 
     @property
     def base_url(self) -> str:
@@ -101,18 +121,25 @@ class ServerProcess:
     def ws_url(self) -> str:
         return f"{'wss' if self.ssl_context else 'ws'}://127.0.0.1:{self.port}/asr"
 
-    def start(self) -> "ServerProcess":
-        self._log = open(self.log_path, "wb")
-        self.proc = subprocess.Popen(
-            [sys.executable, "-m", "whisperlivekit.cli", "--port", str(self.port), *self.flags],
-            stdout=self._log, stderr=subprocess.STDOUT, env=self.env, cwd=self.cwd,
-        )
-        try:
-            wait_healthy(self.base_url, self.start_timeout_s, proc=self.proc, verify=self.ssl_context or True)
-        except Exception:
-            self.stop()
-            raise RuntimeError(f"server failed to start; log:\n{self.log()}")
-        return self
+    def start(self, attempts: int = 3) -> "ServerProcess":
+        """Start the server; on a port the other test worker bound first (see `wait_healthy`), again on another."""
+        for attempt in range(attempts):
+            self._log = open(self.log_path, "wb")
+            self.proc = subprocess.Popen(
+                [sys.executable, "-m", "whisperlivekit.cli", "--port", str(self.port), *self.flags],
+                stdout=self._log, stderr=subprocess.STDOUT, env=self.env, cwd=self.cwd,
+            )
+            try:
+                wait_healthy(self.base_url, self.start_timeout_s, proc=self.proc, verify=self.ssl_context or True)
+                return self
+            except Exception:
+                self.stop()
+                if "address already in use" in self.log() and attempt + 1 < attempts:
+                    self.port = free_port()
+                    self.log_path = self.log_path.with_name(f"wlk-server-{os.getpid()}-{self.port}.log")
+                    continue
+                raise RuntimeError(f"server failed to start; log:\n{self.log()}")
+        raise AssertionError("unreachable")
 
     def log(self) -> str:
         return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
