@@ -137,6 +137,40 @@ def test_dtw_takes_the_cheapest_monotonic_path():
     assert list(zip(tokens, frames)) == [(0, 0), (1, 1), (1, 2), (2, 3)]
 
 
+def _dtw_cell_by_cell(cost: np.ndarray) -> list:
+    """The textbook DTW, one cell at a time (ties: time, then tokens), as the reference for the vectorised one."""
+    n, m = cost.shape
+    total = np.full((n + 1, m + 1), np.inf)
+    total[0, 0] = 0.0
+    trace = np.zeros((n + 1, m + 1), dtype=int)
+    for i in range(1, n + 1):
+        for j in range(1, m + 1):
+            options = (total[i - 1, j - 1], total[i - 1, j], total[i, j - 1])
+            if options[0] < options[1] and options[0] < options[2]:
+                step = 0
+            elif options[1] < options[0] and options[1] < options[2]:
+                step = 1
+            else:
+                step = 2
+            total[i, j], trace[i, j] = cost[i - 1, j - 1] + options[step], step
+    i, j, path = n, m, []
+    while i > 0 or j > 0:
+        path.append((i - 1, j - 1))
+        step = trace[i, j] if i > 0 and j > 0 else (2 if i == 0 else 1)
+        i, j = (i - 1, j - 1) if step == 0 else (i - 1, j) if step == 1 else (i, j - 1)
+    return path[::-1]
+
+
+def test_the_row_by_row_dtw_finds_the_textbook_path_on_random_and_smooth_costs():
+    rng = np.random.default_rng(0)
+    for trial in range(150):
+        cost = rng.normal(size=(int(rng.integers(1, 25)), int(rng.integers(1, 150))))
+        if trial % 2:
+            cost = np.cumsum(cost, axis=1) * 0.1  # smooth along time, like the filtered attention
+        tokens, frames = dtw(cost)
+        assert list(zip(tokens, frames)) == _dtw_cell_by_cell(cost), trial
+
+
 def test_greedy_transcripts_equal_faster_whisper_float32_and_word_times_within_40_ms(reference, ours, clips):
     worst_s = 0.0
     for label, request in requests_for(clips):

@@ -27,20 +27,29 @@ FRAMES_PER_S = 50  # encoder positions per second of audio (10 ms mel hop, strid
 def dtw(cost: np.ndarray) -> tuple:
     """(token indices, frame indices) of the cheapest monotonic path through `cost` (tokens, frames).
 
-    Filled by anti-diagonals (each depends only on the two before it) so numpy
-    does the inner loop; ties prefer the step along time, then along tokens.
+    Filled one token row at a time, so numpy does the loop over frames: a row is
+    `total[j] = cost[j] + min(above[j], total[j - 1])`, where `above` is the better of the
+    diagonal and upward steps from the row before. Unrolled, that is a running minimum
+    of `above[k] - cumsum(cost)[k - 1]`, plus `cumsum(cost)[j]`. The first version filled
+    anti-diagonals, one numpy round per token + frame (about 550 for 10 s of audio); DTW
+    then held 14-22 % of the GPU server's samples (docs/gpu-check.md). Rows are the
+    tokens, a few dozen. The path is the cell-by-cell fill's (tests/test_torch_backend.py);
+    ties prefer the step along time.
     """
     n, m = cost.shape
     total = np.full((n + 1, m + 1), np.inf)
     total[0, 0] = 0.0
     trace = np.zeros((n + 1, m + 1), dtype=np.int8)
-    for k in range(2, n + m + 1):
-        i = np.arange(max(1, k - m), min(n, k - 1) + 1)
-        j = k - i
-        diagonal, up, left = total[i - 1, j - 1], total[i - 1, j], total[i, j - 1]
-        choice = np.where((diagonal < up) & (diagonal < left), 0, np.where((up < diagonal) & (up < left), 1, 2))
-        total[i, j] = cost[i - 1, j - 1] + np.choose(choice, [diagonal, up, left])
-        trace[i, j] = choice
+    for i in range(1, n + 1):
+        diagonal, up = total[i - 1, :-1], total[i - 1, 1:]
+        above = np.minimum(diagonal, up)
+        row_sum = np.cumsum(cost[i - 1])
+        before = np.concatenate(([0.0], row_sum[:-1]))
+        best = np.minimum.accumulate(above - before)
+        total[i, 1:] = row_sum + best
+        # left wherever the running minimum came from an earlier frame (ties too)
+        from_left = np.concatenate(([False], above[1:] - before[1:] >= best[:-1]))
+        trace[i, 1:] = np.where(from_left, 2, np.where(diagonal < up, 0, 1))
     trace[0, :] = 2
     trace[:, 0] = 1
     i, j = n, m
