@@ -76,18 +76,22 @@ class _RowHistory:
         return _RowHistory(*(t.index_select(0, rows) for t in (self.count, self.last, self.penultimate, self.last_timestamp)))
 
 
-def _apply_rules(logits: torch.Tensor, history: _RowHistory, special: SpecialTokens, always: torch.Tensor,
-                 first: bool, timestamps: bool = True) -> None:
+def _apply_rules(logits: torch.Tensor, history: _RowHistory, special: SpecialTokens, suppress: torch.Tensor,
+                 time_offsets: torch.Tensor, first: bool, timestamps: bool = True) -> None:
     """Mask `logits` (rows, vocab) in place with the suppression and timestamp rules.
 
-    `always` holds the token ids suppressed at every step; without `timestamps`
-    (a prompt ending in `<|notimestamps|>`) only those and the first step's
-    blank and end-of-text are suppressed. Every row starts at
-    the same step, so the first step is the same for all; each rule touches only
-    the columns it concerns (text or timestamps), which keeps a step cheap on the CPU.
+    `suppress` is 0 or -inf per vocabulary entry: the tokens suppressed at every
+    step, added as one bias. Without `timestamps` (a prompt ending in
+    `<|notimestamps|>`) only those and the first step's blank and end-of-text are
+    suppressed. Every row starts at the same step, so the first step is the same for
+    all. Each rule touches only the columns it concerns, and the rules run on the
+    logits, not log-probabilities (the timestamp-forcing comparison is the same on both,
+    each side shifted by the row's log-partition): on a GPU every small op costs a kernel
+    launch on the one CPU thread that feeds it, and these rules ran on every step of
+    every batch (5-12 % of the H200 server's samples, docs/gpu-check.md).
     """
     tb, eot = special.timestamp_begin, special.eot
-    logits[:, always] = NEG_INF
+    logits.add_(suppress)
     if first:
         logits[:, list(special.begin_suppress)] = NEG_INF
     if not timestamps:
@@ -103,11 +107,9 @@ def _apply_rules(logits: torch.Tensor, history: _RowHistory, special: SpecialTok
     times = logits[:, tb:]
     times.masked_fill_(pair_done[:, None], NEG_INF)  # a pair is complete: text (or end) next
     logits[:, :eot].masked_fill_((last_is_time & ~pair_done)[:, None], NEG_INF)  # a lone one: another or end
-    offsets = torch.arange(times.shape[-1], device=logits.device)[None]
-    times.masked_fill_(offsets < (history.last_timestamp - tb)[:, None], NEG_INF)  # timestamps never decrease
+    times.masked_fill_(time_offsets < (history.last_timestamp - tb)[:, None], NEG_INF)  # timestamps never decrease
     # where the timestamps together are likelier than any other single token, a timestamp it is
-    logprobs = torch.log_softmax(logits, dim=-1)
-    force = ~pair_done & (torch.logsumexp(logprobs[:, tb:], dim=-1) > logprobs[:, :tb].max(dim=-1).values)
+    force = ~pair_done & (torch.logsumexp(times, dim=-1) > logits[:, :tb].max(dim=-1).values)
     logits[:, :tb].masked_fill_(force[:, None], NEG_INF)
 
 
@@ -140,19 +142,22 @@ def greedy_decode(
     no_speech = torch.softmax(logits[:, 0], dim=-1)[:, special.no_speech].tolist()
     logits = logits[:, 1]
 
-    always = torch.tensor([*special.suppress, *([special.no_timestamps] if timestamps else [])], device=device)
+    suppress = torch.zeros(logits.shape[-1], dtype=logits.dtype, device=device)
+    suppress[[*special.suppress, *([special.no_timestamps] if timestamps else [])]] = NEG_INF
+    time_offsets = torch.arange(logits.shape[-1] - special.timestamp_begin, device=device)[None]
     history = _RowHistory.empty(batch, device)
     generated: List[List[int]] = [[] for _ in range(batch)]
     scores = [0.0] * batch
     alive = list(range(batch))  # original row of each row still in the batch
     for step in range(max_steps):
-        _apply_rules(logits, history, special, always, first=step == 0, timestamps=timestamps)
-        logprobs = torch.log_softmax(logits, dim=-1)
-        best = logprobs.argmax(dim=-1)
-        best_logprob = logprobs.gather(1, best[:, None])[:, 0]
+        _apply_rules(logits, history, special, suppress, time_offsets, first=step == 0, timestamps=timestamps)
+        best = logits.argmax(dim=-1)
+        best_logprob = logits.gather(1, best[:, None])[:, 0] - torch.logsumexp(logits, dim=-1)
         history = history.push(best, special.timestamp_begin)
         keep = []
-        for i, (token, logprob) in enumerate(zip(best.tolist(), best_logprob.tolist())):
+        # one copy to the host per step (the token ids are exact in float64)
+        chosen, chosen_logprob = torch.stack((best.double(), best_logprob.double())).tolist()
+        for i, (token, logprob) in enumerate(zip(map(int, chosen), chosen_logprob)):
             row = alive[i]
             scores[row] += logprob
             if token == special.eot:
