@@ -107,7 +107,9 @@ class DecoderState:
     `keys`/`values`: per layer, (B, heads, tokens, head_dim) self-attention cache;
     `cross`: per layer, the encoded audio's cross-attention keys and values;
     `valid`: (B, tokens) which cached tokens are real (False for left padding);
-    `positions`: (B,) the position the next token of each row takes.
+    `positions`: (B,) the position the next token of each row takes;
+    `padded`: whether `valid` holds any padding, kept on the host so that a decode step
+    never waits on the device to find out (see `TextDecoder.forward`).
     """
 
     keys: List[Tensor]
@@ -115,6 +117,7 @@ class DecoderState:
     cross: List[Tuple[Tensor, Tensor]]
     valid: Tensor
     positions: Tensor
+    padded: bool = False
 
     @property
     def length(self) -> int:
@@ -126,12 +129,14 @@ class DecoderState:
         Cross keys/values of batch 1 are shared by every row (AlignAtt's beams all read one
         window) and stay as they are: copying them per row each step would cost more than the step.
         """
+        valid = self.valid.index_select(0, rows)
         return DecoderState(
             [k.index_select(0, rows) for k in self.keys],
             [v.index_select(0, rows) for v in self.values],
             [(k, v) if k.shape[0] == 1 else (k.index_select(0, rows), v.index_select(0, rows)) for k, v in self.cross],
-            self.valid.index_select(0, rows),
+            valid,
             self.positions.index_select(0, rows),
+            padded=self.padded and not bool(valid.all()),  # the padded rows may have left (rows leave rarely)
         )
 
 
@@ -178,17 +183,28 @@ class TextDecoder(nn.Module):
         """
         batch, n_new = tokens.shape
         device = tokens.device
+        # A decode step (one token per row, no padding) reads nothing back from the device: on a GPU each
+        # read waits for the queue to drain, and the worker's one thread launches every kernel of the step.
+        step = valid is None and n_new == 1
         if valid is None:
             valid = torch.ones(batch, n_new, dtype=torch.bool, device=device)
-        steps = valid.long().cumsum(dim=1) - 1
-        positions = (state.positions[:, None] + steps).clamp(min=0)
-        if int(positions.max()) >= self.positional_embedding.shape[0]:
+            positions = state.positions[:, None] if step else state.positions[:, None] + torch.arange(n_new, device=device)[None]
+            added = n_new
+            padded = state.padded
+        else:
+            positions = (state.positions[:, None] + valid.long().cumsum(dim=1) - 1).clamp(min=0)
+            added = valid.long().sum(dim=1)
+            padded = state.padded or not bool(valid.all())
+        # a position never exceeds the columns so far, so only near the context's end is it read back
+        if state.length + n_new > self.positional_embedding.shape[0] and int(positions.max()) >= self.positional_embedding.shape[0]:
             raise ValueError(f"{int(positions.max()) + 1} tokens exceed the decoder's context")
         x = self.token_embedding(tokens) + self.positional_embedding[positions]
 
         all_valid = torch.cat([state.valid, valid], dim=1)
         mask = None
-        if n_new > 1 or not bool(all_valid.all()):
+        if step and padded:
+            mask = all_valid[:, None, None, :]  # one new real token sees every real token, itself included
+        elif n_new > 1 or padded:
             total = all_valid.shape[1]
             causal = torch.ones(n_new, total, dtype=torch.bool, device=device).tril(diagonal=state.length)
             mask = causal[None] & all_valid[:, None, :]
@@ -225,7 +241,7 @@ class TextDecoder(nn.Module):
             x = x.gather(1, logits_at[:, :, None].expand(-1, -1, x.shape[-1]))
         x = self.ln(x)
         logits = (x @ self.token_embedding.weight.to(x.dtype).T).float()
-        new_state = DecoderState(keys, values, state.cross, all_valid, state.positions + valid.long().sum(dim=1))
+        new_state = DecoderState(keys, values, state.cross, all_valid, state.positions + added, padded)
         return logits, new_state, (torch.cat(chosen, dim=1) if chosen else None)
 
 
