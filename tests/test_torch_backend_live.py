@@ -39,3 +39,19 @@ def test_torch_backend_stream_is_transcribed_within_wer_bound(torch_server, spee
     result = run(stream(torch_server.ws_url, pcm, pcm=True, speed=pace(3.0)))
     error_rate = check_finished_stream(result, reference, max_wer)
     print(f"torch {clip}: WER {error_rate:.1%}")
+
+
+def test_without_ctranslate2_backend_auto_serves_with_torch(tmp_path, speech_pcm):
+    """The lent GPU host has torch and no CTranslate2: `--backend auto` must not name faster-whisper there."""
+    import os
+
+    (tmp_path / "sitecustomize.py").write_text(
+        "import sys\n"
+        "sys.modules['ctranslate2'] = None  # import fails, find_spec says missing: as if not installed\n"
+        "sys.modules['faster_whisper'] = None\n")
+    path = os.pathsep.join(p for p in (str(tmp_path), os.environ.get("PYTHONPATH", "")) if p)
+    with running_server("--pcm-input", env={"PYTHONPATH": path}) as server:
+        assert server.get("/health").json()["backend"] == "torch"
+        pcm, reference = speech_pcm("harvard")
+        result = run(stream(server.ws_url, pcm, pcm=True, speed=pace(3.0)))
+        check_finished_stream(result, reference, 0.10)

@@ -92,7 +92,8 @@ def build_parser() -> argparse.ArgumentParser:
     model.add_argument("--cache-dir", default=None,
                        help="where model parts shipped across packages are joined (default: $XDG_CACHE_HOME/whisperlivekit, ~/.cache/whisperlivekit)")
     model.add_argument("--backend", default="auto", choices=["auto", *backend_names(), *BACKEND_ALIASES],
-                       help="auto: the first backend that runs --backend-policy; simulstreaming: our PyTorch Whisper with "
+                       help="auto: the first installed backend that runs --backend-policy (faster-whisper, else torch "
+                            "where CTranslate2 is missing); simulstreaming: our PyTorch Whisper with "
                             "the AlignAtt policy (same as --backend-policy simulstreaming)")
     model.add_argument("--backend-policy", default=DEFAULTS.backend_policy, choices=["localagreement", "simulstreaming"],
                        help="simulstreaming (AlignAtt) reads the decoder's attention: it runs on the torch backend")

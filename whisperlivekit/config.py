@@ -56,7 +56,7 @@ class Settings:
     model: str = "tiny.en"
     model_dir: Optional[str] = None
     cache_dir: Optional[str] = None  # joined model parts; None: cache_root()'s default
-    backend: BackendName = "auto"  # auto: the first backend that runs the policy
+    backend: BackendName = "auto"  # auto: the first installed backend that runs the policy
     backend_policy: PolicyName = "localagreement"
     compute_type: str = "auto"
     language: str = "auto"

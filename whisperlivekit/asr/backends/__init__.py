@@ -9,6 +9,7 @@ The table below is the whole truth about which backend supports which policy;
 from __future__ import annotations
 
 import importlib
+import importlib.util
 from pathlib import Path
 from typing import TYPE_CHECKING, Dict, Tuple
 
@@ -31,6 +32,14 @@ CHECKPOINT_BACKENDS = frozenset({"torch"})
 BACKEND_ALIASES: Dict[str, Tuple[str, str]] = {"simulstreaming": ("torch", "simulstreaming")}
 
 
+# What each backend imports beyond the base install's torch; `--backend auto` skips a backend missing one.
+REQUIRES: Dict[str, Tuple[str, ...]] = {"faster-whisper": ("faster_whisper", "ctranslate2"), "torch": ()}
+
+
+def installed(backend: str) -> bool:
+    return all(importlib.util.find_spec(module) is not None for module in REQUIRES.get(backend, ()))
+
+
 def backend_names() -> Tuple[str, ...]:
     return tuple(dict.fromkeys(name for name, _ in BACKENDS))
 
@@ -40,11 +49,15 @@ def supported_policies(backend: str) -> Tuple[str, ...]:
 
 
 def backend_for_policy(policy: str) -> str:
-    """The first backend that supports `policy` (what `--backend auto` means)."""
-    for name, supported in BACKENDS:
-        if supported == policy:
-            return name
-    raise ValueError(f"no backend supports the streaming policy {policy!r}")
+    """The first backend that supports `policy` and is installed (what `--backend auto` means).
+
+    On the lent GPU host (torch, no CTranslate2) `auto` named faster-whisper and the server
+    failed at start-up, though the torch backend runs the same model there. With none of
+    them installed, the first is named, and loading it says what to install."""
+    candidates = [name for name, supported in BACKENDS if supported == policy]
+    if not candidates:
+        raise ValueError(f"no backend supports the streaming policy {policy!r}")
+    return next((name for name in candidates if installed(name)), candidates[0])
 
 
 def check_combination(backend: str, policy: str) -> None:
