@@ -86,6 +86,45 @@ def test_a_batch_takes_the_nearest_deadlines_of_the_first_jobs_window_bucket():
     assert [queue.take(timeout=0).name, queue.take(timeout=0).name] == ["other-bucket", "far"]
 
 
+def test_for_a_backend_that_mixes_windows_a_batch_takes_the_nearest_deadlines_of_any_bucket():
+    queue = DeadlineQueue(FakeClock())
+    first = Job("first", 1.0, bucket=2)
+    for name, due, bucket in (("other-bucket", 1.5, 7), ("near", 2.0, 2), ("far", 9.0, 2), ("file", 0.5, 2)):
+        queue.put(Job(name, due, kind="file" if name == "file" else "transcribe", bucket=bucket))
+    batch = [first]
+    queue.take_more(batch, 3, any_bucket=True)
+    assert [j.name for j in batch] == ["first", "other-bucket", "near"]
+    assert [queue.take(timeout=0).name, queue.take(timeout=0).name] == ["file", "far"]  # another kind stays
+
+
+def test_the_worker_batches_several_windows_together_only_for_a_backend_that_mixes_them():
+    """The lane is held by one step while three of different window buckets queue: a backend that decodes
+    mixed windows as one batch gets them in one call, any other one call per bucket."""
+    def batches(mixes: bool) -> List[List[float]]:
+        backend = RecordingBackend()
+        backend.mixes_windows = mixes
+        worker = DeviceWorker("cuda:0", backend, lanes=1, max_batch_size=8, batch_window_ms=50)
+
+        async def scenario():
+            backend.gate.clear()
+            holder = asyncio.create_task(worker.transcribe(_request(9.0)))
+            assert await asyncio.to_thread(backend.entered.wait, 10)
+            steps = [asyncio.create_task(worker.transcribe(_request(float(n), samples=int(seconds * 16000))))
+                     for n, seconds in ((1, 3.0), (2, 9.0), (3, 15.0))]
+            await asyncio.sleep(0.1)
+            backend.gate.set()
+            await asyncio.gather(holder, *steps)
+
+        try:
+            asyncio.run(scenario())
+        finally:
+            worker.close()
+        return backend.seen
+
+    assert batches(mixes=True) == [[9.0], [1.0, 2.0, 3.0]]
+    assert batches(mixes=False) == [[9.0], [1.0], [2.0], [3.0]]
+
+
 def test_a_cancelled_job_leaves_the_queue_at_once_and_never_runs():
     queue = DeadlineQueue(FakeClock())
     gone, kept = Job("gone", 1.0), Job("kept", 2.0)

@@ -228,7 +228,8 @@ def test_a_looping_hypothesis_is_redone_on_the_full_window_as_faster_whisper_doe
     """Four repeats of one sentence after it as prompt: tiny.en loops on the short window, both backends alike."""
     sentence = clips["harvard"][: int(2.6 * 16000)]  # "The birch canoe slid on the smooth planks."
     request = TranscribeRequest(np.concatenate([sentence] * 4), prompt="The birch canoe slid on the smooth planks.")
-    first_pass = {b.name: b._run([request], b.window_frames(request)) for b in (reference, ours)}
+    first_pass = {"faster-whisper": reference._run([request], reference.window_frames(request)),
+                  "torch": ours._run([request], [ours.window_frames(request)])}
     assert first_pass["torch"][1] == first_pass["faster-whisper"][1] == [0], "the first pass should look degenerate"
     assert first_pass["torch"][0][0].text == first_pass["faster-whisper"][0][0].text
     theirs, mine = reference.transcribe_batch([request])[0], ours.transcribe_batch([request])[0]
@@ -245,6 +246,27 @@ def test_a_batch_gives_each_stream_what_it_gets_alone(ours, clips):
     for a, b in zip(together, alone):
         assert [w.text for w in a.words] == [w.text for w in b.words]
         assert max((abs(x.start - y.start) + abs(x.end - y.end) for x, y in zip(a.words, b.words)), default=0) < 0.021
+
+
+def test_rows_of_different_windows_decoded_as_one_batch_get_what_they_get_alone(tiny_dir: Path, ours, clips, monkeypatch):
+    """`mixes_windows` (on by default on CUDA): one decode for every window, each row's cross-attention
+    masked to its own frames, gives each stream what its own window gives it alone."""
+    from whisperlivekit.asr.backends.torch_whisper import backend as backend_module
+
+    mixing = TorchWhisperBackend(tiny_dir, cpu_threads=1, mix_windows=True)
+    assert not ours.mixes_windows, "on a CPU each window stays its own batch"
+    batch = [request for _, request in requests_for(clips)]
+    assert len({mixing.window_frames(r) for r in batch}) > 1
+    alone = [ours.transcribe_batch([request])[0] for request in batch]
+    decodes = []
+    real_decode = backend_module.greedy_decode
+    monkeypatch.setattr(backend_module, "greedy_decode", lambda *a, **k: decodes.append(len(a[2])) or real_decode(*a, **k))
+    together = mixing.transcribe_batch(batch)
+    assert decodes[0] == len(batch), decodes  # all rows in the first decode (a looping row may be redone after)
+    for a, b in zip(together, alone):
+        assert [w.text for w in a.words] == [w.text for w in b.words]
+        assert max((abs(x.start - y.start) + abs(x.end - y.end) for x, y in zip(a.words, b.words)), default=0) < 0.021
+    mixing.close()
 
 
 def test_ctranslate2_openai_pt_and_hugging_face_weights_give_the_same_transcript(tiny_dir: Path, tmp_path: Path, clips, ours):

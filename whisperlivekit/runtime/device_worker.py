@@ -12,7 +12,8 @@ its request, and the lane calls it (on the connection's event loop) only when it
 the job, so the step covers all the audio that arrived while it waited. Lightly
 loaded, a stream steps as soon as it has `--min-chunk-size` of new audio; loaded, each
 step simply covers more audio, and no stream falls behind the others. On a GPU one lane
-batches the nearest-deadline requests of the same encoder-window bucket that arrive
+batches the nearest-deadline requests of the same encoder-window bucket (of any bucket
+where the backend decodes mixed windows together, as torch on a GPU) that arrive
 within `batch_window_ms` (up to `max_batch_size`); on a CPU several single-threaded
 lanes run side by side, which beats batching there. Diarization runs on the same lanes
 (it is device work of the same weight). VAD has a lane of
@@ -216,6 +217,7 @@ class DeviceWorker:
         single_threaded_blas()
         self.device = device
         self.backend = backend
+        self._mixes_windows = bool(getattr(backend, "mixes_windows", False))  # batch mates from any window bucket
         self.vad_model = vad_model
         self.diarizer = diarizer
         self.max_batch_size = max(1, max_batch_size)
@@ -340,13 +342,14 @@ class DeviceWorker:
 
     # -- lane threads ----------------------------------------------------------------
     def _collect(self, first: _Job) -> List[_Job]:
-        """`first` and the nearest-deadline jobs of its window bucket that arrive within the batch window."""
+        """`first` and the nearest-deadline jobs of its window bucket (any bucket where the backend mixes
+        windows) that arrive within the batch window."""
         batch = [first]
         if self.max_batch_size == 1:
             return batch
         deadline = self._clock() + self.batch_window_s
         while True:
-            self._queue.take_more(batch, self.max_batch_size)
+            self._queue.take_more(batch, self.max_batch_size, any_bucket=self._mixes_windows)
             left = deadline - self._clock()
             if len(batch) >= self.max_batch_size or left <= 0:
                 return batch

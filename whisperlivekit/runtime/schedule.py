@@ -10,9 +10,10 @@ Jobs are plain objects with `due_at`, `cancelled` and `bucket` attributes; a
 cancelled job is dropped the moment a lane looks at the queue, never run. File
 steps wait in a separate FIFO that is read only when no live job waits.
 
-`take_batch` forms a GPU batch from the jobs with the nearest deadlines that share
+`take_more` forms a batch from the jobs with the nearest deadlines that share
 the first job's encoder-window bucket (a batch of mixed windows would run as
-separate passes anyway, delaying the first job for the others).
+separate passes anyway, delaying the first job for the others), or from any bucket
+where the backend decodes mixed windows as one batch (the torch backend on a GPU).
 """
 
 from __future__ import annotations
@@ -83,9 +84,10 @@ class DeadlineQueue:
                         return None
                     self._cond.wait(left)
 
-    def take_more(self, batch: List[Any], max_size: int) -> None:
-        """Fill `batch` up to `max_size` with waiting jobs of its first job's kind and window bucket,
-        nearest deadlines first (the others stay queued in order)."""
+    def take_more(self, batch: List[Any], max_size: int, any_bucket: bool = False) -> None:
+        """Fill `batch` up to `max_size` with waiting jobs of its first job's kind and window bucket (any
+        bucket, for a backend that decodes mixed windows as one batch), nearest deadlines first (the others
+        stay queued in order)."""
         first = batch[0]
         kind = first.kind
         with self._cond:
@@ -95,7 +97,7 @@ class DeadlineQueue:
                 job = entry[2]
                 if job.cancelled:
                     continue
-                if job.kind == kind and job.bucket == first.bucket:
+                if job.kind == kind and (any_bucket or job.bucket == first.bucket):
                     batch.append(job)
                 else:
                     kept.append(entry)

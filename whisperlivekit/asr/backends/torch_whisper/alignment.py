@@ -12,7 +12,7 @@ path first reaches its first token, and ends where the next word starts.
 
 from __future__ import annotations
 
-from typing import Dict, List, Sequence
+from typing import Dict, List, Optional, Sequence
 
 import numpy as np
 import torch
@@ -86,11 +86,12 @@ def align(
     heads: Dict[int, Sequence[int]],
     no_timestamps: int,
     eot: int,
+    frames: Optional[torch.Tensor] = None,
 ) -> List[tuple]:
     """Per row: (DTW token indices, DTW frame indices, per-text-token probabilities); rows without text get None.
 
     `num_frames` counts mel frames (10 ms) of real audio per row; all rows share
-    one sot-sequence length.
+    one sot-sequence length; `frames` as in `greedy_decode` (windows of several lengths in one batch).
     """
     rows = [r for r, tokens in enumerate(text_tokens) if tokens]
     out: List[tuple] = [None] * len(text_tokens)  # type: ignore[list-item]
@@ -106,7 +107,9 @@ def align(
     # logits only where a text token is predicted (the vocabulary projection is most of this pass's cost)
     longest = max(len(text_tokens[r]) for r in rows)
     columns = torch.tensor([[offset + min(t, len(text_tokens[r]) - 1) for t in range(longest)] for r in rows], device=device)
-    state: DecoderState = decoder.start(audio_features.index_select(0, torch.tensor(rows, device=device)))
+    kept = torch.tensor(rows, device=device)
+    state: DecoderState = decoder.start(audio_features.index_select(0, kept),
+                                        None if frames is None else frames.index_select(0, kept))
     logits, _, attention = decoder(tokens.to(device), state, heads=heads, logits_at=columns)
     text_probs = torch.softmax(logits[..., :eot], dim=-1)
     for i, row in enumerate(rows):

@@ -65,6 +65,7 @@ class TorchWhisperBackend:
         min_window_s: float = 10.0,
         cpu_threads: int = 0,
         lanes: int = 1,
+        mix_windows: Optional[bool] = None,
     ) -> None:
         if beam_size != 1:
             raise ModelLoadError("the torch backend decodes greedily; run it with --beam-size 1")
@@ -74,6 +75,11 @@ class TorchWhisperBackend:
         self.dtype = loaded.dtype
         dims = loaded.model.dims
         self.device = device
+        # Requests of different encoder windows decode as one batch (each row's cross-attention masked to its
+        # own frames): on a GPU a decode step costs its kernel launches whatever the batch, and batches formed
+        # within one window bucket held 5.4 rows at N = 64 on the H200. On a CPU the step costs its arithmetic,
+        # and a short window's row would attend over the longest one's padding: each window stays a batch.
+        self.mixes_windows = device.startswith("cuda") if mix_windows is None else mix_windows
         self.model_label = model_path.name if model_path.name != "model" else str(model_path)
         self.compute_type = str(self.dtype).replace("torch.", "")
         self.weights_format = loaded.source_format
@@ -117,6 +123,26 @@ class TorchWhisperBackend:
         return self._model.encoder(mel.to(self.dtype))
 
     @torch.inference_mode()
+    def _encode_windows(self, audios: Sequence[np.ndarray], frames: Sequence[int]) -> Tuple[torch.Tensor, Optional[torch.Tensor]]:
+        """Each row encoded over its own window (one encoder call per window length), padded to the longest;
+        with the (rows, frames) mask of each row's own frames, or None when all share one window."""
+        windows: Dict[int, List[int]] = {}
+        for row, window in enumerate(frames):
+            windows.setdefault(window, []).append(row)
+        if len(windows) == 1:
+            return self._encode(audios, frames[0]), None
+        encoded = {window: self._encode([audios[r] for r in rows], window) for window, rows in windows.items()}
+        longest = max(e.shape[1] for e in encoded.values())
+        first = next(iter(encoded.values()))
+        features = first.new_zeros(len(audios), longest, first.shape[2])
+        own = torch.zeros(len(audios), longest, dtype=torch.bool, device=first.device)
+        for window, rows in windows.items():
+            index = torch.tensor(rows, device=first.device)
+            features[index, : encoded[window].shape[1]] = encoded[window]
+            own[index, : encoded[window].shape[1]] = True
+        return features, own
+
+    @torch.inference_mode()
     def _detect_languages(self, audio_features: torch.Tensor) -> List[str]:
         """The likeliest language token after start-of-transcript, per row."""
         base = self._base_tokenizer
@@ -128,30 +154,34 @@ class TorchWhisperBackend:
 
     # -- the backend interface -----------------------------------------------------
     def transcribe_batch(self, requests: Sequence[TranscribeRequest]) -> List[TranscribeResult]:
-        """Requests sharing an encoder window run as one batch; others as separate batches."""
+        """Requests sharing an encoder window run as one batch; others as separate batches, or, where windows
+        mix (`mixes_windows`), all as one decode."""
+        if self.mixes_windows:
+            return self._transcribe(list(requests), [self.window_frames(r) for r in requests])
         results: List[Optional[TranscribeResult]] = [None] * len(requests)
         groups: Dict[int, List[int]] = {}
         for i, request in enumerate(requests):
             groups.setdefault(self.window_frames(request), []).append(i)
         for frames, indices in groups.items():
-            for i, result in zip(indices, self._transcribe_window([requests[i] for i in indices], frames)):
+            for i, result in zip(indices, self._transcribe([requests[i] for i in indices], [frames] * len(indices))):
                 results[i] = result
         return results  # type: ignore[return-value]
 
-    def _transcribe_window(self, requests: List[TranscribeRequest], frames: int) -> List[TranscribeResult]:
+    def _transcribe(self, requests: List[TranscribeRequest], frames: List[int]) -> List[TranscribeResult]:
         results, degenerate = self._run(list(requests), frames)
         if degenerate:
             # Retry on Whisper's native 30 s window without the prompt (prompts feed loops).
             retry = [TranscribeRequest(requests[i].audio, "", requests[i].language, requests[i].task) for i in degenerate]
-            redo, still = self._run(retry, FULL_WINDOW_FRAMES)
+            redo, still = self._run(retry, [FULL_WINDOW_FRAMES] * len(retry))
             for j, i in enumerate(degenerate):
                 results[i] = redo[j]
                 results[i].degenerate = j in still
                 results[i].retried = True
         return results
 
-    def _run(self, requests: List[TranscribeRequest], frames: int) -> Tuple[List[TranscribeResult], List[int]]:
-        audio_features = self._encode([r.audio for r in requests], frames)
+    def _run(self, requests: List[TranscribeRequest], frames: List[int]) -> Tuple[List[TranscribeResult], List[int]]:
+        """One pass over `requests`, each on its encoder window of `frames` mel frames."""
+        audio_features, own_frames = self._encode_windows([r.audio for r in requests], frames)
         languages: List[Optional[str]] = [r.language for r in requests]
         if not self.multilingual:
             languages = ["en"] * len(requests)
@@ -173,7 +203,8 @@ class TorchWhisperBackend:
         total = longest + max_new
         max_steps = min(total // 2, total - (longest - 1))
         sot_length = len(tokenizers[0].sot_sequence)
-        generations = greedy_decode(self._model.decoder, audio_features, prompts, sot_length, max_steps, self.special)
+        generations = greedy_decode(self._model.decoder, audio_features, prompts, sot_length, max_steps, self.special,
+                                    frames=own_frames)
 
         text_tokens: List[List[int]] = []
         degenerate: List[int] = []
@@ -191,10 +222,10 @@ class TorchWhisperBackend:
                 loops_cut.append(i)
             text_tokens.append(tokens)
 
-        num_frames = [min(frames, int(len(r.audio) / HOP)) for r in requests]
+        num_frames = [min(window, int(len(r.audio) / HOP)) for r, window in zip(requests, frames)]
         paths = align(
             self._model.decoder, audio_features, [t.sot_sequence for t in tokenizers], text_tokens, num_frames,
-            self.alignment_heads, self.special.no_timestamps, self.special.eot,
+            self.alignment_heads, self.special.no_timestamps, self.special.eot, frames=own_frames,
         )
         results = []
         for i, (tokens, path, duration, language, tokenizer) in enumerate(zip(text_tokens, paths, durations, languages, tokenizers)):

@@ -123,6 +123,7 @@ def greedy_decode(
     special: SpecialTokens,
     prefixes: Optional[Sequence[Sequence[int]]] = None,
     timestamps: bool = True,
+    frames: Optional[torch.Tensor] = None,
 ) -> List[Generation]:
     """Decode every row of `audio_features` (B, frames, state) after its prompt, greedily.
 
@@ -130,14 +131,15 @@ def greedy_decode(
     (1 for English-only models, 3 with language and task); the no-speech
     probability is read there. A row's `prefixes` entry is text it is forced to
     begin with (decoded in the prompt's pass, not returned; the rules start after
-    it). At most `max_steps` tokens per row, end-of-text included.
+    it). At most `max_steps` tokens per row, end-of-text included. `frames` marks each row's own
+    encoder frames where windows of several lengths were padded into one batch (`TorchWhisperBackend._encode_windows`).
     """
     batch = len(prompts)
     prefixes = prefixes or [[] for _ in range(batch)]
     tokens, valid = _left_pad([[*p, *f] for p, f in zip(prompts, prefixes)], special.eot, audio_features.device)
     width, device = tokens.shape[1], audio_features.device
     columns = torch.tensor([[width - len(f) - sot_offset, width - 1] for f in prefixes], device=device)
-    state = decoder.start(audio_features)
+    state = decoder.start(audio_features, frames)
     logits, state, _ = decoder(tokens, state, valid=valid, logits_at=columns)
     no_speech = torch.softmax(logits[:, 0], dim=-1)[:, special.no_speech].tolist()
     logits = logits[:, 1]

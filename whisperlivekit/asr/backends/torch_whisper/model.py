@@ -109,7 +109,9 @@ class DecoderState:
     `valid`: (B, tokens) which cached tokens are real (False for left padding);
     `positions`: (B,) the position the next token of each row takes;
     `padded`: whether `valid` holds any padding, kept on the host so that a decode step
-    never waits on the device to find out (see `TextDecoder.forward`).
+    never waits on the device to find out (see `TextDecoder.forward`);
+    `frames`: (B, frames) which encoder frames each row's cross-attention reads, where rows of
+    different windows share one state (None: every frame of every row).
     """
 
     keys: List[Tensor]
@@ -118,6 +120,7 @@ class DecoderState:
     valid: Tensor
     positions: Tensor
     padded: bool = False
+    frames: Optional[Tensor] = None
 
     @property
     def length(self) -> int:
@@ -137,6 +140,7 @@ class DecoderState:
             valid,
             self.positions.index_select(0, rows),
             padded=self.padded and not bool(valid.all()),  # the padded rows may have left (rows leave rarely)
+            frames=None if self.frames is None else self.frames.index_select(0, rows),
         )
 
 
@@ -150,8 +154,12 @@ class TextDecoder(nn.Module):
         self.blocks = nn.ModuleList(Block(n_state, dims.n_text_head, cross=True) for _ in range(dims.n_text_layer))
         self.ln = nn.LayerNorm(n_state)
 
-    def start(self, audio_features: Tensor) -> DecoderState:
-        """An empty state over `audio_features` (B, frames, n_state): cross keys/values computed once."""
+    def start(self, audio_features: Tensor, frames: Optional[Tensor] = None) -> DecoderState:
+        """An empty state over `audio_features` (B, frames, n_state): cross keys/values computed once.
+
+        `frames` (B, frames) bool marks each row's own encoder frames, where rows of shorter
+        windows were padded to the longest (`TorchWhisperBackend._encode_windows`); their cross-attention never reads the padding.
+        """
         cross = []
         for block in self.blocks:
             a = block.cross_attn
@@ -162,6 +170,7 @@ class TextDecoder(nn.Module):
             keys=empty, values=list(empty), cross=cross,
             valid=torch.zeros(batch, 0, dtype=torch.bool, device=device),
             positions=torch.zeros(batch, dtype=torch.long, device=device),
+            frames=frames,
         )
 
     def forward(
@@ -213,6 +222,7 @@ class TextDecoder(nn.Module):
             own[torch.arange(n_new), state.length + torch.arange(n_new)] = True
             mask = (mask | own[None])[:, None]
 
+        cross_mask = None if state.frames is None else state.frames[:, None, None, :]
         keys, values, chosen = [], [], []
         for i, block in enumerate(self.blocks):
             a = block.attn
@@ -230,11 +240,14 @@ class TextDecoder(nn.Module):
             if ck.shape[0] != batch:  # one window shared by all rows (see `DecoderState.select`)
                 ck, cv = ck.expand(batch, -1, -1, -1), cv.expand(batch, -1, -1, -1)
             if heads and i in heads:
-                weights = torch.softmax((q @ ck.transpose(-1, -2)).float() * q.shape[-1] ** -0.5, dim=-1)
+                scores = (q @ ck.transpose(-1, -2)).float() * q.shape[-1] ** -0.5
+                if cross_mask is not None:
+                    scores = scores.masked_fill(~cross_mask, float("-inf"))
+                weights = torch.softmax(scores, dim=-1)
                 attended = weights.to(cv.dtype) @ cv
                 chosen.append(weights[:, list(heads[i])])
             else:
-                attended = F.scaled_dot_product_attention(q, ck, cv)
+                attended = F.scaled_dot_product_attention(q, ck, cv, attn_mask=cross_mask)
             x = x + c.out(_merge(attended))
             x = x + block.mlp(block.mlp_ln(x))
         if logits_at is not None:
