@@ -78,3 +78,28 @@ def test_the_torch_whisper_on_a_gpu_turns_cudnn_attention_off():
     loaded = load_torch_whisper(ModelPool(Settings(device="cuda", backend="torch")).model_path(), "cuda:0")
     assert str(next(loaded.model.parameters()).device) == "cuda:0" and loaded.dtype == torch.float16
     assert torch.backends.cuda.cudnn_sdp_enabled() is False
+
+
+def test_the_torch_whisper_on_a_gpu_decodes_mixed_windows_as_one_batch_with_each_rows_own_words():
+    """`mixes_windows` is on by default on CUDA: one decode for requests of several windows, each row's
+    words as it gets them alone (float16 on the GPU: the same words; times within two frames)."""
+    import audio_assets
+
+    from whisperlivekit.asr.backends.torch_whisper import TorchWhisperBackend
+    from whisperlivekit.asr.types import TranscribeRequest
+    from whisperlivekit.runtime.model_pool import ModelPool
+
+    backend = TorchWhisperBackend(ModelPool(Settings(device="cuda", backend="torch")).model_path(), device="cuda:0")
+    try:
+        assert backend.mixes_windows
+        audio = audio_assets.read_wav(audio_assets.harvard()[0])
+        requests = [TranscribeRequest(audio[: int(s * 16000)], language="en") for s in (3.0, 6.5, 10.8)]
+        requests.append(TranscribeRequest(audio, prompt="Committed words came before this buffer."))
+        assert len({backend.window_frames(r) for r in requests}) > 1
+        alone = [backend.transcribe_batch([r])[0] for r in requests]
+        together = backend.transcribe_batch(requests)
+        for a, b in zip(together, alone):
+            assert [w.text for w in a.words] == [w.text for w in b.words]
+            assert max((abs(x.start - y.start) + abs(x.end - y.end) for x, y in zip(a.words, b.words)), default=0) < 0.041
+    finally:
+        backend.close()
