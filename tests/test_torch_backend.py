@@ -349,3 +349,15 @@ def test_multilingual_model_detects_language_and_decodes_two_languages_in_one_ba
         assert (mine.language, mine.text) == (theirs.language, theirs.text)
         assert max((abs(a.start - b.start) for a, b in zip(mine.words, theirs.words)), default=0) <= WORD_TIME_TOLERANCE_S
     assert batched[0].language == "en" and batched[2].language == "de"
+
+
+@pytest.mark.slow
+def test_multilingual_rows_of_different_windows_detect_their_language_over_their_own_frames(base_dir: Path, clips):
+    """Mixed windows (`mix_windows`, the CUDA default): language detection reads each row's own frames."""
+    ours = TorchWhisperBackend(base_dir, cpu_threads=1)
+    mixing = TorchWhisperBackend(base_dir, cpu_threads=1, mix_windows=True)
+    long = np.concatenate([clips["harvard"], clips["arctic_a0009"]])  # a 14 s window beside 10 s ones
+    requests = [TranscribeRequest(clips["arctic_a0009"]), TranscribeRequest(long), TranscribeRequest(clips["arctic_a0007"])]
+    assert len({mixing.window_frames(r) for r in requests}) > 1
+    for mine, alone in zip(mixing.transcribe_batch(requests), [ours.transcribe_batch([r])[0] for r in requests]):
+        assert (mine.language, [w.text for w in mine.words]) == (alone.language, [w.text for w in alone.words])

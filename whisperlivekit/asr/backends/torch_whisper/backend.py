@@ -143,10 +143,10 @@ class TorchWhisperBackend:
         return features, own
 
     @torch.inference_mode()
-    def _detect_languages(self, audio_features: torch.Tensor) -> List[str]:
-        """The likeliest language token after start-of-transcript, per row."""
+    def _detect_languages(self, audio_features: torch.Tensor, own_frames: Optional[torch.Tensor] = None) -> List[str]:
+        """The likeliest language token after start-of-transcript, per row (`own_frames` as in `_encode_windows`)."""
         base = self._base_tokenizer
-        state = self._model.decoder.start(audio_features)
+        state = self._model.decoder.start(audio_features, own_frames)
         sot = torch.full((audio_features.shape[0], 1), base.sot, dtype=torch.long, device=audio_features.device)
         logits, _, _ = self._model.decoder(sot, state)
         best = logits[:, 0, [base.language_token(code) for code in base.languages]].argmax(dim=-1).tolist()
@@ -186,7 +186,7 @@ class TorchWhisperBackend:
         if not self.multilingual:
             languages = ["en"] * len(requests)
         elif any(lang is None for lang in languages):
-            detected = self._detect_languages(audio_features)
+            detected = self._detect_languages(audio_features, own_frames)
             languages = [lang or det for lang, det in zip(languages, detected)]
         tokenizers = [self._tokenizer(lang, r.task) for lang, r in zip(languages, requests)]
 
