@@ -46,6 +46,14 @@ MAX_PROMPT_TOKENS = 223
 MAX_NEW_TOKENS = 224
 
 
+def _rows_by_window(frames: Sequence[int]) -> Dict[int, List[int]]:
+    """Row indices per encoder window, in order of first appearance."""
+    rows: Dict[int, List[int]] = {}
+    for row, window in enumerate(frames):
+        rows.setdefault(window, []).append(row)
+    return rows
+
+
 class TorchWhisperBackend:
     name = "torch"
 
@@ -126,9 +134,7 @@ class TorchWhisperBackend:
     def _encode_windows(self, audios: Sequence[np.ndarray], frames: Sequence[int]) -> Tuple[torch.Tensor, Optional[torch.Tensor]]:
         """Each row encoded over its own window (one encoder call per window length), padded to the longest;
         with the (rows, frames) mask of each row's own frames, or None when all share one window."""
-        windows: Dict[int, List[int]] = {}
-        for row, window in enumerate(frames):
-            windows.setdefault(window, []).append(row)
+        windows = _rows_by_window(frames)
         if len(windows) == 1:
             return self._encode(audios, frames[0]), None
         encoded = {window: self._encode([audios[r] for r in rows], window) for window, rows in windows.items()}
@@ -156,13 +162,11 @@ class TorchWhisperBackend:
     def transcribe_batch(self, requests: Sequence[TranscribeRequest]) -> List[TranscribeResult]:
         """Requests sharing an encoder window run as one batch; others as separate batches, or, where windows
         mix (`mixes_windows`), all as one decode."""
+        windows = [self.window_frames(r) for r in requests]
         if self.mixes_windows:
-            return self._transcribe(list(requests), [self.window_frames(r) for r in requests])
+            return self._transcribe(list(requests), windows)
         results: List[Optional[TranscribeResult]] = [None] * len(requests)
-        groups: Dict[int, List[int]] = {}
-        for i, request in enumerate(requests):
-            groups.setdefault(self.window_frames(request), []).append(i)
-        for frames, indices in groups.items():
+        for frames, indices in _rows_by_window(windows).items():
             for i, result in zip(indices, self._transcribe([requests[i] for i in indices], [frames] * len(indices))):
                 results[i] = result
         return results  # type: ignore[return-value]
