@@ -14,7 +14,7 @@ import threading
 import time
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Iterator, Optional
+from typing import Callable, Iterator, Optional
 
 import httpx
 import pytest
@@ -96,6 +96,8 @@ class ServerProcess:
     every request made here verifies against it; the server's own TLS flags go in `flags`.
     """
 
+    preexec_fn: Optional[Callable[[], None]] = None  # run in the server's process before it starts (limits)
+
     def __init__(self, *flags: str, env: Optional[dict] = None, ssl_context: Optional[ssl.SSLContext] = None,
                  start_timeout_s: float = 90.0, cwd: Optional[str] = None) -> None:
         self.port = free_port()
@@ -111,7 +113,11 @@ class ServerProcess:
             self.flags += ["--max-realtime-load", "0"]
         self.env = {**os.environ, **(env or {})}
         self.proc: Optional[subprocess.Popen] = None
-        self.log_path = Path(os.environ.get("PYTEST_TMP", "/tmp")) / f"wlk-server-{os.getpid()}-{self.port}.log"
+
+    @property
+    def log_path(self) -> Path:
+        """Named by the test worker's pid and the port: two workers' servers never share a log."""
+        return Path(os.environ.get("PYTEST_TMP", "/tmp")) / f"wlk-server-{os.getpid()}-{self.port}.log"
 
     @property
     def base_url(self) -> str:
@@ -127,7 +133,7 @@ class ServerProcess:
             self._log = open(self.log_path, "wb")
             self.proc = subprocess.Popen(
                 [sys.executable, "-m", "whisperlivekit.cli", "--port", str(self.port), *self.flags],
-                stdout=self._log, stderr=subprocess.STDOUT, env=self.env, cwd=self.cwd,
+                stdout=self._log, stderr=subprocess.STDOUT, env=self.env, cwd=self.cwd, preexec_fn=self.preexec_fn,
             )
             try:
                 wait_healthy(self.base_url, self.start_timeout_s, proc=self.proc, verify=self.ssl_context or True)
@@ -136,7 +142,6 @@ class ServerProcess:
                 self.stop()
                 if "address already in use" in self.log() and attempt + 1 < attempts:
                     self.port = free_port()
-                    self.log_path = self.log_path.with_name(f"wlk-server-{os.getpid()}-{self.port}.log")
                     continue
                 raise RuntimeError(f"server failed to start; log:\n{self.log()}")
         raise AssertionError("unreachable")

@@ -12,8 +12,6 @@ import json
 import os
 import resource
 import socket
-import subprocess
-import sys
 import time
 
 import signal
@@ -22,7 +20,7 @@ import psutil
 import pytest
 import websockets
 
-from conftest import ServerProcess, run, running_server, wait_healthy
+from conftest import ServerProcess, run, running_server
 from helpers import check_finished_stream, eventually, ffmpeg_children, open_session
 from whisperlivekit.client import stream
 from whisperlivekit.api.security import AuthThrottle
@@ -193,21 +191,9 @@ def test_a_real_time_webm_client_keeps_its_slot_while_the_servers_decoder_is_sta
 class LimitedServer(ServerProcess):
     """The server as a user runs it, under `ulimit -n 256` (so the open-connection cap is 128)."""
 
-    def start(self) -> "LimitedServer":
-        def limit_descriptors() -> None:
-            resource.setrlimit(resource.RLIMIT_NOFILE, (256, 256))
-
-        self._log = open(self.log_path, "wb")
-        self.proc = subprocess.Popen(
-            [sys.executable, "-m", "whisperlivekit.cli", "--port", str(self.port), *self.flags],
-            stdout=self._log, stderr=subprocess.STDOUT, env=self.env, preexec_fn=limit_descriptors,
-        )
-        try:
-            wait_healthy(self.base_url, proc=self.proc)
-        except Exception:
-            self.stop()
-            raise RuntimeError(f"server failed to start; log:\n{self.log()}")
-        return self
+    @staticmethod
+    def preexec_fn() -> None:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (256, 256))
 
 
 @pytest.fixture(scope="module")
