@@ -87,11 +87,14 @@ def align(
     no_timestamps: int,
     eot: int,
     frames: Optional[torch.Tensor] = None,
+    first_variants: Optional[Sequence[Optional[int]]] = None,
 ) -> List[tuple]:
     """Per row: (DTW token indices, DTW frame indices, per-text-token probabilities); rows without text get None.
 
     `num_frames` counts mel frames (10 ms) of real audio per row; all rows share
     one sot-sequence length; `frames` as in `greedy_decode` (windows of several lengths in one batch).
+    A row's `first_variants` entry is its first token's other spelling (first_word.py), whose
+    probability is added to the first token's.
     """
     rows = [r for r, tokens in enumerate(text_tokens) if tokens]
     out: List[tuple] = [None] * len(text_tokens)  # type: ignore[list-item]
@@ -123,6 +126,9 @@ def align(
         token_index, frame_index = dtw(-matrix.double().cpu().numpy())
         targets = torch.tensor(text_tokens[row], device=logits.device)
         probs = text_probs[i, : len(text_tokens[row])].gather(1, targets[:, None])[:, 0]
+        variant = first_variants[row] if first_variants is not None else None
+        if variant is not None:
+            probs[0] = (probs[0] + text_probs[i, 0, variant]).clamp(max=1.0)
         out[row] = (token_index, frame_index, probs.float().cpu().numpy())
     return out
 

@@ -26,6 +26,7 @@ import numpy as np
 import torch
 
 from whisperlivekit.asr.backends.degenerate import MAX_TOKENS_PER_S, screen_loops, undo_cuts_short_of_the_end
+from whisperlivekit.asr.backends.first_word import case_variant
 from whisperlivekit.asr.backends.torch_whisper.alignment import align, word_times
 from whisperlivekit.asr.backends.torch_whisper.decoding import SpecialTokens, greedy_decode
 from whisperlivekit.asr.backends.torch_whisper.features import HOP, log_mel
@@ -227,9 +228,12 @@ class TorchWhisperBackend:
             text_tokens.append(tokens)
 
         num_frames = [min(window, int(len(r.audio) / HOP)) for r, window in zip(requests, frames)]
+        first_variants = [case_variant(tokenizer.encode, tokenizer.decode, tokens[0]) if tokens else None
+                          for tokens, tokenizer in zip(text_tokens, tokenizers)]
         paths = align(
             self._model.decoder, audio_features, [t.sot_sequence for t in tokenizers], text_tokens, num_frames,
             self.alignment_heads, self.special.no_timestamps, self.special.eot, frames=own_frames,
+            first_variants=first_variants,
         )
         results = []
         for i, (tokens, path, duration, language, tokenizer) in enumerate(zip(text_tokens, paths, durations, languages, tokenizers)):
