@@ -34,7 +34,7 @@ from typing import Dict, Iterator, List, Optional, Sequence, Tuple
 import numpy as np
 
 from whisperlivekit.asr.backends.degenerate import MAX_TOKENS_PER_S, screen_loops, undo_cuts_short_of_the_end
-from whisperlivekit.asr.backends.first_word import case_variant, with_variant_mass
+from whisperlivekit.asr.backends.first_word import as_sentence_start, case_variant, with_variant_mass
 from whisperlivekit.asr.types import (
     WHISPER_WINDOW_S, FileSegment, FileTranscribeRequest, FileTranscription, TranscribeRequest, TranscribeResult, Word,
 )
@@ -233,7 +233,8 @@ class FasterWhisperBackend:
             self._model.find_alignment(tokenizer, text_tokens, encoder_output, num_frames)
             if any(text_tokens) else [[] for _ in requests]
         )
-        alignments = self._first_words_in_any_case(tokenizer, encoder_output, text_tokens, num_frames, prefixes, alignments)
+        alignments = self._first_words_in_any_case(tokenizer, encoder_output, requests, text_tokens, num_frames, prefixes,
+                                                   alignments)
         results = []
         for i, (words, duration, language, tokens_decoded) in enumerate(zip(alignments, durations, languages, decoded)):
             results.append(TranscribeResult(
@@ -247,9 +248,10 @@ class FasterWhisperBackend:
             ))
         return results, sorted(degenerate + undo_cuts_short_of_the_end(results, durations, loops_cut))
 
-    def _first_words_in_any_case(self, tokenizer, encoder_output, text_tokens, num_frames, prefixes, alignments):
+    def _first_words_in_any_case(self, tokenizer, encoder_output, requests, text_tokens, num_frames, prefixes, alignments):
         """Each hypothesis that decoded its buffer's first word (no forced prefix) gets that word's other
-        spelling's probability added (first_word.py): one more alignment pass of one token per row."""
+        spelling's probability added, and without a prompt its capitalised spelling (first_word.py): one more
+        alignment pass of one token per row."""
         variants = {}
         for i, (tokens, prefix, words) in enumerate(zip(text_tokens, prefixes, alignments)):
             variant = case_variant(tokenizer.encode, tokenizer.decode, tokens[0]) if tokens and not prefix and words else None
@@ -261,8 +263,14 @@ class FasterWhisperBackend:
         probes = self._model.model.align(
             encoder_output, tokenizer.sot_sequence, [[variants.get(i, any_variant)] for i in range(len(text_tokens))],
             num_frames)
-        return [with_variant_mass(words, probes[i].text_token_probs[0]) if i in variants else words
-                for i, words in enumerate(alignments)]
+        out = []
+        for i, words in enumerate(alignments):
+            if i in variants:
+                words = with_variant_mass(words, probes[i].text_token_probs[0])
+                if not requests[i].prompt.strip():
+                    words = as_sentence_start(words, tokenizer.decode(text_tokens[i][:1]), tokenizer.decode([variants[i]]))
+            out.append(words)
+        return out
 
     def _run_per_language(self, requests, languages, frames):
         results: List[Optional[TranscribeResult]] = [None] * len(requests)

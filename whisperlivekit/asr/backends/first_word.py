@@ -7,6 +7,10 @@ begins there, so it splits the word's mass between the two spellings: Harvard's 
 without case (`Word.key`), so a word's probability should not be low for that reason: the backends
 add the other spelling's probability to the first token's. Later words have the sentence before them
 and settle their case.
+
+With no prompt either (a stream's or a segment's first words), generation is as blind, and an early
+commit would keep the lower-case spelling ("the birch canoe ..."). Such a hypothesis starts a
+transcript, so its first word takes the capitalised spelling of the two the model split it between.
 """
 
 from __future__ import annotations
@@ -33,4 +37,14 @@ def with_variant_mass(words: List[dict], variant_probability: float) -> List[dic
     first = dict(words[0])
     tokens = max(1, len(first.get("tokens") or [None]))
     first["probability"] = min(1.0, float(first["probability"]) + variant_probability / tokens)
+    return [first, *words[1:]]
+
+
+def as_sentence_start(words: List[dict], token_text: str, variant_text: str) -> List[dict]:
+    """`words` with the first one spelled with `variant_text` for its first token's `token_text`, where the
+    variant is the capitalised spelling."""
+    if not words or not variant_text.strip()[:1].isupper() or not str(words[0]["word"]).startswith(token_text):
+        return words
+    first = dict(words[0])
+    first["word"] = variant_text + first["word"][len(token_text):]
     return [first, *words[1:]]

@@ -26,7 +26,7 @@ import numpy as np
 import torch
 
 from whisperlivekit.asr.backends.degenerate import MAX_TOKENS_PER_S, screen_loops, undo_cuts_short_of_the_end
-from whisperlivekit.asr.backends.first_word import case_variant
+from whisperlivekit.asr.backends.first_word import as_sentence_start, case_variant
 from whisperlivekit.asr.backends.torch_whisper.alignment import align, word_times
 from whisperlivekit.asr.backends.torch_whisper.decoding import SpecialTokens, greedy_decode
 from whisperlivekit.asr.backends.torch_whisper.features import HOP, log_mel
@@ -238,6 +238,8 @@ class TorchWhisperBackend:
         results = []
         for i, (tokens, path, duration, language, tokenizer) in enumerate(zip(text_tokens, paths, durations, languages, tokenizers)):
             words = word_times(tokenizer, tokens, *path) if path is not None else []
+            if first_variants[i] is not None and not requests[i].prompt.strip():
+                words = as_sentence_start(words, tokenizer.decode(tokens[:1]), tokenizer.decode([first_variants[i]]))
             results.append(TranscribeResult(
                 words=[Word(min(w["start"], duration), min(w["end"], duration), w["word"], w["probability"]) for w in words],
                 language=language,
