@@ -449,7 +449,9 @@ def test_drain_deadline_ends_a_stream_with_its_final_results_metadata_and_1001(s
                     for sent in range(0, len(pcm), 3200):
                         await c.send_media(pcm[sent:sent + 3200])
                         await asyncio.sleep(0.1)
-                        if not signalled and session.finals:  # mid-stream: words are final
+                        # mid-stream, a sentence under way: a stream's first word can be final at 0.8 s, and one
+                        # cut 3 s later ends on words heard in part ("Glue the shape to the": 1 error in 14)
+                        if not signalled and len(session.text.split()) >= 3:
                             draining.proc.send_signal(signal.SIGTERM)
                             signalled = True
                 except websockets.exceptions.ConnectionClosed:
