@@ -85,6 +85,27 @@ def test_with_no_prompt_the_first_word_takes_the_capitalised_spelling_and_with_o
     assert alone[1].text == after[1].text  # only the first word's spelling differs
 
 
+@pytest.mark.parametrize("backend_name", ["faster-whisper", "torch"])
+def test_a_pass_that_does_not_start_the_transcript_keeps_the_models_spelling(tiny_dir: Path, float32_backend, harvard,
+                                                                            backend_name):
+    """The degenerate-output retry drops the prompt, not what the stream said before: its pass is told the
+    row does not start a transcript, and the first word keeps the model's " the" (still sure in either case)."""
+    request = TranscribeRequest(audio=harvard[: int(0.8 * SAMPLE_RATE)], prompt="", language="en")
+    if backend_name == "torch":
+        backend = pytest.importorskip("whisperlivekit.asr.backends.torch_whisper").TorchWhisperBackend(tiny_dir, cpu_threads=1)
+        frames = [backend.window_frames(request)]
+    else:
+        backend = float32_backend
+        frames = backend.window_frames(request)
+    try:
+        (result,), _ = backend._run([request], frames, [False])
+    finally:
+        if backend is not float32_backend:
+            backend.close()
+    assert result.words[0].text == " the", result.words
+    assert result.words[0].probability > 0.6
+
+
 def test_the_torch_backend_gives_the_first_word_the_same_probability(tiny_dir: Path, float32_backend, harvard):
     torch_backend_module = pytest.importorskip("whisperlivekit.asr.backends.torch_whisper")
     ours = torch_backend_module.TorchWhisperBackend(tiny_dir, cpu_threads=1)

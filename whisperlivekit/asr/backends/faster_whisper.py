@@ -181,7 +181,8 @@ class FasterWhisperBackend:
         if degenerate:
             # Retry on Whisper's native 30 s window without the prompt (prompts feed loops).
             retry = [TranscribeRequest(requests[i].audio, "", requests[i].language, requests[i].task) for i in degenerate]  # no prefix either
-            redo, still = self._run(retry, FULL_WINDOW_FRAMES)
+            # a retry drops the prompt, not the context: its first word starts a transcript only where the stream's did
+            redo, still = self._run(retry, FULL_WINDOW_FRAMES, [not requests[i].prompt.strip() for i in degenerate])
             for j, i in enumerate(degenerate):
                 results[i] = redo[j]
                 results[i].degenerate = j in still
@@ -189,7 +190,11 @@ class FasterWhisperBackend:
                 logger.info("degenerate hypothesis on %.1f s of audio: retried on the full window", len(requests[i].audio) / SAMPLE_RATE)
         return results
 
-    def _run(self, requests: List[TranscribeRequest], frames: int) -> Tuple[List[TranscribeResult], List[int]]:
+    def _run(self, requests: List[TranscribeRequest], frames: int,
+             starts_transcript: Optional[Sequence[bool]] = None) -> Tuple[List[TranscribeResult], List[int]]:
+        """One pass; `starts_transcript` per row: nothing was said before its audio (default: it has no prompt)."""
+        if starts_transcript is None:
+            starts_transcript = [not r.prompt.strip() for r in requests]
         encoder_output = self._encode([r.audio for r in requests], frames)
         languages: List[Optional[str]] = [r.language for r in requests]
         if self.multilingual and any(lang is None for lang in languages):
@@ -233,8 +238,8 @@ class FasterWhisperBackend:
             self._model.find_alignment(tokenizer, text_tokens, encoder_output, num_frames)
             if any(text_tokens) else [[] for _ in requests]
         )
-        alignments = self._first_words_in_any_case(tokenizer, encoder_output, requests, text_tokens, num_frames, prefixes,
-                                                   alignments)
+        alignments = self._first_words_in_any_case(tokenizer, encoder_output, text_tokens, num_frames, prefixes, alignments,
+                                                   starts_transcript)
         results = []
         for i, (words, duration, language, tokens_decoded) in enumerate(zip(alignments, durations, languages, decoded)):
             results.append(TranscribeResult(
@@ -248,10 +253,11 @@ class FasterWhisperBackend:
             ))
         return results, sorted(degenerate + undo_cuts_short_of_the_end(results, durations, loops_cut))
 
-    def _first_words_in_any_case(self, tokenizer, encoder_output, requests, text_tokens, num_frames, prefixes, alignments):
+    def _first_words_in_any_case(self, tokenizer, encoder_output, text_tokens, num_frames, prefixes, alignments,
+                                 starts_transcript):
         """Each hypothesis that decoded its buffer's first word (no forced prefix) gets that word's other
-        spelling's probability added, and without a prompt its capitalised spelling (first_word.py): one more
-        alignment pass of one token per row."""
+        spelling's probability added, and where it starts a transcript its capitalised spelling (first_word.py):
+        one more alignment pass of one token per row."""
         variants = {}
         for i, (tokens, prefix, words) in enumerate(zip(text_tokens, prefixes, alignments)):
             variant = case_variant(tokenizer.encode, tokenizer.decode, tokens[0]) if tokens and not prefix and words else None
@@ -267,7 +273,7 @@ class FasterWhisperBackend:
         for i, words in enumerate(alignments):
             if i in variants:
                 words = with_variant_mass(words, probes[i].text_token_probs[0])
-                if not requests[i].prompt.strip():
+                if starts_transcript[i]:
                     words = as_sentence_start(words, tokenizer.decode(text_tokens[i][:1]), tokenizer.decode([variants[i]]))
             out.append(words)
         return out

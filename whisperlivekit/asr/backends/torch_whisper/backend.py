@@ -177,15 +177,21 @@ class TorchWhisperBackend:
         if degenerate:
             # Retry on Whisper's native 30 s window without the prompt (prompts feed loops).
             retry = [TranscribeRequest(requests[i].audio, "", requests[i].language, requests[i].task) for i in degenerate]
-            redo, still = self._run(retry, [FULL_WINDOW_FRAMES] * len(retry))
+            # a retry drops the prompt, not the context: its first word starts a transcript only where the stream's did
+            redo, still = self._run(retry, [FULL_WINDOW_FRAMES] * len(retry),
+                                    [not requests[i].prompt.strip() for i in degenerate])
             for j, i in enumerate(degenerate):
                 results[i] = redo[j]
                 results[i].degenerate = j in still
                 results[i].retried = True
         return results
 
-    def _run(self, requests: List[TranscribeRequest], frames: List[int]) -> Tuple[List[TranscribeResult], List[int]]:
-        """One pass over `requests`, each on its encoder window of `frames` mel frames."""
+    def _run(self, requests: List[TranscribeRequest], frames: List[int],
+             starts_transcript: Optional[Sequence[bool]] = None) -> Tuple[List[TranscribeResult], List[int]]:
+        """One pass over `requests`, each on its encoder window of `frames` mel frames; `starts_transcript` per row:
+        nothing was said before its audio (default: it has no prompt)."""
+        if starts_transcript is None:
+            starts_transcript = [not r.prompt.strip() for r in requests]
         audio_features, own_frames = self._encode_windows([r.audio for r in requests], frames)
         languages: List[Optional[str]] = [r.language for r in requests]
         if not self.multilingual:
@@ -238,7 +244,7 @@ class TorchWhisperBackend:
         results = []
         for i, (tokens, path, duration, language, tokenizer) in enumerate(zip(text_tokens, paths, durations, languages, tokenizers)):
             words = word_times(tokenizer, tokens, *path) if path is not None else []
-            if first_variants[i] is not None and not requests[i].prompt.strip():
+            if first_variants[i] is not None and starts_transcript[i]:
                 words = as_sentence_start(words, tokenizer.decode(tokens[:1]), tokenizer.decode([first_variants[i]]))
             results.append(TranscribeResult(
                 words=[Word(min(w["start"], duration), min(w["end"], duration), w["word"], w["probability"]) for w in words],
