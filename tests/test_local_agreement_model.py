@@ -135,3 +135,48 @@ def test_a_step_that_waited_out_a_loaded_server_does_not_cost_the_phone_call_its
     for phrase in ("know you were there", "diane in new jersey", "originally from chicago", "yankee down here"):
         assert phrase in text.lower(), text
     assert error_rate <= 0.32, text  # the bound of the call's other schedule test above
+
+
+@pytest.fixture(scope="module")
+def a0009_pause_harvard():
+    """ARCTIC a0009, 0.5 s of silence, Harvard's first 6 s; and where the real VAD hears a0009's speech end."""
+    import audio_assets
+    from whisperlivekit.audio.vad import SileroVadModel, VadStream
+
+    first = audio_assets.read_wav(audio_assets.arctic("arctic_a0009")[0])
+    audio = np.concatenate([first, np.zeros(SAMPLE_RATE // 2, np.float32),
+                            audio_assets.read_wav(audio_assets.harvard()[0])[: 6 * SAMPLE_RATE]])
+    events = VadStream().process(SileroVadModel(), audio)
+    return audio, next(t for kind, t in events if kind == "end")
+
+
+@pytest.mark.parametrize("late_s", [0.6, 1.3, 2.5])
+def test_a_segments_late_last_step_leaves_the_next_utterance_to_the_next_segment(backend, a0009_pause_harvard, late_s):
+    """On a loaded device the VAD closes a segment, and its last step runs `late_s` into the next utterance.
+    Its words there were committed unheard and their audio dropped, so the next buffer began mid-word:
+    "The boots. Each canoe slid", "The bitch can't sleep. Get on the smooth planks" (as live at N = 8,
+    looped clips with 0.5 s pauses). Told where the speech ended, the segment leaves them to the next one."""
+    from whisperlivekit.config import Settings
+
+    audio, speech_end_s = a0009_pause_harvard
+    policy = LocalAgreementPolicy.from_settings(Settings(), language="en")
+    sent = 0
+
+    def step(until: int) -> None:
+        nonlocal sent
+        policy.append_audio(audio[sent:until])
+        sent = until
+        policy.apply(backend.transcribe_batch([policy.next_request()])[0])
+
+    for until in range(SAMPLE_RATE, int(speech_end_s * SAMPLE_RATE), SAMPLE_RATE):
+        step(until)
+    step(int((speech_end_s + 0.5 + late_s) * SAMPLE_RATE))
+    at_segment_end = policy.finish(speech_end_s)
+    for until in range(sent + SAMPLE_RATE, len(audio), SAMPLE_RATE):
+        step(until)
+    step(len(audio))
+    policy.finish()
+
+    assert not {w.key for w in at_segment_end} & {"birch", "canoe", "boots", "beach", "bitch"}, at_segment_end
+    text = " ".join(w.key for w in policy.committed if w.key)
+    assert "he turned sharply and faced gregson across the table the birch canoe slid on the smooth planks" in text, text

@@ -59,6 +59,7 @@ class TranscriptionEngine:
         self.received_samples = 0
         self.sent_audio = SentAudioMeter(self.input_format.bytes_per_s)  # what the guards count
         self.segment_end_pending = False
+        self._segment_end_s: Optional[float] = None  # where the VAD heard the pending segment's speech end
         self.input_done = False
         self.failure: Optional[WhisperLiveKitError] = None  # typed, so api/errors.py closes with the right code
         self.finished = False
@@ -265,6 +266,7 @@ class TranscriptionEngine:
             for kind, at_s in await self.worker.vad(self.vad, chunk):
                 if kind == "end":
                     self.segment_end_pending = True
+                    self._segment_end_s = at_s
                     self._emit(SpeechStopped(at_s))
                 else:
                     self._emit(SpeechStarted(at_s))
@@ -309,7 +311,9 @@ class TranscriptionEngine:
                     only_preroll = self.vad is not None and not self.vad.in_speech and not self.policy.tentative
                     if self.policy.unprocessed_s > 0.05 and not (waiters and only_preroll):
                         await self._step()
-                    finished = self.policy.finish()
+                    # a VAD end: a late last step may have heard the next utterance begin, which is not this segment's
+                    finished = self.policy.finish(None if waiters else self._segment_end_s)
+                    self._segment_end_s = None
                     self.log.debug("segment end: committed %r", "".join(w.text for w in finished))
                     self._commit(finished, BY_FINALIZE if waiters else BY_VAD)
                     self._publish()

@@ -41,6 +41,9 @@ FAST_COMMIT_MIN_PROBABILITY = 0.6
 # waited for the vote after the one that heard it: off the clock at 0.9-1.2 s steps, commit lag p50
 # 1.42 -> 1.06 s (test clips), 1.41 -> 1.27 s (phone call, 12 patterns), WER unchanged (docs/architecture.md).
 SURE_MIN_PROBABILITY = 0.8
+# A segment the VAD closed at time T is followed by at least its minimum silence (0.5 s): words a late
+# step heard starting past T + this margin are the next utterance's, not this segment's tail.
+NEXT_UTTERANCE_MARGIN_S = 0.25
 SURE_HOLD_BACK_S = 0.4
 # A repeated word aligned to less than this (one 20 ms frame) has no sound of its own: `drop_unheard_repeats`.
 UNHEARD_REPEAT_MAX_S = 0.02
@@ -373,15 +376,24 @@ class LocalAgreementPolicy:
         self.hypothesis.record_committed(words)
         return words
 
-    def finish(self) -> List[Word]:
-        """End of a voiced segment or of the stream: commit the tentative tail and empty the buffer."""
+    def finish(self, segment_end_s: Optional[float] = None) -> List[Word]:
+        """End of a voiced segment or of the stream: commit the tentative tail and empty the buffer.
+
+        `segment_end_s`: where the VAD heard the segment's speech end. On a loaded device the segment's
+        last step runs late and hears the next utterance begin ("The boot?" for the start of "The birch
+        canoe"); those words are not committed unheard, and their audio stays for the next segment
+        (committing them and dropping their audio cut the next buffer mid-word: "Which can you slit")."""
         if self._preview is not None:  # the newest hypothesis heard the most
             self.hypothesis.previous, self._preview = self._preview, None
         self._agreed_at_s = float("-inf")
+        cut_s = float("inf") if segment_end_s is None else segment_end_s + NEXT_UTTERANCE_MARGIN_S
+        self.hypothesis.previous = [w for w in self.hypothesis.previous if w.start < cut_s]
         committed = self.hypothesis.take_all()
         self.committed.extend(committed)
-        # Only the audio the last hypothesis covered is done with; what arrived while it ran stays.
-        done = self.processed_samples
+        done = self.processed_samples  # only the audio the last hypothesis covered; what came while it ran stays
+        if segment_end_s is not None:
+            done_s = max(cut_s, spoken_end(committed[-1]) if committed else cut_s)
+            done = min(done, max(0, int(round((done_s - self.offset_s) * SAMPLE_RATE))))
         self.audio = self.audio[done:]
         self.offset_s += done / SAMPLE_RATE
         self.processed_samples = 0

@@ -252,8 +252,12 @@ class SimulStreamingPolicy:
             else:
                 self.committed.append(word)
 
-    def finish(self) -> List[Word]:
-        """End of a voiced segment or of the stream: commit the tentative tail and start a new buffer."""
+    def finish(self, segment_end_s: Optional[float] = None) -> List[Word]:
+        """End of a voiced segment or of the stream: commit the tentative tail and start a new buffer.
+
+        `segment_end_s` (the VAD's end of speech) is taken for the policies' common interface and not used:
+        AlignAtt's tentative tail is the few tokens its attention has not passed yet. Whether a late step's
+        tail reaches into the next utterance, as LocalAgreement's did, is not measured."""
         words, self._tentative = self._tentative, []
         self._publish(words)
         state = self.state
