@@ -382,16 +382,20 @@ class LocalAgreementPolicy:
         `segment_end_s`: where the VAD heard the segment's speech end. On a loaded device the segment's
         last step runs late and hears the next utterance begin ("The boot?" for the start of "The birch
         canoe"); those words are not committed unheard, and their audio stays for the next segment
-        (committing them and dropping their audio cut the next buffer mid-word: "Which can you slit")."""
+        (committing them and dropping their audio cut the next buffer mid-word: "Which can you slit").
+        Where the last step heard nothing past the segment, the next buffer starts where it did before:
+        starting it earlier in the pause moved where tiny.en hears "birch" as "bitch", and delayed that
+        seam's commit by 0.3-1.2 s at N = 1, off the clock."""
         if self._preview is not None:  # the newest hypothesis heard the most
             self.hypothesis.previous, self._preview = self._preview, None
         self._agreed_at_s = float("-inf")
         cut_s = float("inf") if segment_end_s is None else segment_end_s + NEXT_UTTERANCE_MARGIN_S
+        heard_next = [w for w in self.hypothesis.previous if w.start >= cut_s]
         self.hypothesis.previous = [w for w in self.hypothesis.previous if w.start < cut_s]
         committed = self.hypothesis.take_all()
         self.committed.extend(committed)
         done = self.processed_samples  # only the audio the last hypothesis covered; what came while it ran stays
-        if segment_end_s is not None:
+        if heard_next:  # only then: an idle device's last step ends in the pause, and its buffer start is kept as it was
             done_s = max(cut_s, spoken_end(committed[-1]) if committed else cut_s)
             done = min(done, max(0, int(round((done_s - self.offset_s) * SAMPLE_RATE))))
         self.audio = self.audio[done:]
