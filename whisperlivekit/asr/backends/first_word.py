@@ -30,13 +30,10 @@ def case_variant(encode: Callable[[str], List[int]], decode: Callable[[Sequence[
 
 
 def with_variant_mass(words: List[dict], variant_probability: float) -> List[dict]:
-    """`words` (faster-whisper's dicts: probability = the mean of its tokens') with the other spelling's
-    probability added to the first token's."""
-    if not words or variant_probability <= 0.0:
-        return words
+    """`words` (faster-whisper's dicts: probability = the mean of its `tokens`' probabilities) with the other
+    spelling's probability added to the first token's."""
     first = dict(words[0])
-    tokens = max(1, len(first.get("tokens") or [None]))
-    first["probability"] = min(1.0, float(first["probability"]) + variant_probability / tokens)
+    first["probability"] = min(1.0, float(first["probability"]) + variant_probability / len(first["tokens"]))
     return [first, *words[1:]]
 
 
