@@ -45,6 +45,18 @@ def test_partial_transcripts_arrive_while_audio_is_still_streaming(pcm_server, s
     assert result.first_partial_s is not None and result.first_partial_s < 10.8 / 1.5
 
 
+def test_a_streams_first_word_is_committed_in_its_sentence_start_spelling(pcm_server, speech_pcm):
+    """At real time on an idle server, fast steps commit Harvard's first word from hypotheses with no prompt,
+    which lean to " the" (0.45 against " The" 0.41): the backend spells a transcript's start capitalised
+    (asr/backends/first_word.py), so the committed text reads "The birch canoe", not "the birch canoe"."""
+    pcm, _ = speech_pcm("harvard")
+    result = run(stream(pcm_server.ws_url, pcm[: 16000 * 2 * 4], pcm=True, speed=pace(1.0)))
+    first_committed = next(m for m in result.updates if any(line.get("text") for line in m["lines"]))
+    first_text = next(line["text"] for line in first_committed["lines"] if line.get("text"))
+    assert first_text.split()[0] == "The", first_committed["lines"]
+    assert result.text.startswith("The birch canoe"), result.text
+
+
 def test_config_message_reports_the_connection_and_device(pcm_server, speech_pcm):
     pcm, _ = speech_pcm("arctic_a0009")
     result = run(stream(pcm_server.ws_url, pcm[: 16000 * 2], pcm=True, speed=pace(4.0)))
