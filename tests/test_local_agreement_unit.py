@@ -7,19 +7,19 @@ from typing import List, Optional, Tuple
 import numpy as np
 import pytest
 
-from whisperlivekit.asr.policies.local_agreement import HypothesisBuffer, LocalAgreementPolicy
+from whisperlivekit.asr.policies.local_agreement import SURE_MIN_PROBABILITY, HypothesisBuffer, LocalAgreementPolicy
 from whisperlivekit.asr.types import TranscribeResult, Word
 from whisperlivekit.audio import SAMPLE_RATE
 
 
 def words(text: str, start_s: float = 0.0, step_s: float = 0.4) -> List[Word]:
     """' the cat sat' → Words 0.4 s apart from `start_s`, with Whisper's leading spaces; 'cat@0.5' is a
-    word the model gave probability 0.5. The others get 0.75: sure enough for two close steps, not for a
+    word the model gave probability 0.5. The others get 0.65: sure enough for two close steps, not for a
     hypothesis alone (`SURE_MIN_PROBABILITY`), so the tests of the two-vote rules see those rules alone."""
     out = []
     for i, token in enumerate(text.split()):
         word, _, probability = token.partition("@")
-        out.append(Word(start_s + i * step_s, start_s + (i + 1) * step_s, f" {word}", float(probability or 0.75)))
+        out.append(Word(start_s + i * step_s, start_s + (i + 1) * step_s, f" {word}", float(probability or 0.65)))
     return out
 
 
@@ -122,7 +122,7 @@ def test_a_word_cut_off_at_the_edge_of_the_previous_audio_is_not_kept():
     assert texts(buffer.tentative) == ["sat", "on", "the", "mat"]
 
 
-def _vote_after_an_edge(canoe: str, older_audio_end_s: float = 1.0, sure: Optional[float] = 0.8) -> Tuple[List[str], List[str]]:
+def _vote_after_an_edge(canoe: str, older_audio_end_s: float = 1.0, sure: Optional[float] = SURE_MIN_PROBABILITY) -> Tuple[List[str], List[str]]:
     """Two votes 1 s apart (a loaded server's steps), words of 0.3 s: the older one heard 'the birch'
     and, ending at 0.9 s, 'cano'; the newer one 'the birch <canoe> slid on the' to 2.0 s.
     Returns (committed, tentative)."""
@@ -143,6 +143,9 @@ def test_a_vote_commits_the_words_it_is_sure_of_where_the_older_vote_heard_only_
 
 def test_a_word_the_newer_vote_is_unsure_of_waits_with_the_words_after_it():
     assert _vote_after_an_edge("canoe@0.6") == (["the", "birch"], ["canoe", "slid", "on", "the"])
+    # 0.75 is sure enough by default (0.7), not under the first threshold (0.8)
+    assert _vote_after_an_edge("canoe@0.75") == (["the", "birch", "canoe", "slid", "on"], ["the"])
+    assert _vote_after_an_edge("canoe@0.75", sure=0.8) == (["the", "birch"], ["canoe", "slid", "on", "the"])
 
 
 def test_a_word_the_older_vote_heard_whole_and_said_otherwise_is_a_disagreement_not_an_edge():
@@ -164,7 +167,7 @@ def test_under_one_second_steps_the_policy_commits_sure_words_a_step_earlier():
             steps.append(texts(policy.apply(TranscribeResult(words(hypothesis, step_s=0.3)))))
         return steps
 
-    assert committed_per_step(0.8) == [["the"], ["birch", "canoe", "slid"], ["on", "the", "smooth"]]
+    assert committed_per_step(SURE_MIN_PROBABILITY) == [["the"], ["birch", "canoe", "slid"], ["on", "the", "smooth"]]
     assert committed_per_step(None) == [[], ["the", "birch"], ["canoe", "slid", "on", "the"]]
 
 
@@ -304,7 +307,7 @@ def test_punctuation_decoded_as_a_word_of_its_own_joins_the_word_before_or_is_dr
     assert policy.tentative == [] and policy.committed == []
     policy.append_audio(seconds_of_audio(1.0))
     policy.next_request()
-    policy.apply(TranscribeResult([Word(0.0, 3.0, " Hello", 0.75), Word(3.0, 3.4, "?", 0.75)]))  # not sure enough alone
+    policy.apply(TranscribeResult([Word(0.0, 3.0, " Hello", 0.65), Word(3.0, 3.4, "?", 0.65)]))  # not sure enough alone
     assert [w.text for w in policy.tentative] == [" Hello?"] and policy.tentative[0].end == 3.4
     policy.next_request()
     committed = policy.apply(TranscribeResult([Word(0.0, 3.0, " Hello"), Word(3.0, 3.3, "."), Word(3.4, 3.8, " I")]))
@@ -394,7 +397,7 @@ def test_a_vote_that_repeats_what_close_steps_committed_drops_the_older_votes_ex
     close step's), so the older vote's 'd e f' are dropped, as without close-step commits, and a
     segment end does not commit them."""
     def hypothesis(text: str) -> TranscribeResult:
-        return TranscribeResult([Word(0.1 * i, 0.1 * (i + 1), f" {w}", 0.75) for i, w in enumerate(text.split())])
+        return TranscribeResult([Word(0.1 * i, 0.1 * (i + 1), f" {w}", 0.65) for i, w in enumerate(text.split())])
 
     policy = LocalAgreementPolicy(buffer_trimming_s=30.0, agreement_spacing_s=0.9)
     for step_s, text in ((1.0, "a b c d e f"), (0.4, "a b c"), (0.6, "a b c")):
