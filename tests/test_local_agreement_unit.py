@@ -153,6 +153,25 @@ def test_a_word_the_older_vote_heard_whole_and_said_otherwise_is_a_disagreement_
     assert _vote_after_an_edge("canoe@0.9", older_audio_end_s=2.0) == (["the", "birch"], ["canoe", "slid", "on", "the"])
 
 
+def _sure_vote_on_a_sentence_end(planks: Word) -> List[str]:
+    """The older vote heard 'the birch cano' to 1.0 s; the newer one, to 2.0 s, says 'the birch canoe slid'
+    and then `planks`, its last word. What it commits."""
+    buffer = HypothesisBuffer()
+    buffer.agree(words("the@0.9 birch@0.9 cano@0.4", step_s=0.3), audio_end_s=1.0)
+    newer = words("the@0.9 birch@0.9 canoe@0.9 slid@0.9", step_s=0.3) + [planks]
+    return texts(buffer.agree(newer, audio_end_s=2.0, sure_min_probability=SURE_MIN_PROBABILITY))
+
+
+def test_a_sure_word_whose_full_stop_runs_to_the_audios_edge_is_committed_by_its_own_end():
+    """Whisper times a joined "." up to the next sound (Harvard's "well." at a step's end: "well" ends at
+    5.12 s, its "." at 5.32 s, the audio at 5.57 s). The word was heard whole 0.45 s before the audio's
+    end, so the vote commits it; held back by the full stop's end, it waited a step (at a saturated
+    server's ~1.4 s steps, the live tail at N = 14)."""
+    assert _sure_vote_on_a_sentence_end(Word(1.2, 1.8, " planks.", 0.9, spoken_end=1.5))[-1] == "planks."
+    # a word that itself ends within 0.4 s of the audio's end may be cut off: it waits
+    assert _sure_vote_on_a_sentence_end(Word(1.2, 1.8, " planks", 0.9))[-1] == "slid"
+
+
 def test_under_one_second_steps_the_policy_commits_sure_words_a_step_earlier():
     """The policy's default, through `apply`: each step commits the sure words it heard whole ('the' at
     the first step, 'canoe slid' at the second), which the two-vote rule alone leaves for the next step.
@@ -333,6 +352,19 @@ def test_a_short_step_holds_back_the_words_at_the_buffers_end_and_a_full_step_do
     assert _two_steps(1.0) == ["the", "cat", "sat"]
 
 
+def test_a_short_step_holds_back_a_word_by_its_sound_not_by_its_full_stop():
+    """A step of 0.8 s hears 'the cat'; the next, 0.4 s later, 'the cat.', where 'cat' ends at 0.75 s and
+    its "." runs to 1.2 s, the buffer's end (Whisper times it up to the next sound). 'cat' was heard
+    whole 0.45 s before the end: the short step commits 'cat.' with 'the'."""
+    policy = LocalAgreementPolicy(buffer_trimming_s=30.0)
+    the, cat = Word(0.0, 0.3, " the", 0.65), Word(0.3, 0.75, " cat", 0.65)
+    for step_s, hypothesis in ((0.8, [the, cat]), (0.4, [the, cat, Word(0.75, 1.2, ".", 0.65)])):
+        policy.append_audio(seconds_of_audio(step_s))
+        policy.next_request()
+        committed = policy.apply(TranscribeResult(hypothesis))
+    assert texts(committed) == ["the", "cat."]
+
+
 def test_the_held_back_word_is_committed_by_the_next_step_that_hears_past_it():
     policy = LocalAgreementPolicy(buffer_trimming_s=30.0)
     for hypothesis in ("the", "the cat", "the cat sat"):  # words of 0.3 s, steps of 0.4 s
@@ -389,6 +421,20 @@ def test_a_word_a_close_step_was_unsure_of_waits_for_the_spaced_vote_and_holds_t
     # and close steps commit sure words again from there
     assert steps[6] == ["birch", "canoe", "slid"]
     assert steps[7] == ["on", "the", "smooth"]
+
+
+def test_close_steps_commit_a_word_whose_full_stop_runs_to_the_audios_edge():
+    """A vote at 0.8 s and a close step at 1.2 s both say 'planks' (its sound ends at 0.7 s, its "." at
+    1.0 s), sure enough for close steps (0.65), not for a vote alone. The close step commits it: heard
+    whole 0.5 s before its audio's end, as the word without its full stop would be."""
+    policy = LocalAgreementPolicy(buffer_trimming_s=30.0, agreement_spacing_s=0.9)
+    committed = []
+    for step_s in (0.8, 0.4):
+        policy.append_audio(seconds_of_audio(step_s))
+        policy.next_request()
+        hypothesis = [Word(0.2, 0.7, " planks", 0.65), Word(0.7, 1.0, ".", 0.65)]
+        committed.append(texts(policy.apply(TranscribeResult(hypothesis))))
+    assert committed == [[], ["planks."]]
 
 
 def test_a_vote_that_repeats_what_close_steps_committed_drops_the_older_votes_extra_words():

@@ -46,6 +46,9 @@ SURE_MIN_PROBABILITY = 0.7
 # A segment the VAD closed at time T is followed by at least its minimum silence (0.5 s): words a late
 # step heard starting past T + this margin are the next utterance's, not this segment's tail.
 NEXT_UTTERANCE_MARGIN_S = 0.25
+# Every rule that holds back words near the audio's end (short steps, close steps, a vote alone) measures
+# a word by where its sound ends (`spoken_end`), not by its joined full stop, which Whisper times up to the
+# next sound: Harvard's "well." (sound to 5.12 s, "." to 5.32 s, audio to 5.57 s) waited a step for it.
 SURE_HOLD_BACK_S = 0.4
 # A repeated word aligned to less than this (one 20 ms frame) has no sound of its own: `drop_unheard_repeats`.
 UNHEARD_REPEAT_MAX_S = 0.02
@@ -134,12 +137,12 @@ class HypothesisBuffer:
         tail = [] if self.committed_since_agree else self._unheard_tail(hypothesis, new)
         self.committed_since_agree = False
         committed: List[Word] = []
-        while new and self.previous and new[0].key == self.previous[0].key and new[0].end < commit_before_s:
+        while new and self.previous and new[0].key == self.previous[0].key and spoken_end(new[0]) < commit_before_s:
             committed.append(new.pop(0))
             self.previous.pop(0)
         if sure_min_probability is not None and not tail and self._only_edge_words_left():
             sure_before_s = min(commit_before_s, audio_end_s - SURE_HOLD_BACK_S)
-            while new and new[0].probability >= sure_min_probability and new[0].end < sure_before_s:
+            while new and new[0].probability >= sure_min_probability and spoken_end(new[0]) < sure_before_s:
                 committed.append(new.pop(0))
         self.record_committed(committed)
         self.previous = new + tail
@@ -159,7 +162,7 @@ class HypothesisBuffer:
         new = hypothesis[self._uncommitted_start(hypothesis):]
         committed: List[Word] = []
         for before, now in zip(earlier, new):
-            if now.key != before.key or now.end >= commit_before_s or min(now.probability, before.probability) < min_probability:
+            if now.key != before.key or spoken_end(now) >= commit_before_s or min(now.probability, before.probability) < min_probability:
                 break
             committed.append(now)
         if committed:
