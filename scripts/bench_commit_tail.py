@@ -1,0 +1,128 @@
+#!/usr/bin/env python3
+"""Which words make the commit-lag tail: one level of long live streams, repeated, for one or two checkouts.
+
+    PYTHONPATH=. python scripts/bench_commit_tail.py --streams 14 --runs 3
+    PYTHONPATH=. python scripts/bench_commit_tail.py --streams 14 --runs 3 --baseline-ref 9ef4495
+
+Each run is one level of `bench_streams.py --loop --pause-s 0.5` in the shared mode (the same clients,
+looped clips, server flags and seed, `--max-realtime-load=0` so that admission refuses no one), with a
+server started for it. On the 2-core machine the commit-lag p95 at N = 14 moved by 0.4 s between runs of
+one commit, so a change is judged on several runs: `--baseline-ref REF` runs REF's server (a temporary git
+worktree) first, then the working tree's, `--runs` times each. Every client also records what each
+commit added to its line, so the report names the words that the tail (commits later than `--tail-s`) is
+made of. Writes `--out` as JSON and prints, per run and code, p50 / p95, WER and the tail's commonest words.
+"""
+
+from __future__ import annotations
+
+import argparse
+import collections
+import json
+import statistics
+import sys
+import time
+from pathlib import Path
+from typing import Dict, List, Optional
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+import bench_streams  # noqa: E402
+
+from whisperlivekit.client import StreamResult, stream  # noqa: E402
+
+
+class CommitRecorder:
+    """Wraps the client's `stream`: per session, the words each commit added, in the order the client
+    measures commit lags (a line whose end time is new), so the two lists pair up."""
+
+    def __init__(self) -> None:
+        self.sessions: List[dict] = []
+
+    async def stream(self, url: str, payload: bytes, **kwargs) -> StreamResult:
+        commits: List[str] = []
+        seen_ends: set = set()
+        line_texts: Dict[int, str] = {}
+
+        def on_message(message: dict) -> None:
+            for index, line in enumerate(message.get("lines") or []):
+                text = line.get("text") or ""
+                if text and line["end"] not in seen_ends:
+                    seen_ends.add(line["end"])
+                    before = line_texts.get(index, "")
+                    commits.append((text[len(before):] if text.startswith(before) else text).strip())
+                if text:
+                    line_texts[index] = text
+
+        result = await stream(url, payload, on_message=on_message, **kwargs)
+        self.sessions.append({"commits": commits, "lags_s": result.commit_lags_s})
+        return result
+
+
+def summarise_run(label: str, run: int, level: dict, sessions: List[dict], tail_s: float) -> dict:
+    lags = [lag for s in sessions for lag in s["lags_s"]]
+    tail = collections.Counter(words for s in sessions for words, lag in zip(s["commits"], s["lags_s"]) if lag > tail_s)
+    return {"code": label, "run": run, "n": len(lags), "lag_p50_s": level["commit_lag_p50_s"],
+            "lag_p95_s": level["commit_lag_p95_s"], "wer": level["wer_mean"], "load": level["peak_realtime_load"],
+            "tail_commits": sum(tail.values()), "tail_words": tail.most_common(8)}
+
+
+def run_code(label: str, args, clips, offline, t0: float, cwd: Optional[str]) -> List[dict]:
+    rows = []
+    for run in range(1, args.runs + 1):
+        recorder = CommitRecorder()
+        bench_streams.stream = recorder.stream  # the bench's clients stream through the recorder
+        result = bench_streams.run_mode("shared", args, clips, offline, t0, cwd=cwd, label=f"{label} run {run}")
+        rows.append(summarise_run(label, run, result["levels"][0], recorder.sessions, args.tail_s))
+        row = rows[-1]
+        print(f"{label} run {run}: lag p50 / p95 {row['lag_p50_s']:.2f} / {row['lag_p95_s']:.2f} s ({row['n']}), "
+              f"WER {row['wer']:.3f}, {row['tail_commits']} commits over {args.tail_s} s: {row['tail_words'][:5]}", flush=True)
+    return rows
+
+
+def main(argv: Optional[List[str]] = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--streams", type=int, default=14, help="N concurrent looped streams")
+    p.add_argument("--runs", type=int, default=3, help="runs per checkout")
+    p.add_argument("--duration-s", type=float, default=60.0)
+    p.add_argument("--pause-s", type=float, default=0.5, help="silence after each clip of the loop")
+    p.add_argument("--tail-s", type=float, default=1.8, help="a commit later than this is in the tail")
+    p.add_argument("--baseline-ref", help="git ref whose server runs first, --runs times")
+    p.add_argument("--model", default="tiny.en")
+    p.add_argument("--server-arg", action="append", default=[], help="extra server flag (repeatable)")
+    p.add_argument("--seed", type=int, default=1)
+    p.add_argument("--out", type=Path, default=Path("bench-out/commit_tail.json"))
+    args = p.parse_args(argv)
+    # what run_mode reads: one level, every session kept
+    args.server_arg = ["--max-realtime-load=0", *args.server_arg]
+    args.streams, args.stop_after_failure, args.keep_sessions, args.max_lag_p95_s = [args.streams], False, False, 3.0
+
+    t0 = time.monotonic()
+    clips = {"loop": bench_streams.looped(bench_streams.load_clips(), args.duration_s, args.pause_s)}
+    offline = bench_streams.offline_baseline(clips, args.model, "cpu")
+    rows: List[dict] = []
+    if args.baseline_ref:
+        with bench_streams.checkout(args.baseline_ref) as (path, commit):
+            rows += run_code(f"baseline {commit[:10]}", args, clips, offline, t0, cwd=path)
+    rows += run_code(f"current {bench_streams.working_tree_commit()[:18]}", args, clips, offline, t0, cwd=None)
+
+    summary = []
+    for label in dict.fromkeys(r["code"] for r in rows):
+        mine = [r for r in rows if r["code"] == label]
+        summary.append({"code": label, "runs": len(mine),
+                        "lag_p50_s_median": statistics.median(r["lag_p50_s"] for r in mine),
+                        "lag_p95_s_median": statistics.median(r["lag_p95_s"] for r in mine),
+                        "lag_p95_s_each": [round(r["lag_p95_s"], 3) for r in mine],
+                        "wer_mean": statistics.mean(r["wer"] for r in mine)})
+        s = summary[-1]
+        print(f"{label}: {s['runs']} runs, median lag p50 / p95 {s['lag_p50_s_median']:.2f} / {s['lag_p95_s_median']:.2f} s "
+              f"(p95 each: {s['lag_p95_s_each']}), WER {s['wer_mean']:.3f}")
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps({"streams": args.streams[0], "duration_s": args.duration_s, "pause_s": args.pause_s,
+                                    "offline_wer": offline["loop"]["wer"], "tail_s": args.tail_s, "summary": summary,
+                                    "runs": rows}, indent=2))
+    print(f"wrote {args.out} in {time.monotonic() - t0:.0f} s")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
