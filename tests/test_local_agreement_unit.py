@@ -505,3 +505,24 @@ def test_two_hypotheses_that_loop_on_one_word_commit_only_its_copies_with_sound(
         policy.apply(TranscribeResult(words=list(looped)))
     committed = texts(policy.committed)
     assert committed.count("Hello.") == 4, committed
+
+
+# -- the engine's step deadline ------------------------------------------------------------------
+def test_a_steps_deadline_runs_from_the_oldest_audio_whose_words_are_not_committed():
+    """The device worker serves the stream whose words have waited longest: its deadline is the arrival
+    of the audio after its last committed word, not of the audio its last step did not hear."""
+    from whisperlivekit.engine import oldest_uncommitted_s
+
+    policy = LocalAgreementPolicy(buffer_trimming_s=30.0, sure_min_probability=None)
+    policy.append_audio(seconds_of_audio(1.0))
+    assert oldest_uncommitted_s(policy) == 0.0  # nothing heard yet: the buffer's start
+    for hypothesis in ("the birch", "the birch cano slid"):
+        policy.next_request()
+        policy.apply(TranscribeResult(words(hypothesis)))
+        policy.append_audio(seconds_of_audio(1.0))
+    # 'the birch' (to 0.8 s) are agreed, 'cano slid' wait for the next vote; the last second is not transcribed
+    assert texts(policy.committed) == ["the", "birch"] and texts(policy.tentative) == ["cano", "slid"]
+    assert policy.transcribed_until_s == pytest.approx(2.0)
+    assert oldest_uncommitted_s(policy) == pytest.approx(0.8)
+    policy.finish()  # all committed: the deadline runs from the audio after the words, at most the step's end
+    assert oldest_uncommitted_s(policy) == pytest.approx(policy.transcribed_until_s)

@@ -21,6 +21,7 @@ from typing import AsyncIterator, List, Optional
 import numpy as np
 
 from whisperlivekit.asr.policies import make_policy
+from whisperlivekit.asr.types import StreamingPolicy
 from whisperlivekit.audio.decode import SAMPLE_RATE, InputFormat, decoder_for
 from whisperlivekit.audio.vad import VadStream
 from whisperlivekit.config import Settings
@@ -42,6 +43,15 @@ PREROLL_S = 0.4
 # a 0.4 s step costs about as much as a 1 s one, so fast steps spend up to ~2x the compute.
 FAST_STEP_MAX_LOAD = 0.4
 CATCH_UP_TIMEOUT_S = 2.0  # `finalize()` waits at most this long for the decoder to deliver what was sent
+
+
+def oldest_uncommitted_s(policy: StreamingPolicy) -> float:
+    """Stream time of the oldest audio whose words are not committed yet: a step's deadline runs from its
+    arrival. Clients wait for commits, so under load the stream whose words have waited longest (an unsure
+    word held for a second vote) steps before one that committed all it heard: the commit-lag tail, which
+    ordering by untranscribed audio left to chance, is served first (measured: docs/benchmarks.md)."""
+    committed_end_s = policy.committed[-1].end if policy.committed else 0.0
+    return min(policy.transcribed_until_s, max(policy.offset_s, committed_end_s))
 
 
 class TranscriptionEngine:
@@ -363,7 +373,7 @@ class TranscriptionEngine:
             return request
 
         started = time.perf_counter()
-        due_at = self.commit_lag.arrival_of(self.policy.transcribed_until_s)
+        due_at = self.commit_lag.arrival_of(oldest_uncommitted_s(self.policy))
         result = await self.worker.step(build, due_at=due_at, stream=self._live, buffer_s=self.policy.buffer_s)
         self.compute_s += time.perf_counter() - started
         if result is None or not built:

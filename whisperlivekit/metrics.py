@@ -124,7 +124,7 @@ class _LiveCollector(Collector):
         helps = {
             "step_interval_seconds": "Per stream: start of one transcription step to the start of the next",
             "queue_wait_seconds": "Submission of a device job to a lane taking it",
-            "schedule_lag_seconds": "At a step's start, age of the stream's oldest untranscribed audio",
+            "schedule_lag_seconds": "At a step's start, age of the stream's oldest uncommitted audio",
             "batch_size": "Requests per transcription batch",
             "decoded_tokens": "Tokens the model chose per transcription step (a forced prefix excluded)",
         }

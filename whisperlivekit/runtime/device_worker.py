@@ -6,7 +6,7 @@ Silero VAD session. Engines submit typed jobs and await them:
 `await worker.diarize(state, audio)`.
 
 Scheduling: live jobs wait in a `DeadlineQueue` (runtime/schedule.py): a free lane
-takes the job whose stream's oldest untranscribed audio is oldest (earliest deadline
+takes the job whose stream's oldest uncommitted audio is oldest (earliest deadline
 first). A live step is bound late: the connection hands `step()` a function that builds
 its request, and the lane calls it (on the connection's event loop) only when it takes
 the job, so the step covers all the audio that arrived while it waited. Lightly
@@ -100,7 +100,7 @@ class _Job:
     loop: asyncio.AbstractEventLoop
     audio_s: float = 0.0
     enqueued_at: float = field(default_factory=time.monotonic)
-    due_at: float = 0.0  # when the stream's oldest untranscribed audio arrived (monotonic): the deadline order
+    due_at: float = 0.0  # when the stream's oldest uncommitted audio arrived (monotonic): the deadline order
     bucket: int = 0  # encoder-window bucket (batch mates share it)
     stream: Optional[LiveStream] = None
     started: bool = False  # set by a lane, under the worker's claim lock
@@ -252,7 +252,7 @@ class DeviceWorker:
 
     async def step(self, build: BuildRequest, *, due_at: float, stream: Optional[LiveStream] = None,
                    buffer_s: float = 0.0) -> Optional[TranscribeResult]:
-        """A live stream's next step, run in deadline order: `due_at` is when its oldest untranscribed
+        """A live stream's next step, run in deadline order: `due_at` is when its oldest uncommitted
         audio arrived. `build` is called on this loop when a lane takes the step (so it covers the
         audio that came meanwhile); it may return None (nothing to do). `buffer_s` guesses the
         request's length, for batching by window bucket. Returns None when no request was built."""

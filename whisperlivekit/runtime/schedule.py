@@ -1,10 +1,11 @@
 """Earliest-deadline-first order for a device's live jobs.
 
-A live stream's next step is due from the moment its oldest untranscribed audio
-arrived (`due_at`, monotonic seconds). A free lane takes the job whose `due_at` is
+A live stream's next step is due from the moment its oldest uncommitted audio
+arrived (`due_at`, monotonic seconds; the engine's `oldest_uncommitted_s`). A free lane takes the job whose `due_at` is
 earliest, so the stream that has waited longest for its words goes first whatever
 the order the jobs were submitted in; a stream just served is due again only from
-its next new audio, so it goes behind the others (fairness without a round-robin).
+the words it left uncommitted (most of them heard at the end of its step), so it
+goes behind the others (fairness without a round-robin).
 
 Jobs are plain objects with `due_at`, `cancelled` and `bucket` attributes; a
 cancelled job is dropped the moment a lane looks at the queue, never run. File

@@ -3,7 +3,7 @@
 - `step_interval_s`: per stream, start of one transcription step to the start of its next
   (lightly loaded ~0.4-0.6 s; it grows with load as each step covers more audio);
 - `queue_wait_s`: a job's time in the queue, submission to a lane taking it;
-- `schedule_lag_s`: at a step's start, the age of the stream's oldest untranscribed audio
+- `schedule_lag_s`: at a step's start, the age of the stream's oldest uncommitted audio
   (what the deadline-first order minimises; it bounds how late the stream's words come);
 - `batch_size` and `decoded_tokens` (per step, prompt and forced tokens excluded).
 
