@@ -6,9 +6,9 @@
 
 Each run is one level of `bench_streams.py --loop --pause-s 0.5` in the shared mode (the same clients,
 looped clips, server flags and seed, `--max-realtime-load=0` so that admission refuses no one), with a
-server started for it. On the 2-core machine the commit-lag p95 at N = 14 moved by 0.4 s between runs of
-one commit, so a change is judged on several runs: `--baseline-ref REF` runs REF's server (a temporary git
-worktree) first, then the working tree's, `--runs` times each. Every client also records what each
+server started for it. On the 2-core machine the commit-lag p95 at N = 14 of one commit moved by 0.3-0.4 s
+between runs minutes apart, so a change is judged on several runs: `--baseline-ref REF` runs REF's server
+(a temporary git worktree) and the working tree's in turn, `--runs` times each. Every client also records what each
 commit added to its line, so the report names the words that the tail (commits later than `--tail-s`) is
 made of. Writes `--out` as JSON and prints, per run and code, p50 / p95, WER and the tail's commonest words.
 """
@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import collections
+import contextlib
 import json
 import statistics
 import sys
@@ -66,17 +67,14 @@ def summarise_run(label: str, run: int, level: dict, sessions: List[dict], tail_
             "tail_commits": sum(tail.values()), "tail_words": tail.most_common(8)}
 
 
-def run_code(label: str, args, clips, offline, t0: float, cwd: Optional[str]) -> List[dict]:
-    rows = []
-    for run in range(1, args.runs + 1):
-        recorder = CommitRecorder()
-        bench_streams.stream = recorder.stream  # the bench's clients stream through the recorder
-        result = bench_streams.run_mode("shared", args, clips, offline, t0, cwd=cwd, label=f"{label} run {run}")
-        rows.append(summarise_run(label, run, result["levels"][0], recorder.sessions, args.tail_s))
-        row = rows[-1]
-        print(f"{label} run {run}: lag p50 / p95 {row['lag_p50_s']:.2f} / {row['lag_p95_s']:.2f} s ({row['n']}), "
-              f"WER {row['wer']:.3f}, {row['tail_commits']} commits over {args.tail_s} s: {row['tail_words'][:5]}", flush=True)
-    return rows
+def run_once(label: str, run: int, args, clips, offline, t0: float, cwd: Optional[str]) -> dict:
+    recorder = CommitRecorder()
+    bench_streams.stream = recorder.stream  # the bench's clients stream through the recorder
+    result = bench_streams.run_mode("shared", args, clips, offline, t0, cwd=cwd, label=f"{label} run {run}")
+    row = summarise_run(label, run, result["levels"][0], recorder.sessions, args.tail_s)
+    print(f"{label} run {run}: lag p50 / p95 {row['lag_p50_s']:.2f} / {row['lag_p95_s']:.2f} s ({row['n']}), "
+          f"WER {row['wer']:.3f}, {row['tail_commits']} commits over {args.tail_s} s: {row['tail_words'][:5]}", flush=True)
+    return row
 
 
 def main(argv: Optional[List[str]] = None) -> int:
@@ -100,10 +98,15 @@ def main(argv: Optional[List[str]] = None) -> int:
     clips = {"loop": bench_streams.looped(bench_streams.load_clips(), args.duration_s, args.pause_s)}
     offline = bench_streams.offline_baseline(clips, args.model, "cpu")
     rows: List[dict] = []
-    if args.baseline_ref:
-        with bench_streams.checkout(args.baseline_ref) as (path, commit):
-            rows += run_code(f"baseline {commit[:10]}", args, clips, offline, t0, cwd=path)
-    rows += run_code(f"current {bench_streams.working_tree_commit()[:18]}", args, clips, offline, t0, cwd=None)
+    current = f"current {bench_streams.working_tree_commit()[:18]}"
+    with contextlib.ExitStack() as stack:
+        codes = [(current, None)]
+        if args.baseline_ref:  # interleaved, baseline first: the machine's speed drifts over minutes
+            path, commit = stack.enter_context(bench_streams.checkout(args.baseline_ref))
+            codes.insert(0, (f"baseline {commit[:10]}", path))
+        for run in range(1, args.runs + 1):
+            for label, cwd in codes:
+                rows.append(run_once(label, run, args, clips, offline, t0, cwd))
 
     summary = []
     for label in dict.fromkeys(r["code"] for r in rows):
