@@ -1,13 +1,18 @@
-"""The pieces the engine wires together, without a server: diarization feed, commit lags, the update message."""
+"""The pieces the engine wires together, without a server: diarization feed, commit lags, the update message,
+the step deadline."""
 
 from __future__ import annotations
 
 import asyncio
 
 import numpy as np
+import pytest
 
-from whisperlivekit.asr.types import Word
+from whisperlivekit.asr.policies.local_agreement import LocalAgreementPolicy
+from whisperlivekit.asr.types import TranscribeResult, Word
+from whisperlivekit.audio import SAMPLE_RATE
 from whisperlivekit.diarization.feed import DiarizationFeed
+from whisperlivekit.engine import oldest_uncommitted_s
 from whisperlivekit.metrics import CommitLagMeter
 from whisperlivekit.protocol import PipelineView, transcript_update
 
@@ -80,3 +85,30 @@ def test_update_says_no_audio_detected_only_when_nothing_was_heard_for_the_timeo
     quiet = _view(committed=[], received_s=6.0, vad_heard_speech=False, speech_pending=False)
     assert transcript_update(quiet, 2.0, 5.0)["status"] == "no_audio_detected"
     assert transcript_update(_view(committed=[], received_s=6.0), 2.0, 5.0)["status"] == "active_transcription"
+
+
+def test_a_steps_deadline_runs_from_the_oldest_audio_whose_words_are_not_committed():
+    """The device worker serves the stream whose words have waited longest: its deadline is the arrival
+    of the audio after its last committed word, not of the audio its last step did not hear."""
+    policy = LocalAgreementPolicy(buffer_trimming_s=30.0, sure_min_probability=None)
+
+    def one_second():
+        policy.append_audio(np.zeros(SAMPLE_RATE, np.float32))
+
+    def step(text: str):
+        policy.next_request()
+        policy.apply(TranscribeResult([Word(0.4 * i, 0.4 * (i + 1), f" {w}", 0.65) for i, w in enumerate(text.split())]))
+
+    one_second()
+    assert oldest_uncommitted_s(policy) == 0.0  # nothing heard yet: the buffer's start
+    step("the birch")
+    one_second()
+    step("the birch cano slid")
+    one_second()
+    # 'the birch' (to 0.8 s) are agreed, 'cano slid' wait for the next vote; the last second is not transcribed
+    assert [w.text.strip() for w in policy.committed] == ["the", "birch"]
+    assert [w.text.strip() for w in policy.tentative] == ["cano", "slid"]
+    assert policy.transcribed_until_s == pytest.approx(2.0)
+    assert oldest_uncommitted_s(policy) == pytest.approx(0.8)
+    policy.finish()  # all committed: the deadline runs from the audio after the words, at most the step's end
+    assert oldest_uncommitted_s(policy) == pytest.approx(policy.transcribed_until_s)

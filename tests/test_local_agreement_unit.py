@@ -165,8 +165,7 @@ def _sure_vote_on_a_sentence_end(planks: Word) -> List[str]:
 def test_a_sure_word_whose_full_stop_runs_to_the_audios_edge_is_committed_by_its_own_end():
     """Whisper times a joined "." up to the next sound (Harvard's "well." at a step's end: "well" ends at
     5.12 s, its "." at 5.32 s, the audio at 5.57 s). The word was heard whole 0.45 s before the audio's
-    end, so the vote commits it; held back by the full stop's end, it waited a step (at a saturated
-    server's ~1.4 s steps, the live tail at N = 14)."""
+    end, so the vote commits it; held back by the full stop's end, it waited for the next vote."""
     assert _sure_vote_on_a_sentence_end(Word(1.2, 1.8, " planks.", 0.9, spoken_end=1.5))[-1] == "planks."
     # a word that itself ends within 0.4 s of the audio's end may be cut off: it waits
     assert _sure_vote_on_a_sentence_end(Word(1.2, 1.8, " planks", 0.9))[-1] == "slid"
@@ -506,23 +505,3 @@ def test_two_hypotheses_that_loop_on_one_word_commit_only_its_copies_with_sound(
     committed = texts(policy.committed)
     assert committed.count("Hello.") == 4, committed
 
-
-# -- the engine's step deadline ------------------------------------------------------------------
-def test_a_steps_deadline_runs_from_the_oldest_audio_whose_words_are_not_committed():
-    """The device worker serves the stream whose words have waited longest: its deadline is the arrival
-    of the audio after its last committed word, not of the audio its last step did not hear."""
-    from whisperlivekit.engine import oldest_uncommitted_s
-
-    policy = LocalAgreementPolicy(buffer_trimming_s=30.0, sure_min_probability=None)
-    policy.append_audio(seconds_of_audio(1.0))
-    assert oldest_uncommitted_s(policy) == 0.0  # nothing heard yet: the buffer's start
-    for hypothesis in ("the birch", "the birch cano slid"):
-        policy.next_request()
-        policy.apply(TranscribeResult(words(hypothesis)))
-        policy.append_audio(seconds_of_audio(1.0))
-    # 'the birch' (to 0.8 s) are agreed, 'cano slid' wait for the next vote; the last second is not transcribed
-    assert texts(policy.committed) == ["the", "birch"] and texts(policy.tentative) == ["cano", "slid"]
-    assert policy.transcribed_until_s == pytest.approx(2.0)
-    assert oldest_uncommitted_s(policy) == pytest.approx(0.8)
-    policy.finish()  # all committed: the deadline runs from the audio after the words, at most the step's end
-    assert oldest_uncommitted_s(policy) == pytest.approx(policy.transcribed_until_s)
