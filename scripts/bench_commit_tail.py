@@ -8,9 +8,9 @@ Each run is one level of `bench_streams.py --loop --pause-s 0.5` in the shared m
 looped clips, server flags and seed, `--max-realtime-load=0` so that admission refuses no one), with a
 server started for it. On the 2-core machine the commit-lag p95 at N = 14 of one commit moved by 0.3-0.4 s
 between runs minutes apart, so a change is judged on several runs: `--baseline-ref REF` runs REF's server
-(a temporary git worktree) and the working tree's in turn, `--runs` times each. Every client also records what each
-commit added to its line, so the report names the words that the tail (commits later than `--tail-s`) is
-made of. Writes `--out` as JSON and prints, per run and code, p50 / p95, WER and the tail's commonest words.
+(a temporary git worktree) and the working tree's in turn, `--runs` times each. The client records the words each
+commit added to its line (`StreamResult.commit_texts`), so the report names the words that the tail (commits later
+than `--tail-s`) is made of. Writes `--out` as JSON and prints, per run and code, p50 / p95, WER and the tail's commonest words.
 """
 
 from __future__ import annotations
@@ -23,55 +23,25 @@ import statistics
 import sys
 import time
 from pathlib import Path
-from typing import Dict, List, Optional
+from typing import List, Optional
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import bench_streams  # noqa: E402
 
-from whisperlivekit.client import StreamResult, stream  # noqa: E402
 
-
-class CommitRecorder:
-    """Wraps the client's `stream`: per session, the words each commit added, in the order the client
-    measures commit lags (a line whose end time is new), so the two lists pair up."""
-
-    def __init__(self) -> None:
-        self.sessions: List[dict] = []
-
-    async def stream(self, url: str, payload: bytes, **kwargs) -> StreamResult:
-        commits: List[str] = []
-        seen_ends: set = set()
-        line_texts: Dict[int, str] = {}
-
-        def on_message(message: dict) -> None:
-            for index, line in enumerate(message.get("lines") or []):
-                text = line.get("text") or ""
-                if text and line["end"] not in seen_ends:
-                    seen_ends.add(line["end"])
-                    before = line_texts.get(index, "")
-                    commits.append((text[len(before):] if text.startswith(before) else text).strip())
-                if text:
-                    line_texts[index] = text
-
-        result = await stream(url, payload, on_message=on_message, **kwargs)
-        self.sessions.append({"commits": commits, "lags_s": result.commit_lags_s})
-        return result
-
-
-def summarise_run(label: str, run: int, level: dict, sessions: List[dict], tail_s: float) -> dict:
-    lags = [lag for s in sessions for lag in s["lags_s"]]
-    tail = collections.Counter(words for s in sessions for words, lag in zip(s["commits"], s["lags_s"]) if lag > tail_s)
-    return {"code": label, "run": run, "n": len(lags), "lag_p50_s": level["commit_lag_p50_s"],
+def summarise_run(label: str, run: int, level: dict, tail_s: float) -> dict:
+    sessions = [s for s in level["session_details"] if s["admitted"]]
+    tail = collections.Counter(words for s in sessions for words, lag in zip(s["commit_texts"], s["commit_lags_s"])
+                               if lag > tail_s)
+    return {"code": label, "run": run, "n": level["commit_lag_n"], "lag_p50_s": level["commit_lag_p50_s"],
             "lag_p95_s": level["commit_lag_p95_s"], "wer": level["wer_mean"], "load": level["peak_realtime_load"],
             "tail_commits": sum(tail.values()), "tail_words": tail.most_common(8)}
 
 
 def run_once(label: str, run: int, args, clips, offline, t0: float, cwd: Optional[str]) -> dict:
-    recorder = CommitRecorder()
-    bench_streams.stream = recorder.stream  # the bench's clients stream through the recorder
     result = bench_streams.run_mode("shared", args, clips, offline, t0, cwd=cwd, label=f"{label} run {run}")
-    row = summarise_run(label, run, result["levels"][0], recorder.sessions, args.tail_s)
+    row = summarise_run(label, run, result["levels"][0], args.tail_s)
     print(f"{label} run {run}: lag p50 / p95 {row['lag_p50_s']:.2f} / {row['lag_p95_s']:.2f} s ({row['n']}), "
           f"WER {row['wer']:.3f}, {row['tail_commits']} commits over {args.tail_s} s: {row['tail_words'][:5]}", flush=True)
     return row
@@ -92,13 +62,13 @@ def main(argv: Optional[List[str]] = None) -> int:
     args = p.parse_args(argv)
     # what run_mode reads: one level, every session kept
     args.server_arg = ["--max-realtime-load=0", *args.server_arg]
-    args.streams, args.stop_after_failure, args.keep_sessions, args.max_lag_p95_s = [args.streams], False, False, 3.0
+    args.streams, args.stop_after_failure, args.keep_sessions, args.max_lag_p95_s = [args.streams], False, True, 3.0
 
     t0 = time.monotonic()
     clips = {"loop": bench_streams.looped(bench_streams.load_clips(), args.duration_s, args.pause_s)}
     offline = bench_streams.offline_baseline(clips, args.model, "cpu")
     rows: List[dict] = []
-    current = f"current {bench_streams.working_tree_commit()[:18]}"
+    current = f"current {bench_streams.working_tree_commit()}"
     with contextlib.ExitStack() as stack:
         codes = [(current, None)]
         if args.baseline_ref:  # interleaved, baseline first: the machine's speed drifts over minutes

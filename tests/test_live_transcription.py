@@ -43,6 +43,9 @@ def test_partial_transcripts_arrive_while_audio_is_still_streaming(pcm_server, s
     texts_during = [m for m in result.updates if any(l.get("text") for l in m["lines"])]
     assert len(texts_during) >= 2, "committed lines should grow over several updates"
     assert result.first_partial_s is not None and result.first_partial_s < 10.8 / 1.5
+    # each commit measured while sending is paired with the words it added, and those words stay in the transcript
+    assert len(result.commit_texts) == len(result.commit_lags_s) >= 2
+    assert all(text and text in result.text for text in result.commit_texts), (result.commit_texts, result.text)
 
 
 def test_a_streams_first_word_is_committed_in_its_sentence_start_spelling(pcm_server, speech_pcm):

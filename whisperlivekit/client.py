@@ -15,7 +15,7 @@ import time
 import wave
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, List, Optional
+from typing import Callable, Dict, List, Optional
 
 import numpy as np
 from whisperlivekit.audio import SAMPLE_RATE
@@ -56,6 +56,7 @@ class StreamResult:
     first_partial_s: Optional[float] = None  # first audio frame → first non-empty text
     ended_with_ready_to_stop: bool = False
     commit_lags_s: List[float] = field(default_factory=list)  # per committed line: arrival − its end time in audio sent
+    commit_texts: List[str] = field(default_factory=list)  # per commit lag: the words that commit added to its line
     partials_before_end: int = 0
 
     @property
@@ -110,6 +111,7 @@ async def stream(
     sent_audio_s = 0.0
     sent_at: List[tuple] = []  # (audio time, monotonic)
     committed_ends: set = set()
+    line_texts: Dict[int, str] = {}  # each line's text at the last update, to tell what a commit added
     tls = {"ssl": ssl} if ssl is not None else {}
     async with websockets.connect(url, max_size=None, open_timeout=open_timeout, additional_headers=headers, **tls) as ws:
         async def receive() -> None:
@@ -131,13 +133,18 @@ async def stream(
                             result.first_partial_s = now - sent_at[0][1]
                         if message.get("buffer_transcription") and not sending_done.is_set():
                             result.partials_before_end += 1
-                        for line in message["lines"]:
-                            if line.get("text") and line["end"] not in committed_ends:
+                        for index, line in enumerate(message["lines"]):
+                            text = line.get("text") or ""
+                            if text and line["end"] not in committed_ends:
                                 committed_ends.add(line["end"])
                                 end_s = _parse_time(line["end"])
                                 sent = next((t for a, t in sent_at if a >= end_s), None)
                                 if sent is not None and not sending_done.is_set():
                                     result.commit_lags_s.append(now - sent)
+                                    before = line_texts.get(index, "")
+                                    result.commit_texts.append((text[len(before):] if text.startswith(before) else text).strip())
+                            if text:
+                                line_texts[index] = text
             except websockets.ConnectionClosed:
                 pass
 
