@@ -6,9 +6,10 @@
     PYTHONPATH=. python scripts/bench_streams.py --baseline-ref main --streams 1,8,14 --duration-s 60
 
 With `--baseline-ref REF` the two modes are REF (checked out into a temporary git worktree,
-its server run from there) and the working tree, one after the other in the same invocation
-with the same clients, clips and seed; the report adds current/baseline ratios per N and the
-N = 1 latency of both (first partial, commit-lag p95).
+its server run from there) and the working tree, in the same invocation with the same clients,
+clips and seed, level by level in turn (REF's N, the working tree's N, then the next N, a server
+started for each); the report adds current/baseline ratios per N and the N = 1 latency of both
+(first partial, commit-lag p95).
 
 For each mode (the default shared pool, then `--model-per-connection`) the
 script starts its own server (`--pcm-input --max-cpu-connections 64`, plus any
@@ -181,7 +182,8 @@ async def client(index: int, ws_url: str, clips: Dict[str, Tuple[bytes, str]], d
             admitted = result.config is not None
             session.update(
                 admitted=admitted, close_code=result.close_code, connect_s=result.connect_s if admitted else None,
-                first_partial_s=result.first_partial_s, commit_lags_s=result.commit_lags_s, text=result.text,
+                first_partial_s=result.first_partial_s, commit_lags_s=result.commit_lags_s,
+                commit_texts=result.commit_texts, text=result.text,
                 complete=result.ended_with_ready_to_stop,
             )
         except Exception as exc:  # refused handshake, timeout, reset
@@ -260,13 +262,16 @@ def checkout(ref: str) -> Iterator[Tuple[str, str]]:
 
 
 def working_tree_commit() -> str:
-    head = subprocess.run(["git", "-C", str(REPO), "rev-parse", "HEAD"], capture_output=True, text=True).stdout.strip()
+    """HEAD's short hash, with "+changes" where tracked files differ from it (the report names what it measured)."""
+    head = subprocess.run(["git", "-C", str(REPO), "rev-parse", "--short=10", "HEAD"], capture_output=True, text=True).stdout.strip()
     dirty = subprocess.run(["git", "-C", str(REPO), "status", "--porcelain", "--untracked-files=no"],
                            capture_output=True, text=True).stdout.strip()
     return head + ("+changes" if dirty else "")
 
 
-def run_mode(mode: str, args, clips, offline, t0: float, cwd: Optional[str] = None, label: Optional[str] = None) -> dict:
+def run_mode(mode: str, args, clips, offline, t0: float, cwd: Optional[str] = None, label: Optional[str] = None,
+             levels: Optional[List[int]] = None) -> dict:
+    """One server for `mode` (from `cwd`: another checkout) and the `levels` (default: `args.streams`) in turn."""
     flags = (*BASE_FLAGS, *MODES[mode], "--model", args.model, *args.server_arg)
     mode = label or mode
     log(f"mode {mode}: starting server {' '.join(flags)}" + (f" from {cwd}" if cwd else ""), t0)
@@ -274,11 +279,9 @@ def run_mode(mode: str, args, clips, offline, t0: float, cwd: Optional[str] = No
     with running_server(*flags, cwd=cwd) as server:
         log(f"mode {mode}: server pid {server.proc.pid} ready at {server.base_url}", t0)
         idle = Sampler(server)
-        failed_at: Optional[int] = None
-        for n in args.streams:
-            if failed_at is not None and args.stop_after_failure and n > failed_at and \
-                    len([r for r in rows if r["n"] > failed_at]) >= 1:
-                log(f"mode {mode}: skipping N={n} (failed at N={failed_at}, one more level already run)", t0)
+        for n in args.streams if levels is None else levels:
+            if skipped_after_failure(rows, n, args.stop_after_failure):
+                log(f"mode {mode}: skipping N={n} (failed before, one more level already run)", t0)
                 continue
             time.sleep(1.0)  # let the previous level's connections close
             idle_rss = idle.rss_mb()
@@ -297,10 +300,37 @@ def run_mode(mode: str, args, clips, offline, t0: float, cwd: Optional[str] = No
                 f"WER {row['wer_mean']} (limit {row['wer_limit']}), refused {row['refusals']}, "
                 f"peak RSS {row['peak_rss_mb']:.0f} MB, load {row['peak_realtime_load']} -> "
                 f"{'HOLDS' if row['holds'] else 'FAILS: ' + '; '.join(row['fails_because'])}", t0)
-            if not row["holds"] and failed_at is None:
-                failed_at = n
     largest, holding = finish_mode(rows)
     return {"mode": mode, "flags": list(flags), "levels": rows, "largest_n_holding": largest, "holding_levels": holding}
+
+
+def skipped_after_failure(rows: List[dict], n: int, stop_after_failure: bool) -> bool:
+    """With stop-after-failure, a mode runs one level past its first failing N, then no more."""
+    failed = [r["n"] for r in rows if not r["holds"]]
+    return stop_after_failure and bool(failed) and n > failed[0] and any(r["n"] > failed[0] for r in rows)
+
+
+def run_against_baseline(args, clips, offline, t0: float) -> List[dict]:
+    """REF's server and the working tree's, level by level in turn (REF first), each level on a server of its own.
+
+    The 2-core machine's speed drifts over minutes: one commit's N = 14 p95 moved 0.3-0.9 s between runs. Run one
+    curve after the other, and that drift lands between them; interleaved, both curves see it alike."""
+    current = working_tree_commit()
+    with checkout(args.baseline_ref) as (path, commit):
+        codes = [("baseline", f"baseline {args.baseline_ref}", path, commit[:10]), ("shared", "current", None, current)]
+        modes = {label: {"mode": label, "commit": sha, "levels": []} for _, label, _, sha in codes}
+        for n in args.streams:
+            for mode, label, cwd, _ in codes:
+                measured = modes[label]["levels"]
+                if skipped_after_failure(measured, n, args.stop_after_failure):
+                    log(f"mode {label}: skipping N={n} (failed before, one more level already run)", t0)
+                    continue
+                result = run_mode(mode, args, clips, offline, t0, cwd=cwd, label=label, levels=[n])
+                modes[label]["flags"] = result["flags"]
+                measured += result["levels"]
+    for mode in modes.values():
+        mode["largest_n_holding"], mode["holding_levels"] = finish_mode(mode["levels"])
+    return list(modes.values())
 
 
 def ratios(shared: dict, per_conn: dict) -> List[dict]:
@@ -484,7 +514,7 @@ def main(argv: Optional[List[str]] = None) -> int:
     p.add_argument("--streams", default="1,2,4,6,8,10,12", help="comma-separated N values")
     p.add_argument("--duration-s", type=float, default=60.0, help="seconds each client keeps streaming per N")
     p.add_argument("--modes", default="shared,per-connection")
-    p.add_argument("--baseline-ref", help="git ref to compare the working tree with (modes become: REF, then the working tree)")
+    p.add_argument("--baseline-ref", help="git ref to compare the working tree with (modes become REF and the working tree, level by level in turn)")
     p.add_argument("--model", default="tiny.en")
     p.add_argument("--device", default="cpu", help="device for the offline baseline (cpu or cuda)")
     p.add_argument("--server-arg", action="append", default=[], help="extra server flag (repeatable), e.g. --server-arg=--min-chunk-size=0.5")
@@ -545,18 +575,15 @@ def main(argv: Optional[List[str]] = None) -> int:
               "criteria": {"commit_lag_p95_s_max": args.max_lag_p95_s, "wer": f"<= {WER_FACTOR} x offline + {WER_SLACK}",
                            "refusals": 0},
               "offline": offline, "modes": []}
-    for mode in modes:
-        if mode == "baseline":
-            with checkout(args.baseline_ref) as (path, commit):
-                result = run_mode(mode, args, clips, offline, t0, cwd=path, label=f"baseline {args.baseline_ref}")
-                result["commit"] = commit[:10]
-        else:
-            result = run_mode(mode, args, clips, offline, t0, label="current" if args.baseline_ref else None)
-            result["commit"] = working_tree_commit()[:18]
-        report["modes"].append(result)
     if args.baseline_ref:
+        report["modes"] = run_against_baseline(args, clips, offline, t0)
         report["baseline_ref"] = args.baseline_ref
         report["ratios_current_over_baseline"] = baseline_ratios(report["modes"][0], report["modes"][1])
+    else:
+        for mode in modes:
+            result = run_mode(mode, args, clips, offline, t0)
+            result["commit"] = working_tree_commit()
+            report["modes"].append(result)
     by_mode = {m["mode"]: m for m in report["modes"]}
     if "shared" in by_mode and "per-connection" in by_mode:
         report["ratios_per_connection_over_shared"] = ratios(by_mode["shared"], by_mode["per-connection"])
