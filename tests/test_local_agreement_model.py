@@ -180,3 +180,31 @@ def test_a_segments_late_last_step_leaves_the_next_utterance_to_the_next_segment
     assert not {w.key for w in at_segment_end} & {"birch", "canoe", "boots", "beach", "bitch"}, at_segment_end
     text = " ".join(w.key for w in policy.committed if w.key)
     assert "he turned sharply and faced gregson across the table the birch canoe slid on the smooth planks" in text, text
+
+
+@pytest.mark.parametrize("first_step_s", [0.3, 0.55])
+def test_a_segment_whose_steps_heard_its_speech_out_ends_without_another_step(backend, first_step_s):
+    """Fast steps (0.4 s) over ARCTIC a0007 and the silence after it, up to where the real VAD closes the
+    segment (0.5 s after the speech end). Where the steps already heard the speech end and 0.2 s more, the
+    engine runs no last step over the silence (live, such steps invented "3." or "The" after
+    "superlative degree."): the segment's end commits from the hypotheses it has, and nothing is lost."""
+    import audio_assets
+    from whisperlivekit.audio.vad import SileroVadModel, VadStream
+    from whisperlivekit.config import Settings
+
+    path, reference = audio_assets.arctic("arctic_a0007")
+    audio = np.concatenate([audio_assets.read_wav(path), np.zeros(SAMPLE_RATE, np.float32)])
+    speech_end_s = next(t for kind, t in VadStream().process(SileroVadModel(), audio) if kind == "end")
+    policy = LocalAgreementPolicy.from_settings(Settings(), language="en")
+    sent = 0
+    for until_s in np.arange(first_step_s, speech_end_s + 0.5, 0.4):
+        until = int(until_s * SAMPLE_RATE)
+        policy.append_audio(audio[sent:until])
+        sent = until
+        policy.apply(backend.transcribe_batch([policy.next_request()])[0])
+    policy.append_audio(audio[sent:int((speech_end_s + 0.5) * SAMPLE_RATE)])  # the VAD's last windows of silence
+
+    assert policy.heard_speech_end(speech_end_s), (policy.transcribed_until_s, speech_end_s)
+    policy.finish(speech_end_s)
+    text = "".join(w.text for w in policy.committed)
+    assert wer(reference, text) == 0, text

@@ -265,6 +265,18 @@ def test_finish_commits_the_tail_and_keeps_audio_that_arrived_during_the_last_re
     assert texts(policy.committed) == ["good", "morning"]
 
 
+def test_a_segments_speech_end_counts_as_heard_only_with_some_silence_after_it():
+    """The engine leaves out a segment's last step once the steps heard its speech out (SPEECH_END_HEARD_S)."""
+    policy = LocalAgreementPolicy(buffer_trimming_s=30.0)
+    policy.append_audio(seconds_of_audio(4.0))
+    policy.next_request()  # the steps so far heard 4.0 s
+    policy.append_audio(seconds_of_audio(0.1))  # the audio the VAD's last windows of silence came in
+    assert policy.heard_speech_end(3.5)
+    assert policy.heard_speech_end(3.8)
+    assert not policy.heard_speech_end(3.9), "a word ending at 3.9 s may have been cut at the 4.0 s edge"
+    assert not policy.heard_speech_end(4.05), "the speech ran past what the steps heard"
+
+
 def test_committed_text_before_the_buffer_is_the_next_prompt():
     policy = LocalAgreementPolicy(buffer_trimming_s=30.0)
     policy.append_audio(seconds_of_audio(2.0))

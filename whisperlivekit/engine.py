@@ -319,7 +319,10 @@ class TranscriptionEngine:
                     waiters, self._finalize_waiters = self._finalize_waiters, []
                     # a Finalize in silence: the buffer holds only pre-roll, nothing to transcribe
                     only_preroll = self.vad is not None and not self.vad.in_speech and not self.policy.tentative
-                    if self.policy.unprocessed_s > 0.05 and not (waiters and only_preroll):
+                    # a VAD end after the steps heard the speech out: the rest is silence (a Finalize hears it all)
+                    silence_left = not waiters and self._segment_end_s is not None and \
+                        self.policy.heard_speech_end(self._segment_end_s)
+                    if self.policy.unprocessed_s > 0.05 and not (waiters and only_preroll) and not silence_left:
                         await self._step()
                     # a VAD end: a late last step may have heard the next utterance begin, which is not this segment's
                     finished = self.policy.finish(None if waiters else self._segment_end_s)

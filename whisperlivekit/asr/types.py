@@ -150,7 +150,9 @@ class StreamingPolicy(Protocol):
     def tentative(self) -> List[Word]: ...
     def next_request(self) -> TranscribeRequest: ...
     def apply(self, result: TranscribeResult) -> List[Word]: ...  # returns newly committed words
-    def finish(self) -> List[Word]: ...  # end of a voiced segment / stream: commit the tentative tail
+    def heard_speech_end(self, speech_end_s: float) -> bool: ...  # a segment's last step would hear only silence
+    # end of a voiced segment (where the VAD heard its speech end) / of the stream: commit the tentative tail
+    def finish(self, segment_end_s: Optional[float] = None) -> List[Word]: ...
 
 
 # -- whole files (POST /v1/audio/transcriptions) ---------------------------------------------

@@ -46,6 +46,10 @@ SURE_MIN_PROBABILITY = 0.7
 # A segment the VAD closed at time T is followed by at least its minimum silence (0.5 s): words a late
 # step heard starting past T + this margin are the next utterance's, not this segment's tail.
 NEXT_UTTERANCE_MARGIN_S = 0.25
+# A segment's last step is left out once the steps so far heard this much past the VAD's speech end
+# (`heard_speech_end`): the audio left is the silence the VAD waited through. The margin covers a word's soft
+# end that the VAD already calls silence.
+SPEECH_END_HEARD_S = 0.2
 # Every rule that holds back words near the audio's end (short steps, close steps, a vote alone) measures
 # a word by where its sound ends (`spoken_end`), not by its joined full stop, which Whisper times up to the
 # next sound: Harvard's "well." (sound to 5.12 s, "." to 5.32 s, audio to 5.57 s) waited a step for it.
@@ -380,6 +384,15 @@ class LocalAgreementPolicy:
         words, self.hypothesis.previous = tentative[:cut], tentative[cut:]
         self.hypothesis.record_committed(words)
         return words
+
+    def heard_speech_end(self, speech_end_s: float) -> bool:
+        """The last hypothesis heard the segment's speech to its end (the VAD's) and some silence after it,
+        so a last step would hear only that silence.
+
+        Such a step, with every word committed and forced as its prefix, made tiny.en invent a next word
+        ("superlative degree. 3.", "superlative degree. The"), and the segment's end committed it unheard
+        (N = 1, looped clips with 0.5 s pauses: 2 words in 4 loops, docs/architecture.md)."""
+        return self.transcribed_until_s >= speech_end_s + SPEECH_END_HEARD_S
 
     def finish(self, segment_end_s: Optional[float] = None) -> List[Word]:
         """End of a voiced segment or of the stream: commit the tentative tail and empty the buffer.

@@ -252,6 +252,11 @@ class SimulStreamingPolicy:
             else:
                 self.committed.append(word)
 
+    def heard_speech_end(self, speech_end_s: float) -> bool:
+        """Never: a step stops decoding `frame_threshold` frames before its audio's end, so a segment's last
+        step still decodes the speech just before the VAD's end."""
+        return False
+
     def finish(self, segment_end_s: Optional[float] = None) -> List[Word]:
         """End of a voiced segment or of the stream: commit the tentative tail and start a new buffer.
 
